@@ -1,0 +1,28 @@
+"""Error types that CLIs turn into one-line messages with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, option, model file); shown as one line, exit code 2."""
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
+class InputError(UserError):
+    """An input file or option that cannot be used."""
+
+
+class ModelFileError(UserError):
+    """A model file that is unreadable, truncated, foreign or of the wrong task."""
+
+
+class OutputExistsError(UserError):
+    """An output file exists and --overwrite was not given."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__("output exists (use --overwrite to replace it)", path)
