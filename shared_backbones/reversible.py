@@ -1,0 +1,201 @@
+"""Additive-coupling reversible blocks and a memory-saving reversible sequence.
+
+A :class:`ReversibleBlock` computes ``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)``; its inverse is exact, so a
+:class:`ReversibleSequence` keeps only its final outputs and rebuilds every block's inputs during backward
+(Gomez et al., "The Reversible Residual Network", 2017). Activation memory is then flat in depth.
+
+Properties (see the project's DESIGN.md): one custom autograd Function for the whole sequence; the autocast
+state of every device type is saved at forward and re-entered for the recompute; both streams stay in their
+input dtype (fp32 under autocast: f/g outputs are cast back); the RNG state is saved per sub-function in forward
+order and restored for its recompute, so dropout is exact; caller tensors are never freed or modified; parameters
+are inputs of the Function, so DDP (``find_unused_parameters=False``) sees their gradients; ``reversible=False``
+runs the very same weights as a plain network. Use GroupNorm/InstanceNorm in f and g (BatchNorm statistics would
+be updated twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class _AutocastState:
+    states: tuple[tuple[str, bool, torch.dtype], ...]
+    cache: bool
+
+    @classmethod
+    def capture(cls) -> "_AutocastState":
+        states = []
+        for dt in _AUTOCAST_DEVICES:
+            if dt == "cuda" and not torch.cuda.is_available():
+                continue
+            states.append((dt, torch.is_autocast_enabled(dt), torch.get_autocast_dtype(dt)))
+        return cls(tuple(states), torch.is_autocast_cache_enabled())
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for dt, enabled, dtype in self.states:
+                stack.enter_context(torch.autocast(device_type=dt, dtype=dtype, enabled=enabled,
+                                                   cache_enabled=self.cache))
+            yield
+
+
+class _RNGState:
+    """CPU RNG state plus the CUDA state of the devices the tensors live on."""
+
+    def __init__(self, devices: Sequence[int]) -> None:
+        self.devices = list(devices)
+        self.cpu = torch.get_rng_state()
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for d, s in zip(self.devices, self.cuda):
+            torch.cuda.set_rng_state(s, d)
+
+
+def _has_randomness(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training for m in module.modules())
+
+
+class ReversibleBlock(nn.Module):
+    """Additive coupling ``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)``; f and g keep the shape of their input."""
+
+    def __init__(self, f: nn.Module, g: nn.Module) -> None:
+        super().__init__()
+        self.f = f
+        self.g = g
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y1 = x1 + self.f(x2).to(x1.dtype)
+        y2 = x2 + self.g(y1).to(x2.dtype)
+        return y1, y2
+
+    def inverse(self, y1: torch.Tensor, y2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rebuild the inputs from the outputs."""
+        x2 = y2 - self.g(y1).to(y2.dtype)
+        x1 = y1 - self.f(x2).to(y1.dtype)
+        return x1, x2
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x1: torch.Tensor, x2: torch.Tensor, blocks: Sequence[ReversibleBlock],
+                param_counts: Sequence[tuple[int, int]], *params: torch.Tensor):
+        ctx.blocks = blocks
+        ctx.param_counts = param_counts
+        ctx.autocast = _AutocastState.capture()
+        devices = sorted({t.device.index or 0 for t in (x1, x2) if t.is_cuda})
+        ctx.devices = devices
+        rng: list[tuple[_RNGState | None, _RNGState | None]] = []
+        with torch.no_grad():
+            y1, y2 = x1, x2
+            for b in blocks:
+                rf = _RNGState(devices) if _has_randomness(b.f) else None
+                y1 = y1 + b.f(y2).to(y1.dtype)
+                rg = _RNGState(devices) if _has_randomness(b.g) else None
+                y2 = y2 + b.g(y1).to(y2.dtype)
+                rng.append((rf, rg))
+        ctx.rng = rng
+        ctx.save_for_backward(y1, y2)
+        return y1, y2
+
+    @staticmethod
+    def backward(ctx, dy1: torch.Tensor, dy2: torch.Tensor):
+        y1, y2 = (t.detach() for t in ctx.saved_tensors)
+        blocks, counts = ctx.blocks, ctx.param_counts
+        dy1 = torch.zeros_like(y1) if dy1 is None else dy1
+        dy2 = torch.zeros_like(y2) if dy2 is None else dy2
+        grads: list[list[torch.Tensor | None]] = []
+        fork = torch.random.fork_rng(devices=ctx.devices) if any(a or b for a, b in ctx.rng) else contextlib.nullcontext()
+        with fork, ctx.autocast.enter():
+            for b, (rf, rg), (nf, ng) in zip(reversed(blocks), reversed(ctx.rng), reversed(counts)):
+                fp = [p for p in b.f.parameters() if p.requires_grad]
+                gp = [p for p in b.g.parameters() if p.requires_grad]
+                # g: rebuild x2 = y2 - g(y1) and push dy2 through g
+                with torch.enable_grad():
+                    y1r = y1.requires_grad_(True)
+                    if rg is not None:
+                        rg.restore()
+                    gy = b.g(y1r).to(y2.dtype)
+                gout = torch.autograd.grad(gy, [y1r, *gp], dy2, allow_unused=True)
+                with torch.no_grad():
+                    x2 = y2 - gy
+                    dy1 = dy1 + gout[0]
+                del gy
+                # f: rebuild x1 = y1 - f(x2) and push dy1 through f
+                with torch.enable_grad():
+                    x2r = x2.requires_grad_(True)
+                    if rf is not None:
+                        rf.restore()
+                    fx = b.f(x2r).to(y1.dtype)
+                fout = torch.autograd.grad(fx, [x2r, *fp], dy1, allow_unused=True)
+                with torch.no_grad():
+                    x1 = y1.detach() - fx
+                    dx2 = dy2 + fout[0]
+                del fx
+                grads.append(list(fout[1:]) + list(gout[1:]))
+                y1, y2 = x1.detach(), x2.detach()
+                dy2 = dx2
+        flat: list[torch.Tensor | None] = []
+        for g in reversed(grads):
+            flat.extend(g)
+        return (dy1, dy2, None, None, *flat)
+
+
+class ReversibleSequence(nn.Module):
+    """A stack of :class:`ReversibleBlock` run on the two channel halves of ``x``.
+
+    Args:
+        blocks: the coupling blocks, applied in order.
+        reversible: True keeps only outputs and recomputes in backward; False runs the same weights as a plain
+            network (for tests, inference and comparison). Can be switched at any time via ``.reversible``.
+        split_dim: the dimension split into two equal halves (channels, 1).
+    """
+
+    def __init__(self, blocks: Iterable[ReversibleBlock], reversible: bool = True, split_dim: int = 1) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        if not all(isinstance(b, ReversibleBlock) for b in self.blocks):
+            raise TypeError("ReversibleSequence takes ReversibleBlock modules")
+        self.reversible = reversible
+        self.split_dim = split_dim
+
+    def forward_pair(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the blocks on explicit halves."""
+        use_function = self.reversible and torch.is_grad_enabled() and (
+            x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if not use_function:
+            for b in self.blocks:
+                x1, x2 = b(x1, x2)
+            return x1, x2
+        params: list[torch.Tensor] = []
+        counts: list[tuple[int, int]] = []
+        for b in self.blocks:
+            fp = [p for p in b.f.parameters() if p.requires_grad]
+            gp = [p for p in b.g.parameters() if p.requires_grad]
+            params += fp + gp
+            counts.append((len(fp), len(gp)))
+        return _ReversibleFunction.apply(x1, x2, list(self.blocks), counts, *params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[self.split_dim] % 2:
+            raise ValueError(f"reversible sequence needs an even size on dim {self.split_dim}, got {x.shape[self.split_dim]}")
+        x1, x2 = x.chunk(2, dim=self.split_dim)
+        y1, y2 = self.forward_pair(x1, x2)
+        return torch.cat([y1, y2], dim=self.split_dim)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Rebuild the input of the whole sequence from its output."""
+        y1, y2 = y.chunk(2, dim=self.split_dim)
+        for b in reversed(self.blocks):
+            y1, y2 = b.inverse(y1, y2)
+        return torch.cat([y1, y2], dim=self.split_dim)
