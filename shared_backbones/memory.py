@@ -1,0 +1,83 @@
+"""Memory measurement: bytes held by the autograd graph, peak CUDA memory, peak process RAM."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import resource
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, str]:
+    return t.untyped_storage().data_ptr(), str(t.device)
+
+
+def saved_activation_bytes(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Run ``fn()`` and return the bytes of distinct storages saved for backward (each storage once),
+    excluding those of ``exclude`` (pass the model's parameters). The graph is kept alive until counted."""
+    excluded = {_storage_key(t) for t in exclude}
+    seen: dict[tuple[int, str], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in excluded and key not in seen:
+            seen[key] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def activation_bytes(model: nn.Module, *inputs: torch.Tensor,
+                     loss_fn: Callable[[Any], torch.Tensor] | None = None) -> int:
+    """Graph-held bytes of one forward of ``model`` (parameters excluded); ``loss_fn`` maps output to a loss."""
+    def run() -> Any:
+        out = model(*inputs)
+        return loss_fn(out) if loss_fn is not None else out
+
+    return saved_activation_bytes(run, exclude=list(model.parameters()) + list(model.buffers()))
+
+
+def peak_cuda_bytes(fn: Callable[[], Any], device: int | None = None) -> int | None:
+    """Peak CUDA memory allocated while running ``fn()``; None without a GPU."""
+    if not torch.cuda.is_available():
+        fn()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+def _child(q: "mp.Queue", fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        q.put((True, fn(*args), peak_rss_bytes()))
+    except BaseException as exc:  # pragma: no cover - reported to the parent
+        q.put((False, repr(exc), peak_rss_bytes()))
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any) -> tuple[Any, int]:
+    """Run ``fn(*args)`` in a fresh process (spawn); return its result and that process's peak RSS in bytes.
+    ``fn`` must be importable (module-level)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(q, fn, args))
+    p.start()
+    ok, result, rss = q.get()
+    p.join()
+    if not ok:
+        raise RuntimeError(f"isolated run failed: {result}")
+    return result, rss
