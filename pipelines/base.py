@@ -1,0 +1,71 @@
+"""Base LightningModule for every task: model from the registry, optimiser/scheduler from hparams, export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from shared_backbones.checkpoint import ModelFile
+from shared_backbones.registry import create_model
+
+
+class SuiteModule(L.LightningModule):
+    """Holds ``self.model = create_model(arch, **arch_kwargs)``; subclasses implement the steps and log ``monitor``.
+
+    All hyperparameters are primitives, so Lightning's ``.ckpt`` files load with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, task: str, arch: str, arch_kwargs: dict[str, Any] | None = None,
+                 classes: list[str] | None = None, preprocessing: dict[str, Any] | None = None,
+                 optimizer: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
+                 scheduler: str | None = None, scheduler_patience: int = 3, scheduler_factor: float = 0.5,
+                 warmup_steps: int = 0, monitor: str = "val_loss", mode: str = "min") -> None:
+        super().__init__()
+        self.save_hyperparameters({
+            "task": task, "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "classes": list(classes or []),
+            "preprocessing": dict(preprocessing or {}), "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+            "scheduler": scheduler, "scheduler_patience": scheduler_patience, "scheduler_factor": scheduler_factor,
+            "warmup_steps": warmup_steps, "monitor": monitor, "mode": mode})
+        self.model = create_model(arch, **(arch_kwargs or {}))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=0.99, nesterov=True, weight_decay=hp.weight_decay)
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+        scheds = []
+        if hp.warmup_steps:
+            warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / hp.warmup_steps))
+            scheds.append({"scheduler": warm, "interval": "step"})
+        if hp.scheduler == "plateau":
+            s = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=hp.mode, factor=hp.scheduler_factor,
+                                                           patience=hp.scheduler_patience)
+            scheds.append({"scheduler": s, "monitor": hp.monitor, "interval": "epoch"})
+        elif hp.scheduler in ("cosine", "poly"):
+            total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1000
+            if hp.scheduler == "cosine":
+                s = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+            else:
+                s = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1 - step / total) ** 0.9)
+            scheds.append({"scheduler": s, "interval": "step"})
+        elif hp.scheduler is not None:
+            raise ValueError(f"unknown scheduler {hp.scheduler!r}")
+        return [opt], scheds
+
+    def to_model_file(self, metrics: dict[str, Any] | None = None) -> ModelFile:
+        """The suite's model file for the current weights."""
+        hp = self.hparams
+        return ModelFile.from_model(self.model, task=hp.task, arch=hp.arch, arch_kwargs=dict(hp.arch_kwargs or {}),
+                                    classes=list(hp.classes or []), preprocessing=dict(hp.preprocessing or {}),
+                                    metrics=dict(metrics or {}))
