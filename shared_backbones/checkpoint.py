@@ -113,6 +113,8 @@ def read_torch_file(path: str | Path) -> Any:
         if "zip archive" in text or "central directory" in text or isinstance(exc, (EOFError, zipfile.BadZipFile)):
             raise ModelFileError("truncated or corrupt model file", path) from None
         raise ModelFileError(f"cannot read model file ({text.splitlines()[0] if text else type(exc).__name__})", path) from None
+    except Exception:  # the weights-only unpickler raises KeyError/IndexError/... on arbitrary bytes
+        raise ModelFileError("not a PyTorch model file", path) from None
 
 
 def load_model_file(path: str | Path, task: str | None = None) -> ModelFile:

@@ -25,9 +25,10 @@ class SpectralConv1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[-1]
-        xf = torch.fft.rfft(x.float(), dim=-1, norm="ortho")
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # FFTs run in fp32 under autocast
+        xf = torch.fft.rfft(x.to(work), dim=-1, norm="ortho")
         m = min(xf.shape[-1], self.max_modes)
-        w = torch.view_as_complex(self.weight[:, :, :m].contiguous())
+        w = torch.view_as_complex(self.weight[:, :, :m].to(work).contiguous())
         out = torch.zeros(x.shape[0], w.shape[1], xf.shape[-1], dtype=xf.dtype, device=x.device)
         out[..., :m] = torch.einsum("bim,iom->bom", xf[..., :m], w)
         return torch.fft.irfft(out, n=t, dim=-1, norm="ortho").to(x.dtype)

@@ -1,0 +1,75 @@
+"""Precision policy resolution and memory helpers on known graphs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from shared_backbones.errors import InputError
+from shared_backbones.memory import activation_bytes, peak_rss_bytes, run_isolated, saved_activation_bytes
+from shared_backbones.precision import PrecisionPolicy, resolve_device
+
+
+def test_cpu_policies():
+    p = PrecisionPolicy.resolve("auto", "cpu")
+    assert (p.name, p.dtype, p.lightning, p.grad_scaler()) == ("fp32", None, "32-true", None)
+    b = PrecisionPolicy.resolve("bf16", "cpu")
+    assert (b.dtype, b.lightning) == (torch.bfloat16, "bf16-mixed")
+    with b.autocast():
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with p.autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(InputError, match="fp16"):
+        PrecisionPolicy.resolve("fp16", "cpu")
+    with pytest.raises(InputError, match="unknown precision"):
+        PrecisionPolicy.resolve("fp8", "cpu")
+
+
+def test_cuda_auto_rules_with_mocked_capability(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert PrecisionPolicy.resolve("auto", torch.device("cuda")).name == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    p = PrecisionPolicy.resolve("auto", torch.device("cuda"))
+    assert (p.name, p.lightning) == ("fp16", "16-mixed")
+    assert resolve_device("auto").type == "cuda"
+
+
+def test_resolve_device_errors(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device("tpu")
+
+
+def test_activation_bytes_known_graph():
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+    x = torch.randn(4, 8)
+    # addmm saves its input x (4*8 floats), relu saves its output (4*16 floats); the weight is excluded
+    assert activation_bytes(m, x) == (4 * 8 + 4 * 16) * 4
+
+
+def test_saved_bytes_counts_each_storage_once():
+    x = torch.randn(100, requires_grad=True)
+    # x is saved by both multiplications: counted once
+    assert saved_activation_bytes(lambda: (x * x).sum() + (x * 3).sum()) == 400
+    assert saved_activation_bytes(lambda: (x * x).sum(), exclude=[x]) == 0
+
+
+def _alloc(mb: int) -> int:
+    import numpy as np
+
+    a = np.empty(mb * 2 ** 20 // 8)
+    a.fill(1.0)
+    return int(a.sum())
+
+
+def test_run_isolated_measures_child_peak():
+    (n_small, rss_small), (n_big, rss_big) = run_isolated(_alloc, 1), run_isolated(_alloc, 400)
+    assert n_big == 400 * 2 ** 20 // 8
+    assert rss_big - rss_small > 300 * 2 ** 20
+    assert peak_rss_bytes() > 0
