@@ -13,7 +13,7 @@ from pathlib import Path
 from shared_backbones.cliutil import run_cli, say
 from shared_backbones.errors import InputError
 
-from .demos import DEMO_PARTS, DemoResult
+from .demos import DEMO_PARTS, DemoResult, available_parts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,8 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="generate synthetic data, train, predict and evaluate every pipeline")
     d.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    d.add_argument("--only", default=",".join(DEMO_PARTS),
-                   help=f"comma-separated subset of {','.join(DEMO_PARTS)}")
+    d.add_argument("--only", default=None,
+                   help=f"comma-separated subset of {','.join(DEMO_PARTS)} (default: all available)")
     d.add_argument("--quick", action="store_true", help="smallest budget (smoke test; figures not meaningful)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     sub.add_parser("models", help="list registered architectures")
@@ -77,10 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n in list_models():
                 print(f"{n:<22} {model_entry(n).task}")
             return 0
-        parts = [p.strip() for p in args.only.split(",") if p.strip()]
+        avail = available_parts()
+        parts = list(avail) if args.only is None else [p.strip() for p in args.only.split(",") if p.strip()]
         bad = [p for p in parts if p not in DEMO_PARTS]
         if bad:
             raise InputError(f"--only: unknown demo part(s) {', '.join(bad)}; choose from {', '.join(DEMO_PARTS)}")
+        missing = [p for p in parts if p not in avail]
+        if missing:
+            raise InputError(f"--only: demo part(s) not available in this version: {', '.join(missing)}")
+        skipped = [p for p in DEMO_PARTS if p not in avail]
+        if skipped:
+            say(f"demo parts not available in this version (skipped): {', '.join(skipped)}")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         results = run_demo(out, parts, quick=args.quick, quiet=args.quiet)

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 #: Demo parts in the order ``convsuite demo`` runs them (module name under ``pipelines.demos``).
-DEMO_PARTS: tuple[str, ...] = ("medseg", "phases", "audiosep", "remote")
+DEMO_PARTS: tuple[str, ...] = ("backbones", "medseg", "phases", "audiosep", "remote")
+
+
+def available_parts() -> tuple[str, ...]:
+    """The demo parts whose module is installed (pipelines still being built have none)."""
+    import importlib.util
+
+    return tuple(p for p in DEMO_PARTS if importlib.util.find_spec(f"pipelines.demos.{p}") is not None)
 
 
 @dataclass
