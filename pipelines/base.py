@@ -11,10 +11,15 @@ from shared_backbones.checkpoint import ModelFile
 from shared_backbones.registry import create_model
 
 
+class _Cfg(dict):
+    __getattr__ = dict.__getitem__
+
+
 class SuiteModule(L.LightningModule):
     """Holds ``self.model = create_model(arch, **arch_kwargs)``; subclasses implement the steps and log ``monitor``.
 
-    All hyperparameters are primitives, so Lightning's ``.ckpt`` files load with ``torch.load(weights_only=True)``.
+    Keep constructor arguments primitive, so Lightning's ``.ckpt`` files load with ``torch.load(weights_only=True)``;
+    the export metadata (task, arch, kwargs, classes, preprocessing) is saved under ``checkpoint[\"convsuite\"]``.
     """
 
     def __init__(self, task: str, arch: str, arch_kwargs: dict[str, Any] | None = None,
@@ -23,18 +28,21 @@ class SuiteModule(L.LightningModule):
                  scheduler: str | None = None, scheduler_patience: int = 3, scheduler_factor: float = 0.5,
                  warmup_steps: int = 0, monitor: str = "val_loss", mode: str = "min") -> None:
         super().__init__()
-        self.save_hyperparameters({
+        # Lightning records the concrete subclass's own arguments (so LightningCLI can rebuild it on resume);
+        # the suite's export metadata and optimiser settings are kept here and written to checkpoint["convsuite"].
+        self.save_hyperparameters()
+        self.suite_cfg: dict[str, Any] = {
             "task": task, "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "classes": list(classes or []),
             "preprocessing": dict(preprocessing or {}), "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
             "scheduler": scheduler, "scheduler_patience": scheduler_patience, "scheduler_factor": scheduler_factor,
-            "warmup_steps": warmup_steps, "monitor": monitor, "mode": mode})
+            "warmup_steps": warmup_steps, "monitor": monitor, "mode": mode}
         self.model = create_model(arch, **(arch_kwargs or {}))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
+        hp = _Cfg(self.suite_cfg)
         params = [p for p in self.parameters() if p.requires_grad]
         if hp.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
@@ -63,9 +71,16 @@ class SuiteModule(L.LightningModule):
             raise ValueError(f"unknown scheduler {hp.scheduler!r}")
         return [opt], scheds
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["convsuite"] = dict(self.suite_cfg)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "convsuite" in checkpoint:
+            self.suite_cfg = dict(checkpoint["convsuite"])
+
     def to_model_file(self, metrics: dict[str, Any] | None = None) -> ModelFile:
         """The suite's model file for the current weights."""
-        hp = self.hparams
+        hp = _Cfg(self.suite_cfg)
         return ModelFile.from_model(self.model, task=hp.task, arch=hp.arch, arch_kwargs=dict(hp.arch_kwargs or {}),
                                     classes=list(hp.classes or []), preprocessing=dict(hp.preprocessing or {}),
                                     metrics=dict(metrics or {}))

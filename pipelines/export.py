@@ -17,11 +17,11 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, overwrite: bo
     ckpt = read_torch_file(ckpt_path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ModelFileError("not a Lightning checkpoint (no state_dict)", ckpt_path)
-    hp = ckpt.get("hyper_parameters") or {}
+    hp = ckpt.get("convsuite") or ckpt.get("hyper_parameters") or {}
     missing = [k for k in ("task", "arch") if k not in hp]
     if missing:
-        raise ModelFileError(f"checkpoint was not written by a convsuite SuiteModule (hyper_parameters lack "
-                             f"{', '.join(missing)})", ckpt_path)
+        raise ModelFileError(f"checkpoint was not written by a convsuite SuiteModule (no task/arch metadata: "
+                             f"{', '.join(missing)} missing)", ckpt_path)
     sd = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if not sd:
         raise ModelFileError("checkpoint holds no 'model.' weights", ckpt_path)

@@ -36,7 +36,7 @@ def test_fit_resume_export_reload(tmp_path):
     assert res.best_checkpoint.exists() and res.best_score == pytest.approx(min(losses), rel=1e-5)
     # Lightning checkpoints hold plain data only
     ckpt = torch.load(res.best_checkpoint, weights_only=True)
-    assert ckpt["hyper_parameters"]["task"] == "example"
+    assert ckpt["convsuite"]["task"] == "example" and ckpt["convsuite"]["arch"] == "example-revnet1d"
     # the exported model file rebuilds the same network
     mf = load_model_file(res.model_file, task="example")
     assert mf.classes == ["sine", "square", "noise"] and "best_val_loss" in mf.metrics
@@ -98,6 +98,10 @@ def test_cli_fit_with_example_config_and_export(tmp_path, monkeypatch, capsys):
     assert rc == 0
     ckpts = list(tmp_path.glob("runs/example/**/*.ckpt"))
     assert len(ckpts) == 1
+    # resume through the CLI: the class is rebuilt from the checkpoint and training continues from its step
+    assert pipelines_main(["fit", "-c", str(CONFIG), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar",
+                           "false", "--ckpt_path", str(ckpts[0])]) == 0
+    assert [p.name for p in tmp_path.glob("runs/example/**/epoch=1-step=8.ckpt")] == ["epoch=1-step=8.ckpt"]
     assert pipelines_main(["export", str(ckpts[0]), "-o", "model.pt"]) == 0
     assert load_model_file(tmp_path / "model.pt").arch == "example-revnet1d"
     capsys.readouterr()
