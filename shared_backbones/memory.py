@@ -57,7 +57,17 @@ def peak_cuda_bytes(fn: Callable[[], Any], device: int | None = None) -> int | N
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (bytes)."""
+    """This process's peak resident set size (bytes).
+
+    On Linux this is VmHWM from /proc/self/status: ``ru_maxrss`` would carry the parent's peak over a fork+exec,
+    which makes a freshly spawned process look as large as the one that started it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 

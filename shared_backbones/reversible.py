@@ -86,12 +86,27 @@ class ReversibleBlock(nn.Module):
         return x1, x2
 
 
+def _recompute(fn: nn.Module, inp: torch.Tensor, rng: _RNGState | None, dtype: torch.dtype,
+               grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+    """Re-run ``fn(inp)`` with grad (replaying its RNG state) and backprop ``grad_out`` through it.
+
+    Returns the detached output (cast to the stream ``dtype``), the gradient w.r.t. ``inp`` and the gradients of
+    ``fn``'s trainable parameters (None for unused ones)."""
+    params = [p for p in fn.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        x = inp.detach().requires_grad_(True)
+        if rng is not None:
+            rng.restore()
+        out = fn(x).to(dtype)
+    grads = torch.autograd.grad(out, [x, *params], grad_out, allow_unused=True)
+    d_in = grads[0] if grads[0] is not None else torch.zeros_like(inp)
+    return out.detach(), d_in, list(grads[1:])
+
+
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x1: torch.Tensor, x2: torch.Tensor, blocks: Sequence[ReversibleBlock],
-                param_counts: Sequence[tuple[int, int]], *params: torch.Tensor):
+    def forward(ctx, x1: torch.Tensor, x2: torch.Tensor, blocks: Sequence[ReversibleBlock], *params: torch.Tensor):
         ctx.blocks = blocks
-        ctx.param_counts = param_counts
         ctx.autocast = _AutocastState.capture()
         devices = sorted({t.device.index or 0 for t in (x1, x2) if t.is_cuda})
         ctx.devices = devices
@@ -111,44 +126,25 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy1: torch.Tensor, dy2: torch.Tensor):
         y1, y2 = (t.detach() for t in ctx.saved_tensors)
-        blocks, counts = ctx.blocks, ctx.param_counts
+        blocks = ctx.blocks
         dy1 = torch.zeros_like(y1) if dy1 is None else dy1
         dy2 = torch.zeros_like(y2) if dy2 is None else dy2
         grads: list[list[torch.Tensor | None]] = []
         fork = torch.random.fork_rng(devices=ctx.devices) if any(a or b for a, b in ctx.rng) else contextlib.nullcontext()
         with fork, ctx.autocast.enter():
-            for b, (rf, rg), (nf, ng) in zip(reversed(blocks), reversed(ctx.rng), reversed(counts)):
-                fp = [p for p in b.f.parameters() if p.requires_grad]
-                gp = [p for p in b.g.parameters() if p.requires_grad]
-                # g: rebuild x2 = y2 - g(y1) and push dy2 through g
-                with torch.enable_grad():
-                    y1r = y1.requires_grad_(True)
-                    if rg is not None:
-                        rg.restore()
-                    gy = b.g(y1r).to(y2.dtype)
-                gout = torch.autograd.grad(gy, [y1r, *gp], dy2, allow_unused=True)
-                with torch.no_grad():
-                    x2 = y2 - gy
-                    dy1 = dy1 + gout[0]
-                del gy
-                # f: rebuild x1 = y1 - f(x2) and push dy1 through f
-                with torch.enable_grad():
-                    x2r = x2.requires_grad_(True)
-                    if rf is not None:
-                        rf.restore()
-                    fx = b.f(x2r).to(y1.dtype)
-                fout = torch.autograd.grad(fx, [x2r, *fp], dy1, allow_unused=True)
-                with torch.no_grad():
-                    x1 = y1.detach() - fx
-                    dx2 = dy2 + fout[0]
-                del fx
-                grads.append(list(fout[1:]) + list(gout[1:]))
-                y1, y2 = x1.detach(), x2.detach()
-                dy2 = dx2
+            for b, (rf, rg) in zip(reversed(blocks), reversed(ctx.rng)):
+                # g: rebuild x2 = y2 - g(y1) and push dy2 through g; then f: x1 = y1 - f(x2), push dy1 through f
+                gy, dg_in, g_grads = _recompute(b.g, y1, rg, y2.dtype, dy2)
+                x2 = y2 - gy
+                dy1 = dy1 + dg_in
+                fx, df_in, f_grads = _recompute(b.f, x2, rf, y1.dtype, dy1)
+                x1 = y1 - fx
+                grads.append(f_grads + g_grads)
+                y1, y2, dy2 = x1, x2, dy2 + df_in
         flat: list[torch.Tensor | None] = []
         for g in reversed(grads):
             flat.extend(g)
-        return (dy1, dy2, None, None, *flat)
+        return (dy1, dy2, None, *flat)
 
 
 class ReversibleSequence(nn.Module):
@@ -177,14 +173,9 @@ class ReversibleSequence(nn.Module):
             for b in self.blocks:
                 x1, x2 = b(x1, x2)
             return x1, x2
-        params: list[torch.Tensor] = []
-        counts: list[tuple[int, int]] = []
-        for b in self.blocks:
-            fp = [p for p in b.f.parameters() if p.requires_grad]
-            gp = [p for p in b.g.parameters() if p.requires_grad]
-            params += fp + gp
-            counts.append((len(fp), len(gp)))
-        return _ReversibleFunction.apply(x1, x2, list(self.blocks), counts, *params)
+        # parameters in the order backward returns their gradients: per block, f's then g's
+        params = [p for b in self.blocks for m in (b.f, b.g) for p in m.parameters() if p.requires_grad]
+        return _ReversibleFunction.apply(x1, x2, list(self.blocks), *params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[self.split_dim] % 2:
