@@ -86,3 +86,14 @@ def test_registry_presets_and_unknown_name():
         create_model("nope")
     with pytest.raises(ValueError):
         register_model("test-linear", task="unit")(lambda: nn.Identity())
+
+
+def test_commands_not_built_yet_say_so_in_one_line(capsys):
+    from audiosep.cli import main as audiosep_main
+    from medseg.cli import main as medseg_main
+
+    assert audiosep_main(["separate", "mix.wav"]) == 2
+    assert medseg_main(["phases", "f.npy"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("audiosep: error: speech separation is not available")
+    assert err[1].startswith("medseg phases: error:")
