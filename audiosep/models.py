@@ -1,0 +1,143 @@
+"""Conv-TasNet (Luo & Mesgarani, "Conv-TasNet: Surpassing Ideal Time-Frequency Magnitude Masking for Speech
+Separation", IEEE/ACM TASLP 2019) on the suite's shared TCN blocks.
+
+The state_dict is key-for-key compatible with ``torchaudio.models.ConvTasNet``: ``encoder.weight``,
+``mask_generator.{input_norm, input_conv, conv_layers.{i}.{conv_layers.0..5, res_out, skip_out}, output_prelu,
+output_conv}``, ``decoder.weight``. A reversible variant (``reversible=True``) replaces the skip-connected TCN stack by
+additive-coupling blocks whose f and g are the same TCN blocks on half the channels, so training memory no longer
+grows with the number of blocks; it is a different network (its own weights), not a drop-in for torchaudio files.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared_backbones.blocks import TCNBlock, TCNResidualBody, get_norm
+from shared_backbones.registry import register_model
+from shared_backbones.reversible import ReversibleBlock, ReversibleSequence
+
+TASK = "audiosep"
+
+
+class MaskGenerator(nn.Module):
+    """TCN separator: norm -> 1x1 <N -> B> -> R repeats of X dilated blocks -> PReLU -> 1x1 <B -> S*N> -> mask."""
+
+    def __init__(self, input_dim: int, num_sources: int, kernel_size: int, num_feats: int, num_hidden: int,
+                 num_layers: int, num_stacks: int, msk_activate: str, norm: str, causal: bool,
+                 reversible: bool) -> None:
+        super().__init__()
+        self.input_dim, self.num_sources = input_dim, num_sources
+        self.input_norm = get_norm("cln" if causal else "gln", 1, input_dim)
+        self.input_conv = nn.Conv1d(input_dim, num_feats, 1)
+        self.reversible = reversible
+        if reversible:
+            half, hid = num_feats // 2, num_hidden // 2
+            body = lambda d: TCNResidualBody(half, hid, kernel_size, d, norm, causal)  # noqa: E731
+            self.conv_layers = ReversibleSequence(
+                [ReversibleBlock(body(2 ** l), body(2 ** l)) for _ in range(num_stacks) for l in range(num_layers)])
+        else:
+            self.conv_layers = nn.ModuleList(
+                TCNBlock(num_feats, num_hidden, kernel_size, 2 ** l, norm, causal,
+                         no_residual=(s == num_stacks - 1 and l == num_layers - 1))
+                for s in range(num_stacks) for l in range(num_layers))
+        self.output_prelu = nn.PReLU()
+        self.output_conv = nn.Conv1d(num_feats, input_dim * num_sources, 1)
+        if msk_activate not in ("sigmoid", "relu"):
+            raise ValueError(f"mask activation must be sigmoid or relu, got {msk_activate!r}")
+        self.activate = torch.sigmoid if msk_activate == "sigmoid" else F.relu
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.input_conv(self.input_norm(feats))
+        if self.reversible:
+            out = self.conv_layers(x)
+        else:
+            out = torch.zeros((), dtype=x.dtype, device=x.device)
+            for layer in self.conv_layers:
+                res, skip = layer(x)
+                if res is not None:
+                    x = x + res
+                out = out + skip
+        masks = self.activate(self.output_conv(self.output_prelu(out)))
+        return masks.view(feats.shape[0], self.num_sources, self.input_dim, -1)
+
+
+class ConvTasNet(nn.Module):
+    """Conv-TasNet: learned encoder <N filters of length L, hop L/2> -> TCN masks -> transposed-conv decoder.
+
+    Args:
+        num_sources: number of separated sources <C>.
+        enc_kernel_size: encoder filter length <L> (samples).
+        enc_num_feats: number of encoder filters <N>.
+        msk_kernel_size: depthwise kernel size <P>.
+        msk_num_feats: bottleneck / residual channels <B> (skip channels <Sc> = <B>, as in torchaudio).
+        msk_num_hidden_feats: channels inside each block <H>.
+        msk_num_layers: blocks per repeat <X> (dilations 1 .. 2^(X-1)).
+        msk_num_stacks: repeats <R>.
+        msk_activate: mask non-linearity, "sigmoid" or "relu".
+        norm: "gln" (global layer norm, non-causal) or "cln" (cumulative layer norm, causal).
+        causal: left-only padding so an output sample never depends on later input.
+        reversible: reversible TCN stack (memory flat in depth; see the module docstring).
+    """
+
+    def __init__(self, num_sources: int = 2, enc_kernel_size: int = 16, enc_num_feats: int = 512,
+                 msk_kernel_size: int = 3, msk_num_feats: int = 128, msk_num_hidden_feats: int = 512,
+                 msk_num_layers: int = 8, msk_num_stacks: int = 3, msk_activate: str = "sigmoid",
+                 norm: str = "gln", causal: bool = False, reversible: bool = False) -> None:
+        super().__init__()
+        if enc_kernel_size % 2:
+            raise ValueError("enc_kernel_size <L> must be even (hop = L/2)")
+        self.num_sources = num_sources
+        self.enc_kernel_size, self.enc_num_feats = enc_kernel_size, enc_num_feats
+        self.enc_stride = enc_kernel_size // 2
+        self.encoder = nn.Conv1d(1, enc_num_feats, enc_kernel_size, stride=self.enc_stride, padding=self.enc_stride,
+                                 bias=False)
+        self.mask_generator = MaskGenerator(enc_num_feats, num_sources, msk_kernel_size, msk_num_feats,
+                                            msk_num_hidden_feats, msk_num_layers, msk_num_stacks, msk_activate,
+                                            norm, causal, reversible)
+        self.decoder = nn.ConvTranspose1d(enc_num_feats, 1, enc_kernel_size, stride=self.enc_stride,
+                                          padding=self.enc_stride, bias=False)
+
+    def _pad_to_stride(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Right-pad so the last encoder window ends on the signal (even L: T must be a multiple of the hop)."""
+        rem = x.shape[-1] % self.enc_stride
+        pad = 0 if rem == 0 else self.enc_stride - rem
+        return (F.pad(x, (0, pad)) if pad else x), pad
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """[batch, 1, time] -> [batch, num_sources, time]."""
+        if waveform.ndim != 3 or waveform.shape[1] != 1:
+            raise ValueError(f"expected [batch, 1, time], got {tuple(waveform.shape)}")
+        x, pad = self._pad_to_stride(waveform)
+        feats = self.encoder(x)
+        masked = self.mask_generator(feats) * feats.unsqueeze(1)
+        out = self.decoder(masked.reshape(-1, self.enc_num_feats, masked.shape[-1]))
+        out = out.view(waveform.shape[0], self.num_sources, -1)
+        return out[..., : waveform.shape[-1]] if pad else out
+
+
+@register_model("convtasnet", task=TASK)
+def convtasnet(**kwargs) -> ConvTasNet:
+    """Conv-TasNet with any hyperparameters (defaults: the paper's best non-causal configuration)."""
+    return ConvTasNet(**kwargs)
+
+
+@register_model("convtasnet-base", task=TASK, msk_activate="relu")
+def convtasnet_base(num_sources: int = 2, **kwargs) -> ConvTasNet:
+    """Paper's best: N=512 L=16 B=128 H=512 Sc=128 P=3 X=8 R=3, gLN, non-causal, ReLU mask as torchaudio's
+    ``conv_tasnet_base`` (4,984,881 parameters with 2 sources)."""
+    return ConvTasNet(num_sources=num_sources, **kwargs)
+
+
+@register_model("convtasnet-causal", task=TASK, norm="cln", causal=True, msk_activate="relu")
+def convtasnet_causal(num_sources: int = 2, **kwargs) -> ConvTasNet:
+    """Causal Conv-TasNet with cumulative layer norm, for streaming / low latency (same sizes as the base)."""
+    return ConvTasNet(num_sources=num_sources, **kwargs)
+
+
+@register_model("convtasnet-small", task=TASK, msk_activate="relu", enc_num_feats=64, msk_num_feats=32, msk_num_hidden_feats=64,
+                msk_num_layers=4, msk_num_stacks=2)
+def convtasnet_small(num_sources: int = 2, **kwargs) -> ConvTasNet:
+    """A small Conv-TasNet for CPU training and tests (N=64 B=32 H=64 X=4 R=2)."""
+    return ConvTasNet(num_sources=num_sources, **kwargs)
