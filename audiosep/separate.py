@@ -1,0 +1,187 @@
+"""Separate audio files of any length with bounded memory.
+
+The input is read from disk in chunks (soundfile), each chunk is resampled to the model's rate, separated, resampled
+back, and overlap-added with a linear cross-fade. Each chunk's sources are first put in the order of the previous
+chunk's by the best permutation of their correlations over the overlap, so speaker 1 stays speaker 1 for the whole
+file. Sources go to temporary float files as they are produced; a second pass writes the final files in the input's
+subtype with one gain per source: the mixture's level is kept, and a source whose peak would clip is scaled down as a
+whole (peak at -0.1 dBFS). Memory is O(chunk), independent of the file's length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from shared_backbones.checkpoint import load_model_file
+from shared_backbones.cliutil import atomic_output, check_output, progress
+from shared_backbones.errors import InputError
+from shared_backbones.precision import PrecisionPolicy, resolve_device
+
+from .metrics import best_permutation
+from . import models  # noqa: F401  (registers the architectures)
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
+PEAK = 10 ** (-0.1 / 20)
+
+
+@dataclass
+class Separator:
+    """A loaded separation model with its sample rate, device and precision."""
+
+    model: torch.nn.Module
+    sample_rate: int
+    num_sources: int
+    device: torch.device
+    policy: PrecisionPolicy
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> "Separator":
+        """Load a suite model file of task ``audiosep``."""
+        mf = load_model_file(path, task="audiosep")
+        dev = resolve_device(device)
+        model = mf.build().to(dev)
+        rate = int(mf.preprocessing.get("sample_rate", 8000))
+        return cls(model, rate, int(mf.arch_kwargs.get("num_sources", 2)), dev, PrecisionPolicy.resolve(precision, dev))
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """[C, T] at the model's rate -> [C, S, T] (float32, CPU)."""
+        with self.policy.autocast():
+            y = self.model(x.to(self.device, torch.float32).unsqueeze(1))
+        return y.float().cpu()
+
+
+def align_to_previous(prev_tail: torch.Tensor, cur_head: torch.Tensor) -> torch.Tensor:
+    """Permutation [C, S] of ``cur_head``'s sources ([C, S, n]) that best matches ``prev_tail`` ([C, S, n]) by
+    normalised correlation: perm[c, j] = index of the current source that continues previous source j."""
+    a = prev_tail - prev_tail.mean(-1, keepdim=True)
+    b = cur_head - cur_head.mean(-1, keepdim=True)
+    num = torch.einsum("cjt,cit->cij", a, b)  # [C, cur, prev]
+    den = a.norm(dim=-1)[:, None, :] * b.norm(dim=-1)[:, :, None] + 1e-12
+    _, perm = best_permutation(num / den)
+    return perm
+
+
+def _resample(x: torch.Tensor, src: int, dst: int, length: int | None = None) -> torch.Tensor:
+    if src != dst:
+        x = AF.resample(x, src, dst)
+    if length is not None:
+        x = x[..., :length] if x.shape[-1] >= length else torch.nn.functional.pad(x, (0, length - x.shape[-1]))
+    return x
+
+
+def separate_chunks(read, total: int, rate: int, separator: Separator, chunk: int, overlap: int, channels: int,
+                    write, quiet: bool = True) -> None:
+    """Core loop. ``read(start, n) -> [C, n]`` float32 tensor at ``rate``; ``write(block [C, S, n])`` receives the
+    separated signal in order, ``total`` samples in all."""
+    if chunk <= overlap:
+        raise InputError(f"chunk ({chunk} samples) must be longer than the overlap ({overlap})")
+    hop = chunk - overlap
+    starts = list(range(0, max(total - overlap, 1), hop))
+    fade = torch.linspace(0.0, 1.0, overlap + 2)[1:-1] if overlap else torch.zeros(0)
+    tail: torch.Tensor | None = None
+    bar = progress(total=total / rate, desc="separating", unit="s", quiet=quiet,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+    with bar:
+        for i, start in enumerate(starts):
+            n = min(chunk, total - start)
+            x = read(start, n)
+            m_len = max(1, round(n * separator.sample_rate / rate))
+            y = separator(_resample(x, rate, separator.sample_rate, m_len))
+            y = _resample(y, separator.sample_rate, rate, n)  # [C, S, n]
+            last = i == len(starts) - 1
+            if tail is not None:
+                ov = tail.shape[-1]
+                perm = align_to_previous(tail, y[..., :ov])
+                y = torch.gather(y, 1, perm[..., None].expand(-1, -1, n))
+                y[..., :ov] = tail * (1 - fade[:ov]) + y[..., :ov] * fade[:ov]
+            keep = n if last else n - overlap
+            write(y[..., :keep])
+            tail = None if last else y[..., keep:].clone()
+            bar.update(keep / rate)
+
+
+def _info(path: Path) -> sf._SoundFileInfo:
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise InputError(f"not a readable audio file ({str(exc).split(':')[-1].strip() or 'unknown format'})", path) from None
+    if info.frames == 0:
+        raise InputError("audio is empty (0 samples)", path)
+    return info
+
+
+def output_paths(path: str | Path, num_sources: int, out_dir: str | Path | None = None) -> list[Path]:
+    """``<stem>_s1.wav`` ... in ``out_dir`` (default: next to the input)."""
+    path = Path(path)
+    folder = Path(out_dir) if out_dir is not None else path.parent
+    return [folder / f"{path.stem}_s{k + 1}.wav" for k in range(num_sources)]
+
+
+def separate_file(path: str | Path, separator: Separator, out_dir: str | Path | None = None, *,
+                  chunk_seconds: float = 10.0, overlap_seconds: float = 1.0, per_channel: bool = False,
+                  overwrite: bool = False, quiet: bool = True) -> list[Path]:
+    """Separate one file; returns the written paths. Stereo/multichannel is downmixed unless ``per_channel``."""
+    path = Path(path)
+    info = _info(path)
+    outs = output_paths(path, separator.num_sources, out_dir)
+    for o in outs:
+        check_output(o, overwrite)
+    rate, total = info.samplerate, info.frames
+    channels = info.channels if per_channel else 1
+    subtype = info.subtype if sf.check_format("WAV", info.subtype) else "PCM_16"
+    chunk = max(1, round(chunk_seconds * rate))
+    overlap = min(round(overlap_seconds * rate), chunk // 2)
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(sf.SoundFile(str(path)))
+        tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".audiosep-", dir=outs[0].parent)))
+        tmps = [stack.enter_context(sf.SoundFile(str(tmpdir / f"s{k}.wav"), "w", rate, channels, "FLOAT"))
+                for k in range(separator.num_sources)]
+        peaks = np.zeros(separator.num_sources)
+
+        def read(start: int, n: int) -> torch.Tensor:
+            src.seek(start)
+            a = src.read(n, dtype="float32", always_2d=True)  # [n, channels]
+            a = a if per_channel else a.mean(1, keepdims=True)
+            return torch.from_numpy(np.ascontiguousarray(a.T))
+
+        def write(block: torch.Tensor) -> None:
+            arr = block.numpy()  # [C, S, n]
+            for k, f in enumerate(tmps):
+                f.write(arr[:, k].T)
+                peaks[k] = max(peaks[k], float(np.abs(arr[:, k]).max(initial=0.0)))
+
+        separate_chunks(read, total, rate, separator, chunk, overlap, channels, write, quiet=quiet)
+        for f in tmps:
+            f.close()
+        for k, out in enumerate(outs):
+            gain = min(1.0, PEAK / peaks[k]) if peaks[k] > 0 else 1.0
+            with atomic_output(out, overwrite) as tmp, sf.SoundFile(str(tmpdir / f"s{k}.wav")) as r, \
+                    sf.SoundFile(str(tmp), "w", rate, channels, subtype, format="WAV") as w:
+                for block in r.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                    w.write(np.clip(block * gain, -1.0, 1.0))
+    return outs
+
+
+def collect_inputs(paths: list[str | Path]) -> list[Path]:
+    """Files as given, and the audio files (by extension) inside given folders, sorted."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.suffix.lower() in AUDIO_SUFFIXES and q.is_file())
+        else:
+            found.append(p)
+    if not found:
+        raise InputError("no audio files found", paths[0] if paths else ".")
+    return found
