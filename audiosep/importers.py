@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ def _infer_kwargs(sd: dict[str, torch.Tensor], num_layers: int) -> dict:
 
 def asteroid_to_torchaudio(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map Asteroid ConvTasNet keys (``encoder.filterbank._filters``, ``masker.bottleneck``, ``masker.TCN.{i}.
-    {in_conv, D, shared_block, res_conv, skip_conv}``, ``masker.mask_net``, ``decoder.filterbank._filters``) to ours."""
+    {shared_block.0..5, res_conv, skip_conv}``, ``masker.mask_net``, ``decoder.filterbank._filters``) to ours."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         k2 = k
@@ -38,7 +39,6 @@ def asteroid_to_torchaudio(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         k2 = re.sub(r"^masker\.bottleneck\.0\.", "mask_generator.input_norm.", k2)
         k2 = re.sub(r"^masker\.bottleneck\.1\.", "mask_generator.input_conv.", k2)
         k2 = re.sub(r"^masker\.TCN\.(\d+)\.shared_block\.(\d)\.", lambda m: f"mask_generator.conv_layers.{m.group(1)}.conv_layers.{m.group(2)}.", k2)
-        k2 = re.sub(r"^masker\.TCN\.(\d+)\.depth_conv\.(\d)\.", lambda m: f"mask_generator.conv_layers.{m.group(1)}.conv_layers.{int(m.group(2)) + 3}.", k2)
         k2 = re.sub(r"^masker\.TCN\.(\d+)\.res_conv\.", r"mask_generator.conv_layers.\1.res_out.", k2)
         k2 = re.sub(r"^masker\.TCN\.(\d+)\.skip_conv\.", r"mask_generator.conv_layers.\1.skip_out.", k2)
         k2 = re.sub(r"^masker\.mask_net\.0\.", "mask_generator.output_prelu.", k2)
