@@ -39,6 +39,28 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--layers", type=int, default=8, help="blocks per repeat <X> (not visible in the weights)")
     i.add_argument("--mask", choices=("relu", "sigmoid"), default="relu")
     i.add_argument("--overwrite", action="store_true")
+    t = sub.add_parser("train", help="train Conv-TasNet (SI-SNR + PIT) through the Lightning pipeline")
+    t.add_argument("data", help="LibriMix-style folder (mix/, s1/, s2/...) or, with --dynamic-mixing, single-speaker files")
+    t.add_argument("-o", "--output", required=True, help="model file to write (best checkpoint)")
+    t.add_argument("--val-dir", help="LibriMix-style validation folder (default: a k-fold split of DATA)")
+    t.add_argument("--dynamic-mixing", action="store_true")
+    t.add_argument("--arch", default="convtasnet-small", help="convtasnet-small | convtasnet-base | convtasnet-causal | convtasnet")
+    t.add_argument("--reversible", action="store_true", help="reversible TCN stack (training memory flat in depth)")
+    t.add_argument("--sources", type=int, default=2)
+    t.add_argument("--sample-rate", type=int, default=8000)
+    t.add_argument("--segment", type=float, default=4.0, help="training crop in seconds (paper: 4)")
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--max-time", help="stop after DD:HH:MM:SS")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--folds", type=int, default=5)
+    t.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
+    t.add_argument("--accelerator", default="auto")
+    t.add_argument("--devices", default="auto")
+    t.add_argument("--resume", help="Lightning checkpoint to resume from")
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -64,6 +86,20 @@ def _main(argv: Sequence[str] | None) -> int:
         print(format_table(rows))
         if args.csv:
             write_csv(rows, args.csv, args.overwrite)
+    elif args.command == "train":
+        from shared_backbones.cliutil import check_output
+
+        check_output(args.output, args.overwrite)
+        from pipelines.audiosep import train_audiosep  # the train command is the one place audiosep uses pipelines
+
+        res = train_audiosep(args.data, args.output, arch=args.arch,
+                             arch_kwargs={"reversible": True} if args.reversible else None, val_dir=args.val_dir,
+                             dynamic_mixing=args.dynamic_mixing, sample_rate=args.sample_rate, num_sources=args.sources,
+                             segment=args.segment, batch_size=args.batch_size, epochs=args.epochs,
+                             max_time=args.max_time, lr=args.lr, precision=args.precision,
+                             accelerator=args.accelerator, devices=args.devices, fold=args.fold, folds=args.folds,
+                             resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
+        say(f"best val SI-SNR loss {res.best_score:.2f} dB; model file {res.model_file}", args.quiet)
     elif args.command == "import":
         from .importers import import_convtasnet
 

@@ -210,11 +210,17 @@ def test_evaluate_folder_and_csv(tmp_path, capsys):
     est = tmp_path / "est"
     est.mkdir()
     sf.write(est / "u1_s1.wav", s2 + 0.01 * s1, 8000, subtype="FLOAT")  # swapped order: PIT must fix it
-    sf.write(est / "u1_s2.wav", s1, 8000, subtype="FLOAT")
+    sf.write(est / "u1_s2.wav", s1 + 0.02 * s2, 8000, subtype="FLOAT")
     rows = evaluate_folder(est, tmp_path / "data")
-    expect_si = (si_snr(torch.tensor(np.stack([s1, s2 + 0.01 * s1])), torch.tensor(np.stack([s1, s2]))).mean()
+    expect_si = (si_snr(torch.tensor(np.stack([s1 + 0.02 * s2, s2 + 0.01 * s1])), torch.tensor(np.stack([s1, s2]))).mean()
                  - si_snr(torch.tensor(np.stack([s1 + s2] * 2)), torch.tensor(np.stack([s1, s2]))).mean())
     assert rows[0]["si_snri"] == pytest.approx(float(expect_si), abs=1e-3)
+    from torchmetrics.functional.audio import signal_distortion_ratio as tm_sdr
+
+    ref = torch.tensor(np.stack([s1, s2])).double()
+    expect_sdri = (tm_sdr(torch.tensor(np.stack([s1 + 0.02 * s2, s2 + 0.01 * s1])).double(), ref).mean()
+                   - tm_sdr(torch.tensor(np.stack([s1 + s2] * 2)).double(), ref).mean())
+    assert rows[0]["sdri"] == pytest.approx(float(expect_sdri), abs=1e-2)
     assert main(["evaluate", str(est), str(tmp_path / "data"), "--csv", str(tmp_path / "r.csv")]) == 0
     assert (tmp_path / "r.csv").read_text().splitlines()[-1].startswith("mean,")
     assert main(["evaluate", str(est), str(tmp_path)]) == 2
