@@ -224,3 +224,19 @@ def test_evaluate_folder_and_csv(tmp_path, capsys):
     assert main(["evaluate", str(est), str(tmp_path / "data"), "--csv", str(tmp_path / "r.csv")]) == 0
     assert (tmp_path / "r.csv").read_text().splitlines()[-1].startswith("mean,")
     assert main(["evaluate", str(est), str(tmp_path)]) == 2
+
+
+def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
+    from audiosep.synthetic import write_librimix
+
+    data = write_librimix(tmp_path / "data", 10, seconds=1.0, seed=0)
+    out = tmp_path / "m.pt"
+    argv = ["train", str(data), "-o", str(out), "--segment", "0.5", "--batch-size", "4", "--epochs", "1",
+            "--accelerator", "cpu", "--quiet"]
+    assert main(argv) == 0
+    mf = load_model_file(out, task="audiosep")
+    assert mf.preprocessing["sample_rate"] == 8000 and mf.classes == ["s1", "s2"] and "best_val_loss" in mf.metrics
+    assert main(["separate", str(data / "mix" / "utt0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+    assert sf.info(tmp_path / "o" / "utt0000_s2.wav").frames == 8000
+    capsys.readouterr()
+    assert main(argv) == 2 and "output exists" in capsys.readouterr().err
