@@ -89,11 +89,12 @@ def test_registry_presets_and_unknown_name():
 
 
 def test_commands_not_built_yet_say_so_in_one_line(capsys):
-    from audiosep.cli import main as audiosep_main
     from medseg.cli import main as medseg_main
+    from remote.cli import main as remote_main
 
-    assert audiosep_main(["separate", "mix.wav"]) == 2
+    assert remote_main(["predict", "s2.tif"]) == 2
     assert medseg_main(["phases", "f.npy"]) == 2
+    assert medseg_main(["predict", "ct.nii.gz"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("audiosep: error: speech separation is not available")
-    assert err[1].startswith("medseg phases: error:")
+    assert err[0].startswith("remote: error: Sentinel-2 crop-stress mapping is not available")
+    assert err[1].startswith("medseg phases: error:") and err[2].startswith("medseg: error:")
