@@ -240,3 +240,21 @@ def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
     assert sf.info(tmp_path / "o" / "utt0000_s2.wav").frames == 8000
     capsys.readouterr()
     assert main(argv) == 2 and "output exists" in capsys.readouterr().err
+
+
+def test_dynamic_mixing_dataset_mixes_random_crops(tmp_path):
+    from audiosep.synthetic import speech_like
+    from pipelines.audiosep import DynamicMixDataset
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(tmp_path / f"spk{i}.wav", speech_like(1.5, 8000, rng), 8000)
+    ds = DynamicMixDataset(tmp_path, segment=1.0, num_sources=2, length=5, seed=3)
+    mix, srcs = ds[0]
+    assert mix.shape == (1, 8000) and srcs.shape == (2, 8000)
+    assert torch.allclose(mix[0], srcs.sum(0), atol=1e-6)
+    assert torch.equal(ds[0][1], srcs) and not torch.equal(ds[1][1], srcs)  # seeded per item
+    from shared_backbones.errors import InputError
+
+    with pytest.raises(InputError, match="at least 4"):
+        DynamicMixDataset(tmp_path, num_sources=4)
