@@ -1,15 +1,103 @@
-"""``medseg phases`` command (colonoscopy phase segmentation): not part of this version yet; replaced when the pipeline lands."""
+"""``medseg phases``: temporal segmentation of colonoscopy procedures from per-frame features.
+
+    medseg phases predict video.npy [more.npy | folder] -m model.pt [-o DIR] [--reference labels.txt]
+    medseg phases video.npy -m model.pt            (same as predict)
+    medseg phases evaluate DATA_DIR -m model.pt [--csv metrics.csv]
+    medseg phases train DATA_DIR -o model.pt [--arch colontcn|mstcn] [--folds 4 --groups groups.csv] [--all-folds]
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
-from shared_backbones._unavailable import unavailable
+from shared_backbones.cliutil import progress, run_cli, say
+from shared_backbones.errors import InputError
+from shared_backbones.precision import PRECISION_CHOICES
+
+COMMANDS = ("predict", "evaluate", "train", "extract")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medseg phases", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="per-frame phases, segments, withdrawal time, timeline PNG")
+    pr.add_argument("inputs", nargs="+", help=".npy feature files ([T, D] or [D, T]) or folders of them")
+    pr.add_argument("-m", "--model", required=True)
+    pr.add_argument("-o", "--out-dir", help="output folder (default: next to each input)")
+    pr.add_argument("--layout", choices=("auto", "tc", "ct"), default="auto")
+    pr.add_argument("--fps", type=float, help="frame rate of the features (default: the model's, usually 5)")
+    pr.add_argument("--reference", help="labels of the (single) input to draw and score against")
+    pr.add_argument("--no-png", action="store_true", help="skip the timeline figure")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
+    pr.add_argument("--overwrite", action="store_true")
+    pr.add_argument("--quiet", action="store_true")
+    ev = sub.add_parser("evaluate", help="Acc / Edit / F1@{10,25,50} / per class on a labelled data folder")
+    ev.add_argument("data", help="folder with features/ and labels/ (or groundTruth/)")
+    ev.add_argument("-m", "--model", required=True)
+    ev.add_argument("--csv", help="write per-video and mean metrics to this CSV")
+    ev.add_argument("--layout", choices=("auto", "tc", "ct"), default="auto")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
+    ev.add_argument("--overwrite", action="store_true")
+    ev.add_argument("--quiet", action="store_true")
+    ex = sub.add_parser("extract", help="per-frame features from a video (see the message)")
+    ex.add_argument("video")
+    return p
+
+
+def _expand(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, inputs):
+        files += sorted(p.glob("*.npy")) if p.is_dir() else [p]
+    if not files:
+        raise InputError("no .npy feature files found", inputs[0])
+    return files
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = list(argv or [])
+    if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+        args = ["predict", *args]
+    a = _parser().parse_args(args)
+    if a.command == "extract":
+        raise InputError("video decoding is not available in this version; extract frames and features with your "
+                         "frame encoder and pass the [T, 2048] .npy to 'medseg phases predict'", a.video)
+    from .io import load_features, load_labels
+    from .predict import PhaseModel, predict_video
+
+    pm = PhaseModel.from_file(a.model, a.device, a.precision)
+    if a.command == "predict":
+        files = _expand(a.inputs)
+        if a.reference and len(files) != 1:
+            raise InputError("--reference needs exactly one input", a.reference)
+        start = time.perf_counter()
+        for f in progress(files, desc="videos", unit="video", quiet=a.quiet or len(files) == 1):
+            feats = load_features(f, a.layout, pm.in_features)
+            ref = load_labels(a.reference, pm.classes) if a.reference else None
+            s = predict_video(pm, feats, f, Path(a.out_dir) if a.out_dir else None, a.fps, ref, not a.no_png,
+                              a.overwrite)
+            extra = f", acc {s['metrics']['accuracy']:.1f}%" if "metrics" in s else ""
+            say(f"{f}: {s['frames']} frames, {s['segments']} segments, withdrawal {s['withdrawal_s'] / 60:.1f} min"
+                f"{extra} -> {s['outputs']['frames']}", a.quiet)
+        say(f"{len(files)} video(s) in {time.perf_counter() - start:.1f}s", a.quiet)
+    elif a.command == "evaluate":
+        from .evaluate import evaluate_dataset, format_table, write_csv
+
+        rows, total = evaluate_dataset(pm, a.data, a.layout, quiet=a.quiet)
+        print(format_table(rows, total))
+        if a.csv:
+            write_csv(rows, total, a.csv, a.overwrite)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return unavailable("medseg phases", "colonoscopy phase segmentation")
+    return run_cli(_main, list(sys.argv[1:] if argv is None else argv), prog="medseg phases")
 
 
 if __name__ == "__main__":
