@@ -46,6 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     ev.add_argument("--overwrite", action="store_true")
     ev.add_argument("--quiet", action="store_true")
+    tr = sub.add_parser("train", help="train ColonTCN / MS-TCN through the Lightning pipeline (k-fold)")
+    tr.add_argument("data", help="folder with features/ and labels/ (or groundTruth/ + mapping.txt)")
+    tr.add_argument("-o", "--output", required=True, help="model file (with --all-folds: one per fold, _fold<k>)")
+    tr.add_argument("--arch", choices=("colontcn", "mstcn"), default="colontcn")
+    tr.add_argument("--blocks", type=int, help="ColonTCN blocks N (12 for 4-fold, 13 for 5-fold)")
+    tr.add_argument("--causal", action="store_true", help="online model: only past frames")
+    tr.add_argument("--reversible", action="store_true", help="reversible ColonTCN (memory flat in depth)")
+    tr.add_argument("--folds", type=int, default=4, help="k (0 with --groups: leave-one-group-out)")
+    tr.add_argument("--fold", type=int, default=0)
+    tr.add_argument("--all-folds", action="store_true", help="train every fold and print the per-fold and mean table")
+    tr.add_argument("--groups", help="CSV video,group (centre/study): folds never split a group")
+    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--batch-size", type=int, default=2)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--fps", type=float, default=5.0)
+    tr.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
+    tr.add_argument("--accelerator", default="auto")
+    tr.add_argument("--csv", help="write the per-fold table to this CSV")
+    tr.add_argument("--overwrite", action="store_true")
+    tr.add_argument("--quiet", action="store_true")
     ex = sub.add_parser("extract", help="per-frame features from a video (see the message)")
     ex.add_argument("video")
     return p
@@ -68,6 +88,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if a.command == "extract":
         raise InputError("video decoding is not available in this version; extract frames and features with your "
                          "frame encoder and pass the [T, 2048] .npy to 'medseg phases predict'", a.video)
+    if a.command == "train":
+        return _train(a)
     from .io import load_features, load_labels
     from .predict import PhaseModel, predict_video
 
@@ -93,6 +115,38 @@ def _main(argv: Sequence[str] | None) -> int:
         print(format_table(rows, total))
         if a.csv:
             write_csv(rows, total, a.csv, a.overwrite)
+    return 0
+
+
+def _train(a: argparse.Namespace) -> int:
+    import csv
+
+    from shared_backbones.cliutil import atomic_output, check_output
+
+    check_output(a.output, a.overwrite)
+    from pipelines.phases import train_phases  # the train command is the one place medseg uses pipelines
+
+    kw = {k: v for k, v in (("num_blocks", a.blocks), ("causal", a.causal or None),
+                            ("reversible", a.reversible or None)) if v is not None}
+    if a.arch == "mstcn":
+        kw.pop("num_blocks", None)
+        kw.pop("reversible", None)
+    res = train_phases(a.data, a.output, arch=a.arch, arch_kwargs=kw, folds=a.folds,
+                       fold=None if a.all_folds else a.fold, groups=a.groups, epochs=a.epochs, batch_size=a.batch_size,
+                       lr=a.lr, fps=a.fps, precision=a.precision, accelerator=a.accelerator, quiet=a.quiet,
+                       overwrite=a.overwrite)
+    cols = list(res[0].metrics)
+    rows = [{"fold": str(r.fold), **r.metrics} for r in res]
+    rows.append({"fold": "mean", **{c: sum(r.metrics[c] for r in res) / len(res) for c in cols}})
+    print(f"{'fold':<6}" + "".join(f"{c:>20}" for c in cols))
+    for r in rows:
+        print(f"{r['fold']:<6}" + "".join(f"{r[c]:>20.2f}" for c in cols))
+    if a.csv:
+        with atomic_output(a.csv, a.overwrite) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["fold", *cols])
+            w.writeheader()
+            w.writerows(rows)
+    say(f"model file(s): {', '.join(str(r.model_file) for r in res)}", a.quiet)
     return 0
 
 

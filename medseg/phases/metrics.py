@@ -72,7 +72,7 @@ def f1_counts(pred: np.ndarray, ref: np.ndarray, overlap: float) -> tuple[int, i
 def _f1(tp: int, fp: int, fn: int) -> float:
     prec = tp / (tp + fp) if tp + fp else 0.0
     rec = tp / (tp + fn) if tp + fn else 0.0
-    return 2 * prec * rec / (prec + rec) * 100 if prec + rec else 0.0
+    return float(2 * prec * rec / (prec + rec) * 100) if prec + rec else 0.0
 
 
 def evaluate_videos(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], num_classes: int,
