@@ -93,8 +93,7 @@ def test_commands_not_built_yet_say_so_in_one_line(capsys):
     from remote.cli import main as remote_main
 
     assert remote_main(["predict", "s2.tif"]) == 2
-    assert medseg_main(["phases", "f.npy"]) == 2
     assert medseg_main(["predict", "ct.nii.gz"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("remote: error: Sentinel-2 crop-stress mapping is not available")
-    assert err[1].startswith("medseg phases: error:") and err[2].startswith("medseg: error:")
+    assert err[1].startswith("medseg: error: 3-D volume segmentation is not available")

@@ -1,0 +1,95 @@
+"""medseg phases CLI: predict outputs, layouts, train (k-fold by centre), evaluate, error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.phases.io import load_features, load_labels
+from medseg.phases.models import COLON_CLASSES, ColonTCN
+from medseg.phases.synthetic import write_dataset
+from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
+
+
+@pytest.fixture()
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    m = ColonTCN(in_features=16, num_blocks=3)
+    return save_model_file(tmp_path / "m.pt", ModelFile.from_model(
+        m, task="phases", arch="colontcn", arch_kwargs={"in_features": 16, "num_blocks": 3}, classes=COLON_CLASSES,
+        preprocessing={"fps": 5.0}))
+
+
+def test_predict_writes_frames_segments_summary_png(tmp_path, model_file):
+    feats = np.random.default_rng(0).standard_normal((16, 400)).astype("float32")  # [D, T]: auto layout
+    np.save(tmp_path / "v.npy", feats)
+    (tmp_path / "ref.txt").write_text("\n".join(["insertion"] * 200 + [""] * 20 + ["cecum"] * 180))
+    assert main(["phases", str(tmp_path / "v.npy"), "-m", str(model_file), "-o", str(tmp_path / "out"),
+                 "--reference", str(tmp_path / "ref.txt"), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "v_phases.csv")))
+    assert len(rows) == 400 and rows[5]["time_s"] == "1.000" and rows[0]["label"] in COLON_CLASSES
+    probs = np.array([[float(r[f"p_{c}"]) for c in COLON_CLASSES] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-3)
+    segs = list(csv.DictReader(open(tmp_path / "out" / "v_segments.csv")))
+    assert int(segs[0]["start_frame"]) == 0 and int(segs[-1]["end_frame"]) == 399
+    assert sum(float(s["duration_s"]) for s in segs) == pytest.approx(80.0)
+    summary = json.loads((tmp_path / "out" / "v_summary.json").read_text())
+    assert summary["frames"] == 400 and "accuracy" in summary["metrics"] and summary["reference_withdrawal_s"] == 36.0
+    assert (tmp_path / "out" / "v_timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_layouts_and_labels(tmp_path):
+    a = np.arange(24, dtype="float32").reshape(4, 6)
+    np.save(tmp_path / "a.npy", a)
+    assert load_features(tmp_path / "a.npy", "tc").shape == (4, 6)
+    assert load_features(tmp_path / "a.npy", "ct").shape == (6, 4)
+    assert load_features(tmp_path / "a.npy", "auto", expected_dim=4).shape == (6, 4)
+    (tmp_path / "l.txt").write_text("cecum\n2\n\nunlabeled\nRECTUM\n")
+    assert load_labels(tmp_path / "l.txt", COLON_CLASSES).tolist() == [2, 2, -1, -1, 8]
+
+
+def test_error_paths(tmp_path, model_file, capsys):
+    np.save(tmp_path / "wrong.npy", np.zeros((50, 15), dtype="float32"))
+    np.save(tmp_path / "nan.npy", np.full((50, 16), np.nan, dtype="float32"))
+    np.save(tmp_path / "three.npy", np.zeros((2, 50, 16), dtype="float32"))
+    (tmp_path / "text.npy").write_text("hello")
+    np.save(tmp_path / "ok.npy", np.zeros((50, 16), dtype="float32"))
+    (tmp_path / "bad.txt").write_text("cecum\nstomach\n")
+    other = tmp_path / "other.pt"
+    torch.save({**torch.load(model_file, weights_only=True), "task": "audiosep"}, other)
+    m = str(model_file)
+    cases = [(["wrong.npy", "-m", m], "features have 15 dims per frame, the model expects 16"),
+             (["nan.npy", "-m", m], "NaN"), (["three.npy", "-m", m], "2-D array"),
+             (["text.npy", "-m", m], "not a NumPy .npy"), (["missing.npy", "-m", m], "file not found"),
+             (["ok.npy", "-m", str(other)], "model file is for task 'audiosep'"),
+             (["ok.npy", "-m", m, "--reference", str(tmp_path / "bad.txt")], "line 2: unknown label 'stomach'"),
+             (["extract", "video.mp4"], "video decoding is not available")]
+    for argv, msg in cases:
+        argv = [str(tmp_path / argv[0]) if argv[0].endswith(".npy") else argv[0], *argv[1:]]
+        assert main(["phases", *argv, "--quiet"] if argv[0] != "extract" else ["phases", *argv]) == 2, msg
+        err = capsys.readouterr().err
+        assert msg in err and err.count("\n") == 1, err
+    assert main(["phases", str(tmp_path / "ok.npy"), "-m", m, "--quiet", "--no-png"]) == 0
+    assert main(["phases", str(tmp_path / "ok.npy"), "-m", m, "--quiet", "--no-png"]) == 2
+    assert "output exists" in capsys.readouterr().err
+
+
+def test_train_all_folds_by_centre_and_evaluate(tmp_path, capsys):
+    data = write_dataset(tmp_path / "d", n_videos=4, dim=16, centres=2, seed=0, time_scale=0.2)
+    out = tmp_path / "m.pt"
+    assert main(["phases", "train", str(data), "-o", str(out), "--blocks", "3", "--folds", "0", "--groups",
+                 str(data / "groups.csv"), "--all-folds", "--epochs", "1", "--accelerator", "cpu",
+                 "--csv", str(tmp_path / "folds.csv"), "--quiet"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "folds.csv")))
+    assert [r["fold"] for r in rows] == ["0", "1", "mean"]
+    mf = load_model_file(tmp_path / "m_fold0.pt", task="phases")
+    assert mf.classes == COLON_CLASSES and mf.arch_kwargs["in_features"] == 16 and mf.preprocessing["fps"] == 5.0
+    capsys.readouterr()
+    assert main(["phases", "evaluate", str(data), "-m", str(tmp_path / "m_fold1.pt"), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "ALL" in text and "cecum" in text and "f1@50" in text
