@@ -146,6 +146,30 @@ def class_weights_of(videos: list) -> list[float]:
     return [float(labels.size / (len(counts) * c)) if c else 1.0 for c in counts]
 
 
+def bundle_splits(split_dir: str | Path, ids: list[str]) -> list[tuple[list[int], list[int]]]:
+    """Fixed splits from MS-TCN bundle files ``train.split<k>.bundle`` / ``test.split<k>.bundle`` (video file names)."""
+    split_dir = Path(split_dir)
+    pos = {v: i for i, v in enumerate(ids)}
+    splits = []
+    k = 1
+    while (split_dir / f"train.split{k}.bundle").is_file():
+        parts = []
+        for kind in ("train", "test"):
+            f = split_dir / f"{kind}.split{k}.bundle"
+            if not f.is_file():
+                raise InputError(f"{kind}.split{k}.bundle missing", split_dir)
+            names = [Path(line.strip()).stem for line in f.read_text().splitlines() if line.strip()]
+            unknown = [n for n in names if n not in pos]
+            if unknown:
+                raise InputError(f"unknown video {unknown[0]!r} (no features/labels)", f)
+            parts.append([pos[n] for n in names])
+        splits.append((parts[0], parts[1]))
+        k += 1
+    if not splits:
+        raise InputError("no train.split1.bundle found", split_dir)
+    return splits
+
+
 @dataclass
 class FoldResult:
     fold: int
@@ -154,15 +178,19 @@ class FoldResult:
 
 
 def train_phases(data_dir: str | Path, out: str | Path, *, arch: str = "colontcn", arch_kwargs: dict | None = None,
-                 folds: int = 4, fold: int | None = 0, groups: str | Path | None = None, epochs: int = 50,
+                 folds: int = 4, fold: int | None = 0, groups: str | Path | None = None,
+                 split_dir: str | Path | None = None, epochs: int = 50,
                  batch_size: int = 2, lr: float = 5e-4, fps: float = 5.0, precision: str = "auto",
                  accelerator: str = "auto", devices: int | str = "auto", max_time: str | None = None,
                  quiet: bool = False, overwrite: bool = False, seed: int = 0) -> list[FoldResult]:
     """Train one fold (``fold``) or all folds (``fold=None``): ``out`` gets ``_fold<k>`` inserted for each fold.
-    With ``groups`` (CSV video,group) folds never split a group; ``folds=0`` with groups is leave-one-group-out."""
+    With ``groups`` (CSV video,group) folds never split a group; ``folds=0`` with groups is leave-one-group-out;
+    ``split_dir`` takes fixed MS-TCN split bundles instead."""
     ids, videos, classes = load_dataset(data_dir)
     dim = videos[0][0].shape[1]
-    if groups:
+    if split_dir:
+        splits = bundle_splits(split_dir, ids)
+    elif groups:
         splits = group_kfold_splits(read_groups(groups, ids), None if folds == 0 else folds, seed)
     else:
         splits = kfold_splits(len(ids), folds, seed)

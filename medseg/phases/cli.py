@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--fold", type=int, default=0)
     tr.add_argument("--all-folds", action="store_true", help="train every fold and print the per-fold and mean table")
     tr.add_argument("--groups", help="CSV video,group (centre/study): folds never split a group")
+    tr.add_argument("--split-dir", help="fixed splits: MS-TCN train.split<k>.bundle / test.split<k>.bundle files")
     tr.add_argument("--epochs", type=int, default=50)
     tr.add_argument("--batch-size", type=int, default=2)
     tr.add_argument("--lr", type=float, default=5e-4)
@@ -66,8 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--csv", help="write the per-fold table to this CSV")
     tr.add_argument("--overwrite", action="store_true")
     tr.add_argument("--quiet", action="store_true")
-    ex = sub.add_parser("extract", help="per-frame features from a video (see the message)")
-    ex.add_argument("video")
+    ex = sub.add_parser("extract", help="per-frame ResNet-50 features from a folder of frames -> .npy [T, 2048]")
+    ex.add_argument("frames", help="folder of frames (PNG/JPG, name order)")
+    ex.add_argument("-o", "--output", required=True, help=".npy file to write")
+    ex.add_argument("--encoder", help="ResNet-50 weights (state_dict); without it the encoder is random (testing only)")
+    ex.add_argument("--source-fps", type=float, default=25.0, help="frame rate of the frames (default 25)")
+    ex.add_argument("--fps", type=float, default=5.0, help="feature rate (default 5, as ColonTCN)")
+    ex.add_argument("--batch-size", type=int, default=32)
+    ex.add_argument("--device", default="auto")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--quiet", action="store_true")
     return p
 
 
@@ -86,8 +95,19 @@ def _main(argv: Sequence[str] | None) -> int:
         args = ["predict", *args]
     a = _parser().parse_args(args)
     if a.command == "extract":
-        raise InputError("video decoding is not available in this version; extract frames and features with your "
-                         "frame encoder and pass the [T, 2048] .npy to 'medseg phases predict'", a.video)
+        from shared_backbones.cliutil import check_output
+        from shared_backbones.precision import resolve_device
+
+        from .extract import extract_features, frame_encoder, list_frames
+
+        check_output(a.output, a.overwrite)
+        list_frames(a.frames)
+        if a.encoder is None:
+            say("warning: no --encoder weights given: features come from a randomly initialised ResNet-50", a.quiet)
+        out = extract_features(a.frames, a.output, frame_encoder(a.encoder), a.source_fps, a.fps, a.batch_size,
+                               resolve_device(a.device), a.overwrite, a.quiet)
+        say(f"wrote {out}", a.quiet)
+        return 0
     if a.command == "train":
         return _train(a)
     from .io import load_features, load_labels
@@ -132,7 +152,7 @@ def _train(a: argparse.Namespace) -> int:
         kw.pop("num_blocks", None)
         kw.pop("reversible", None)
     res = train_phases(a.data, a.output, arch=a.arch, arch_kwargs=kw, folds=a.folds,
-                       fold=None if a.all_folds else a.fold, groups=a.groups, epochs=a.epochs, batch_size=a.batch_size,
+                       fold=None if a.all_folds else a.fold, groups=a.groups, split_dir=a.split_dir, epochs=a.epochs, batch_size=a.batch_size,
                        lr=a.lr, fps=a.fps, precision=a.precision, accelerator=a.accelerator, quiet=a.quiet,
                        overwrite=a.overwrite)
     cols = list(res[0].metrics)

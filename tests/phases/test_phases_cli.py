@@ -68,7 +68,7 @@ def test_error_paths(tmp_path, model_file, capsys):
              (["text.npy", "-m", m], "not a NumPy .npy"), (["missing.npy", "-m", m], "file not found"),
              (["ok.npy", "-m", str(other)], "model file is for task 'audiosep'"),
              (["ok.npy", "-m", m, "--reference", str(tmp_path / "bad.txt")], "line 2: unknown label 'stomach'"),
-             (["extract", "video.mp4"], "video decoding is not available")]
+             (["extract", "video.mp4", "-o", "f.npy"], "video decoding is not available")]
     for argv, msg in cases:
         argv = [str(tmp_path / argv[0]) if argv[0].endswith(".npy") else argv[0], *argv[1:]]
         assert main(["phases", *argv, "--quiet"] if argv[0] != "extract" else ["phases", *argv]) == 2, msg
@@ -93,3 +93,46 @@ def test_train_all_folds_by_centre_and_evaluate(tmp_path, capsys):
     assert main(["phases", "evaluate", str(data), "-m", str(tmp_path / "m_fold1.pt"), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "ALL" in text and "cecum" in text and "f1@50" in text
+
+
+def test_extract_features_from_frames(tmp_path, capsys):
+    from PIL import Image
+
+    from medseg.phases.extract import frame_encoder
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(frames / f"{i:04d}.png")
+    torch.manual_seed(0)
+    enc = frame_encoder()
+    torch.save(enc.state_dict(), tmp_path / "enc.pth")
+    out = tmp_path / "f.npy"
+    assert main(["phases", "extract", str(frames), "-o", str(out), "--encoder", str(tmp_path / "enc.pth"),
+                 "--source-fps", "10", "--fps", "5", "--quiet"]) == 0
+    feats = np.load(out)
+    assert feats.shape == (5, 2048) and np.isfinite(feats).all()
+    # the same weights give the same features
+    assert main(["phases", "extract", str(frames), "-o", str(out), "--encoder", str(tmp_path / "enc.pth"),
+                 "--source-fps", "10", "--fps", "5", "--quiet", "--overwrite"]) == 0
+    assert np.array_equal(np.load(out), feats)
+    (frames / "0003.png").write_bytes(b"broken")
+    assert main(["phases", "extract", str(frames), "-o", str(tmp_path / "g.npy"), "--source-fps", "5", "--quiet"]) == 2
+    assert "0003.png: not a readable image" in capsys.readouterr().err
+
+
+def test_fixed_split_bundles(tmp_path):
+    from pipelines.phases import bundle_splits
+
+    ids = ["a", "b", "c", "d"]
+    (tmp_path / "train.split1.bundle").write_text("a.txt\nb.txt\n")
+    (tmp_path / "test.split1.bundle").write_text("c.txt\nd.txt\n")
+    (tmp_path / "train.split2.bundle").write_text("c.txt\nd.txt\n")
+    (tmp_path / "test.split2.bundle").write_text("a.txt\nb.txt\n")
+    assert bundle_splits(tmp_path, ids) == [([0, 1], [2, 3]), ([2, 3], [0, 1])]
+    (tmp_path / "test.split2.bundle").write_text("zz.txt\n")
+    from shared_backbones.errors import InputError
+
+    with pytest.raises(InputError, match="unknown video 'zz'"):
+        bundle_splits(tmp_path, ids)
