@@ -8,8 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared_backbones.cliutil import run_cli, say
-from shared_backbones.precision import PRECISION_CHOICES
+from shared_backbones.cliutil import add_run_options, run_cli, say
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,15 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10)")
     s.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap between chunks (default 1)")
     s.add_argument("--per-channel", action="store_true", help="separate each channel instead of the downmix")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--quiet", action="store_true")
+    add_run_options(s)
     e = sub.add_parser("evaluate", help="SI-SNRi / SDRi of separated files against a LibriMix-style folder")
     e.add_argument("estimates", help="folder with <stem>_s1.wav ... (audiosep separate -o)")
     e.add_argument("data", help="folder with mix/, s1/, s2/ ...")
     e.add_argument("--csv", help="write per-file scores and the mean to this CSV")
-    e.add_argument("--overwrite", action="store_true")
+    add_run_options(e, device=False, precision=False, quiet=False)
     i = sub.add_parser("import", help="torchaudio / Asteroid Conv-TasNet weights -> suite model file")
     i.add_argument("weights")
     i.add_argument("-o", "--output", required=True)
@@ -38,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--sample-rate", type=int, default=8000)
     i.add_argument("--layers", type=int, default=8, help="blocks per repeat <X> (not visible in the weights)")
     i.add_argument("--mask", choices=("relu", "sigmoid"), default="relu")
-    i.add_argument("--overwrite", action="store_true")
+    add_run_options(i, device=False, precision=False, quiet=False)
     t = sub.add_parser("train", help="train Conv-TasNet (SI-SNR + PIT) through the Lightning pipeline")
     t.add_argument("data", help="LibriMix-style folder (mix/, s1/, s2/...) or, with --dynamic-mixing, single-speaker files")
     t.add_argument("-o", "--output", required=True, help="model file to write (best checkpoint)")
@@ -55,12 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--fold", type=int, default=0)
     t.add_argument("--folds", type=int, default=5)
-    t.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     t.add_argument("--accelerator", default="auto")
     t.add_argument("--devices", default="auto")
     t.add_argument("--resume", help="Lightning checkpoint to resume from")
-    t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--quiet", action="store_true")
+    add_run_options(t, device=False)
     return p
 
 

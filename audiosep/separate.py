@@ -21,10 +21,10 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from shared_backbones.checkpoint import load_model_file
+from shared_backbones.checkpoint import load_for_inference
 from shared_backbones.cliutil import atomic_output, check_output, progress
 from shared_backbones.errors import InputError
-from shared_backbones.precision import PrecisionPolicy, resolve_device
+from shared_backbones.precision import PrecisionPolicy
 
 from .metrics import best_permutation
 from . import models  # noqa: F401  (registers the architectures)
@@ -46,11 +46,9 @@ class Separator:
     @classmethod
     def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> "Separator":
         """Load a suite model file of task ``audiosep``."""
-        mf = load_model_file(path, task="audiosep")
-        dev = resolve_device(device)
-        model = mf.build().to(dev)
+        mf, model, dev, policy = load_for_inference(path, "audiosep", device, precision)
         rate = int(mf.preprocessing.get("sample_rate", 8000))
-        return cls(model, rate, int(mf.arch_kwargs.get("num_sources", 2)), dev, PrecisionPolicy.resolve(precision, dev))
+        return cls(model, rate, int(mf.arch_kwargs.get("num_sources", 2)), dev, policy)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -148,3 +148,13 @@ def load_model_file(path: str | Path, task: str | None = None) -> ModelFile:
         metrics=dict(obj.get("metrics") or {}), software_version=str(obj.get("software_version", "")),
         created=str(obj.get("created", "")), extra=dict(obj.get("extra") or {}),
     )
+
+
+def load_for_inference(path: str | Path, task: str, device: str = "auto",
+                       precision: str = "auto") -> "tuple[ModelFile, nn.Module, torch.device, PrecisionPolicy]":
+    """Load a model file of ``task``, build it in eval mode on the resolved device, and resolve the precision."""
+    from .precision import PrecisionPolicy, resolve_device
+
+    mf = load_model_file(path, task=task)
+    dev = resolve_device(device)
+    return mf, mf.build().to(dev), dev, PrecisionPolicy.resolve(precision, dev)

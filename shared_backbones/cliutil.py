@@ -103,3 +103,20 @@ def say(message: str, quiet: bool = False) -> None:
     """Print a summary line to stderr unless ``quiet``."""
     if not quiet:
         print(message, file=sys.stderr)
+
+
+def add_run_options(parser: "argparse.ArgumentParser", *, device: bool = True, precision: bool = True,  # noqa: F821
+                    overwrite: bool = True, quiet: bool = True) -> "argparse.ArgumentParser":  # noqa: F821
+    """The options every model-running command shares: --device, --precision, --overwrite, --quiet."""
+    from .precision import PRECISION_CHOICES
+
+    if device:
+        parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    if precision:
+        parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
+                            help="auto = bf16 on recent GPUs, fp16 on older ones, fp32 on CPU")
+    if overwrite:
+        parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    return parser

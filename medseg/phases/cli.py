@@ -14,9 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared_backbones.cliutil import progress, run_cli, say
+from shared_backbones.cliutil import add_run_options, progress, run_cli, say
 from shared_backbones.errors import InputError
-from shared_backbones.precision import PRECISION_CHOICES
 
 COMMANDS = ("predict", "evaluate", "train", "extract")
 
@@ -33,19 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--fps", type=float, help="frame rate of the features (default: the model's, usually 5)")
     pr.add_argument("--reference", help="labels of the (single) input to draw and score against")
     pr.add_argument("--no-png", action="store_true", help="skip the timeline figure")
-    pr.add_argument("--device", default="auto")
-    pr.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
-    pr.add_argument("--overwrite", action="store_true")
-    pr.add_argument("--quiet", action="store_true")
+    add_run_options(pr)
     ev = sub.add_parser("evaluate", help="Acc / Edit / F1@{10,25,50} / per class on a labelled data folder")
     ev.add_argument("data", help="folder with features/ and labels/ (or groundTruth/)")
     ev.add_argument("-m", "--model", required=True)
     ev.add_argument("--csv", help="write per-video and mean metrics to this CSV")
     ev.add_argument("--layout", choices=("auto", "tc", "ct"), default="auto")
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
-    ev.add_argument("--overwrite", action="store_true")
-    ev.add_argument("--quiet", action="store_true")
+    add_run_options(ev)
     tr = sub.add_parser("train", help="train ColonTCN / MS-TCN through the Lightning pipeline (k-fold)")
     tr.add_argument("data", help="folder with features/ and labels/ (or groundTruth/ + mapping.txt)")
     tr.add_argument("-o", "--output", required=True, help="model file (with --all-folds: one per fold, _fold<k>)")
@@ -62,11 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=2)
     tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--fps", type=float, default=5.0)
-    tr.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     tr.add_argument("--accelerator", default="auto")
     tr.add_argument("--csv", help="write the per-fold table to this CSV")
-    tr.add_argument("--overwrite", action="store_true")
-    tr.add_argument("--quiet", action="store_true")
+    add_run_options(tr, device=False)
     ex = sub.add_parser("extract", help="per-frame ResNet-50 features from a folder of frames -> .npy [T, 2048]")
     ex.add_argument("frames", help="folder of frames (PNG/JPG, name order)")
     ex.add_argument("-o", "--output", required=True, help=".npy file to write")
@@ -74,9 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--source-fps", type=float, default=25.0, help="frame rate of the frames (default 25)")
     ex.add_argument("--fps", type=float, default=5.0, help="feature rate (default 5, as ColonTCN)")
     ex.add_argument("--batch-size", type=int, default=32)
-    ex.add_argument("--device", default="auto")
-    ex.add_argument("--overwrite", action="store_true")
-    ex.add_argument("--quiet", action="store_true")
+    add_run_options(ex, precision=False)
     return p
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared_backbones.checkpoint import load_model_file
+from shared_backbones.checkpoint import load_for_inference
 from shared_backbones.cliutil import atomic_output, check_output
-from shared_backbones.precision import PrecisionPolicy, resolve_device
+from shared_backbones.precision import PrecisionPolicy
 
 from .metrics import evaluate_videos, segments, withdrawal_seconds
 from .models import COLON_CLASSES, final_logits
@@ -33,10 +33,9 @@ class PhaseModel:
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> "PhaseModel":
-        mf = load_model_file(path, task="phases")
-        dev = resolve_device(device)
-        return cls(mf.build().to(dev), mf.classes or list(COLON_CLASSES), int(mf.arch_kwargs.get("in_features", 2048)),
-                   float(mf.preprocessing.get("fps", 5.0)), dev, PrecisionPolicy.resolve(precision, dev))
+        mf, model, dev, policy = load_for_inference(path, "phases", device, precision)
+        return cls(model, mf.classes or list(COLON_CLASSES), int(mf.arch_kwargs.get("in_features", 2048)),
+                   float(mf.preprocessing.get("fps", 5.0)), dev, policy)
 
     @torch.inference_mode()
     def probabilities(self, feats: np.ndarray) -> np.ndarray:
