@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared_backbones.cliutil import add_run_options, run_cli, say
+from shared_backbones.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("separate", help="separate speakers in audio files (any length, rate, channels)")
     s.add_argument("inputs", nargs="+", help="audio files or folders (WAV/FLAC/OGG/...)")
-    s.add_argument("-m", "--model", required=True, help="suite model file (audiosep train / audiosep import)")
+    s.add_argument("-m", "--model", help="suite model file (from audiosep train or audiosep import); required")
     s.add_argument("-o", "--out-dir", help="output folder (default: next to each input)")
     s.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length (default 10)")
     s.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap between chunks (default 1)")
@@ -63,6 +64,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "separate":
         from .separate import Separator, collect_inputs, separate_file
 
+        if not args.model:
+            raise UserError("no model given: pass --model MODEL.pt (a file written by `audiosep train` or "
+                            "`audiosep import`; no weights are bundled)")
         files = collect_inputs(args.inputs)
         sep = Separator.from_file(args.model, args.device, args.precision)
         start = time.perf_counter()

@@ -21,30 +21,61 @@ def _infer_kwargs(sd: dict[str, torch.Tensor], num_layers: int) -> dict:
     n_blocks = len({k.split(".")[2] for k in sd if k.startswith("mask_generator.conv_layers.")})
     if n_blocks % num_layers:
         raise ModelFileError(f"{n_blocks} TCN blocks cannot form repeats of X={num_layers} blocks (give --layers)")
+    b = sd["mask_generator.input_conv.weight"].shape[0]
+    sc = sd["mask_generator.conv_layers.0.skip_out.weight"].shape[0]
     return {"num_sources": sd["mask_generator.output_conv.weight"].shape[0] // n, "enc_kernel_size": enc.shape[-1],
             "enc_num_feats": n, "msk_kernel_size": sd["mask_generator.conv_layers.0.conv_layers.3.weight"].shape[-1],
-            "msk_num_feats": sd["mask_generator.input_conv.weight"].shape[0],
-            "msk_num_hidden_feats": sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0],
+            "msk_num_feats": b, "msk_num_hidden_feats": sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0],
+            **({} if sc == b else {"msk_num_skip_feats": sc}),
             "msk_num_layers": num_layers, "msk_num_stacks": n_blocks // num_layers}
 
 
+# Asteroid ConvTasNet (asteroid.models.ConvTasNet: FreeFB encoder/decoder, masker = TDConvNet) -> ours.
+# Asteroid's layer norms name their affine parameters gamma/beta; every Asteroid block has a res_conv, the last
+# block's output residual is never used (the masks come from the summed skips), so that one is dropped.
+_ASTEROID_KEYS = [
+    (r"^encoder\.filterbank\._filters$", "encoder.weight"),
+    (r"^decoder\.filterbank\._filters$", "decoder.weight"),
+    (r"^masker\.bottleneck\.0\.", "mask_generator.input_norm."),
+    (r"^masker\.bottleneck\.1\.", "mask_generator.input_conv."),
+    (r"^masker\.TCN\.(\d+)\.shared_block\.(\d)\.", r"mask_generator.conv_layers.\1.conv_layers.\2."),
+    (r"^masker\.TCN\.(\d+)\.res_conv\.", r"mask_generator.conv_layers.\1.res_out."),
+    (r"^masker\.TCN\.(\d+)\.skip_conv\.", r"mask_generator.conv_layers.\1.skip_out."),
+    (r"^masker\.mask_net\.0\.", "mask_generator.output_prelu."),
+    (r"^masker\.mask_net\.1\.", "mask_generator.output_conv."),
+    (r"\.gamma$", ".weight"),
+    (r"\.beta$", ".bias"),
+]
+
+
 def asteroid_to_torchaudio(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map Asteroid ConvTasNet keys (``encoder.filterbank._filters``, ``masker.bottleneck``, ``masker.TCN.{i}.
-    {shared_block.0..5, res_conv, skip_conv}``, ``masker.mask_net``, ``decoder.filterbank._filters``) to ours."""
+    """Rename an Asteroid ConvTasNet state_dict to torchaudio's (= our) keys; norm parameters become 1-D and the
+    unused residual output of the last block is dropped."""
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        k2 = k
-        k2 = re.sub(r"^encoder\.filterbank\._filters$", "encoder.weight", k2)
-        k2 = re.sub(r"^decoder\.filterbank\._filters$", "decoder.weight", k2)
-        k2 = re.sub(r"^masker\.bottleneck\.0\.", "mask_generator.input_norm.", k2)
-        k2 = re.sub(r"^masker\.bottleneck\.1\.", "mask_generator.input_conv.", k2)
-        k2 = re.sub(r"^masker\.TCN\.(\d+)\.shared_block\.(\d)\.", lambda m: f"mask_generator.conv_layers.{m.group(1)}.conv_layers.{m.group(2)}.", k2)
-        k2 = re.sub(r"^masker\.TCN\.(\d+)\.res_conv\.", r"mask_generator.conv_layers.\1.res_out.", k2)
-        k2 = re.sub(r"^masker\.TCN\.(\d+)\.skip_conv\.", r"mask_generator.conv_layers.\1.skip_out.", k2)
-        k2 = re.sub(r"^masker\.mask_net\.0\.", "mask_generator.output_prelu.", k2)
-        k2 = re.sub(r"^masker\.mask_net\.1\.", "mask_generator.output_conv.", k2)
-        out[k2] = v
+        for pattern, repl in _ASTEROID_KEYS:
+            k = re.sub(pattern, repl, k)
+        out[k] = v.reshape(-1) if re.search(r"(input_norm|conv_layers\.[25])\.(weight|bias)$", k) else v
+    blocks = [int(k.split(".")[2]) for k in out if k.startswith("mask_generator.conv_layers.")]
+    if blocks:
+        last = f"mask_generator.conv_layers.{max(blocks)}.res_out."
+        out = {k: v for k, v in out.items() if not k.startswith(last)}
     return out
+
+
+def _asteroid_args(args: dict, path: Path) -> None:
+    """Refuse Asteroid configurations our Conv-TasNet does not implement (one-line error)."""
+    checks = [(args.get("fb_name", "free") == "free", f"filterbank {args.get('fb_name')!r} (only 'free')"),
+              (args.get("norm_type", "gLN") == "gLN", f"norm {args.get('norm_type')!r} (only 'gLN')"),
+              (args.get("skip_chan", 1) not in (0, None), "no skip connections (skip_chan=0)"),
+              (args.get("encoder_activation") in (None, "linear"), f"encoder activation {args.get('encoder_activation')!r}"),
+              (args.get("causal", False) is False, "causal Asteroid models (channel-wise LN)"),
+              (args.get("mask_act", "relu") in ("relu", "sigmoid"), f"mask activation {args.get('mask_act')!r}")]
+    stride, kernel = args.get("stride"), args.get("kernel_size")
+    checks.append((stride is None or kernel is None or stride * 2 == kernel, f"stride {stride} != kernel_size/2"))
+    for ok, what in checks:
+        if not ok:
+            raise ModelFileError(f"unsupported Asteroid ConvTasNet: {what}", path)
 
 
 def import_convtasnet(path: str | Path, out: str | Path, fmt: str = "torchaudio", sample_rate: int = 8000,
@@ -59,18 +90,23 @@ def import_convtasnet(path: str | Path, out: str | Path, fmt: str = "torchaudio"
     if not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelFileError("no tensor state_dict found", path)
     sd = {k.removeprefix("module.").removeprefix("model."): v for k, v in sd.items()}
+    framing: dict = {}
     if fmt == "asteroid":
         sd = asteroid_to_torchaudio(sd)
         args = obj.get("model_args") or {}
+        _asteroid_args(args, path)
         sample_rate = int(args.get("sample_rate", sample_rate))
         msk_activate = str(args.get("mask_act", msk_activate))
         num_layers = int(args.get("n_blocks", num_layers))
+        framing = {"encoder_padding": False}  # Asteroid's encoder/decoder do not pad
     elif fmt != "torchaudio":
         raise ModelFileError(f"unknown format {fmt!r} (torchaudio or asteroid)", path)
+    if msk_activate not in ("relu", "sigmoid"):
+        raise ModelFileError(f"mask activation {msk_activate!r} is not supported (relu or sigmoid)", path)
     if "encoder.weight" not in sd:
         raise ModelFileError(f"not a Conv-TasNet state_dict in {fmt} layout (no encoder weights)", path)
     try:
-        kwargs = {**_infer_kwargs(sd, num_layers), "msk_activate": msk_activate}
+        kwargs = {**_infer_kwargs(sd, num_layers), "msk_activate": msk_activate, **framing}
     except ModelFileError as exc:
         raise ModelFileError(str(exc), path) from None
     except KeyError as exc:

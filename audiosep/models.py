@@ -26,7 +26,7 @@ class MaskGenerator(nn.Module):
 
     def __init__(self, input_dim: int, num_sources: int, kernel_size: int, num_feats: int, num_hidden: int,
                  num_layers: int, num_stacks: int, msk_activate: str, norm: str, causal: bool,
-                 reversible: bool) -> None:
+                 reversible: bool, num_skip: int | None = None) -> None:
         super().__init__()
         self.input_dim, self.num_sources = input_dim, num_sources
         self.input_norm = get_norm("cln" if causal else "gln", 1, input_dim)
@@ -40,10 +40,11 @@ class MaskGenerator(nn.Module):
         else:
             self.conv_layers = nn.ModuleList(
                 TCNBlock(num_feats, num_hidden, kernel_size, 2 ** l, norm, causal,
-                         no_residual=(s == num_stacks - 1 and l == num_layers - 1))
+                         no_residual=(s == num_stacks - 1 and l == num_layers - 1), skip_channels=num_skip)
                 for s in range(num_stacks) for l in range(num_layers))
         self.output_prelu = nn.PReLU()
-        self.output_conv = nn.Conv1d(num_feats, input_dim * num_sources, 1)
+        out_in = num_feats if reversible or num_skip is None else num_skip
+        self.output_conv = nn.Conv1d(out_in, input_dim * num_sources, 1)
         if msk_activate not in ("sigmoid", "relu"):
             raise ValueError(f"mask activation must be sigmoid or relu, got {msk_activate!r}")
         self.activate = torch.sigmoid if msk_activate == "sigmoid" else F.relu
@@ -71,50 +72,57 @@ class ConvTasNet(nn.Module):
         enc_kernel_size: encoder filter length <L> (samples).
         enc_num_feats: number of encoder filters <N>.
         msk_kernel_size: depthwise kernel size <P>.
-        msk_num_feats: bottleneck / residual channels <B> (skip channels <Sc> = <B>, as in torchaudio).
+        msk_num_feats: bottleneck / residual channels <B>.
         msk_num_hidden_feats: channels inside each block <H>.
+        msk_num_skip_feats: skip-connection channels <Sc> (None: <Sc> = <B>, torchaudio's layout).
         msk_num_layers: blocks per repeat <X> (dilations 1 .. 2^(X-1)).
         msk_num_stacks: repeats <R>.
         msk_activate: mask non-linearity, "sigmoid" or "relu".
         norm: "gln" (global layer norm, non-causal) or "cln" (cumulative layer norm, causal).
         causal: left-only padding so an output sample never depends on later input.
         reversible: reversible TCN stack (memory flat in depth; see the module docstring).
+        encoder_padding: True (torchaudio): the signal is right-padded to a multiple of the hop and the encoder /
+            decoder pad one hop on each side; False (Asteroid): no padding, the trailing partial frame is dropped and
+            the decoded signal is zero-padded to the input length.
     """
 
     def __init__(self, num_sources: int = 2, enc_kernel_size: int = 16, enc_num_feats: int = 512,
                  msk_kernel_size: int = 3, msk_num_feats: int = 128, msk_num_hidden_feats: int = 512,
                  msk_num_layers: int = 8, msk_num_stacks: int = 3, msk_activate: str = "sigmoid",
-                 norm: str = "gln", causal: bool = False, reversible: bool = False) -> None:
+                 norm: str = "gln", causal: bool = False, reversible: bool = False,
+                 msk_num_skip_feats: int | None = None, encoder_padding: bool = True) -> None:
         super().__init__()
         if enc_kernel_size % 2:
             raise ValueError("enc_kernel_size <L> must be even (hop = L/2)")
         self.num_sources = num_sources
         self.enc_kernel_size, self.enc_num_feats = enc_kernel_size, enc_num_feats
         self.enc_stride = enc_kernel_size // 2
-        self.encoder = nn.Conv1d(1, enc_num_feats, enc_kernel_size, stride=self.enc_stride, padding=self.enc_stride,
-                                 bias=False)
+        self.encoder_padding = encoder_padding
+        pad = self.enc_stride if encoder_padding else 0
+        self.encoder = nn.Conv1d(1, enc_num_feats, enc_kernel_size, stride=self.enc_stride, padding=pad, bias=False)
         self.mask_generator = MaskGenerator(enc_num_feats, num_sources, msk_kernel_size, msk_num_feats,
                                             msk_num_hidden_feats, msk_num_layers, msk_num_stacks, msk_activate,
-                                            norm, causal, reversible)
-        self.decoder = nn.ConvTranspose1d(enc_num_feats, 1, enc_kernel_size, stride=self.enc_stride,
-                                          padding=self.enc_stride, bias=False)
+                                            norm, causal, reversible, msk_num_skip_feats)
+        self.decoder = nn.ConvTranspose1d(enc_num_feats, 1, enc_kernel_size, stride=self.enc_stride, padding=pad,
+                                          bias=False)
 
-    def _pad_to_stride(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
         """Right-pad so the last encoder window ends on the signal (even L: T must be a multiple of the hop)."""
-        rem = x.shape[-1] % self.enc_stride
-        pad = 0 if rem == 0 else self.enc_stride - rem
-        return (F.pad(x, (0, pad)) if pad else x), pad
+        return F.pad(x, (0, -x.shape[-1] % self.enc_stride))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """[batch, 1, time] -> [batch, num_sources, time]."""
         if waveform.ndim != 3 or waveform.shape[1] != 1:
             raise ValueError(f"expected [batch, 1, time], got {tuple(waveform.shape)}")
-        x, pad = self._pad_to_stride(waveform)
+        length = waveform.shape[-1]
+        x = self._pad_to_stride(waveform) if self.encoder_padding else waveform
+        if x.shape[-1] < self.enc_kernel_size:  # unpadded framing: at least one whole encoder frame
+            x = F.pad(x, (0, self.enc_kernel_size - x.shape[-1]))
         feats = self.encoder(x)
         masked = self.mask_generator(feats) * feats.unsqueeze(1)
         out = self.decoder(masked.reshape(-1, self.enc_num_feats, masked.shape[-1]))
-        out = out.view(waveform.shape[0], self.num_sources, -1)
-        return out[..., : waveform.shape[-1]] if pad else out
+        out = out.view(waveform.shape[0], self.num_sources, -1)[..., :length]
+        return F.pad(out, (0, length - out.shape[-1])) if out.shape[-1] < length else out
 
 
 @register_model("convtasnet", task=TASK)

@@ -15,6 +15,7 @@ from audiosep.metrics import best_permutation, pairwise, pit_si_snr_loss, reorde
 from audiosep.models import ConvTasNet
 from audiosep.separate import Separator, separate_chunks
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
+from shared_backbones.errors import ModelFileError
 from shared_backbones.precision import PrecisionPolicy
 from shared_backbones.registry import create_model
 
@@ -43,6 +44,14 @@ def test_torchaudio_weights_give_equal_outputs(act):
             assert (ours(x) - ref(x)).abs().max() < 1e-5
 
 
+def test_skip_channels_sc_separate_from_b():
+    m = ConvTasNet(num_sources=2, msk_num_skip_feats=6, **SMALL)
+    sd = m.state_dict()
+    assert sd["mask_generator.conv_layers.0.skip_out.weight"].shape == (6, 12, 1)
+    assert sd["mask_generator.output_conv.weight"].shape == (32, 6, 1)
+    assert m(torch.randn(1, 1, 100)).shape == (1, 2, 100)
+
+
 def test_import_torchaudio_and_asteroid_files(tmp_path):
     from torchaudio.models import ConvTasNet as TA
 
@@ -53,24 +62,46 @@ def test_import_torchaudio_and_asteroid_files(tmp_path):
     x = torch.randn(1, 1, 640)
     with torch.no_grad():
         assert torch.allclose(mf.build()(x), ref(x), atol=1e-6)
-    # an Asteroid package: same tensors under Asteroid's names, hyperparameters in model_args
-    inv = {"encoder.weight": "encoder.filterbank._filters", "decoder.weight": "decoder.filterbank._filters",
-           "mask_generator.input_norm": "masker.bottleneck.0", "mask_generator.input_conv": "masker.bottleneck.1",
-           "mask_generator.output_prelu": "masker.mask_net.0", "mask_generator.output_conv": "masker.mask_net.1"}
-    ast = {}
-    for k, v in ref.state_dict().items():
-        k2 = k
-        for a, b in inv.items():
-            k2 = k2.replace(a, b) if k2.startswith(a) else k2
+    # an Asteroid package: the same tensors under Asteroid's names (norm affine = gamma/beta, every block with a
+    # res_conv, unpadded encoder/decoder), hyperparameters in model_args
+    ast = _asteroid_state_dict(ref.state_dict(), n_blocks=6)
+    args = {"sample_rate": 16000, "mask_act": "relu", "n_blocks": 3, "n_repeats": 2, "norm_type": "gLN",
+            "fb_name": "free", "kernel_size": 16, "stride": 8, "skip_chan": 8}
+    torch.save({"model_name": "ConvTasNet", "state_dict": ast, "model_args": args}, tmp_path / "ast.pth")
+    mf2 = load_model_file(import_convtasnet(tmp_path / "ast.pth", tmp_path / "m2.pt", fmt="asteroid"))
+    assert mf2.preprocessing["sample_rate"] == 16000 and mf2.arch_kwargs["encoder_padding"] is False
+    # Asteroid frames the unpadded signal: on x padded by one hop each side it sees torchaudio's frames of x
+    with torch.no_grad():
+        y = mf2.build()(torch.nn.functional.pad(x, (8, 8)))
+        assert y.shape == (1, 2, 656) and torch.allclose(y[..., 8:-8], ref(x), atol=1e-6)
+    for bad, msg in (({"norm_type": "cLN"}, "norm 'cLN'"), ({"mask_act": "softmax"}, "mask activation 'softmax'"),
+                     ({"skip_chan": 0}, "no skip connections")):
+        torch.save({"state_dict": ast, "model_args": {**args, **bad}}, tmp_path / "bad.pth")
+        with pytest.raises(ModelFileError, match=msg):
+            import_convtasnet(tmp_path / "bad.pth", tmp_path / "m3.pt", fmt="asteroid")
+    with pytest.raises(ModelFileError, match="no encoder weights"):
+        import_convtasnet(tmp_path / "ast.pth", tmp_path / "m3.pt", fmt="torchaudio")
+
+
+def _asteroid_state_dict(sd: dict, n_blocks: int) -> dict:
+    """Our/torchaudio's state_dict written the way Asteroid's ConvTasNet names it (built from the key facts)."""
+    names = {"encoder.weight": "encoder.filterbank._filters", "decoder.weight": "decoder.filterbank._filters"}
+    prefixes = [("mask_generator.input_norm.", "masker.bottleneck.0."), ("mask_generator.input_conv.", "masker.bottleneck.1."),
+                ("mask_generator.output_prelu.", "masker.mask_net.0."), ("mask_generator.output_conv.", "masker.mask_net.1.")]
+    out = {}
+    for k, v in sd.items():
+        k2 = names.get(k, k)
+        for a, b in prefixes:
+            k2 = b + k2[len(a):] if k2.startswith(a) else k2
         k2 = (k2.replace("mask_generator.conv_layers.", "masker.TCN.").replace(".conv_layers.", ".shared_block.")
               .replace(".res_out.", ".res_conv.").replace(".skip_out.", ".skip_conv."))
-        ast[k2] = v
-    torch.save({"state_dict": ast, "model_args": {"sample_rate": 16000, "mask_act": "relu", "n_blocks": 3}},
-               tmp_path / "ast.pth")
-    mf2 = load_model_file(import_convtasnet(tmp_path / "ast.pth", tmp_path / "m2.pt", fmt="asteroid"))
-    assert mf2.preprocessing["sample_rate"] == 16000
-    with torch.no_grad():
-        assert torch.allclose(mf2.build()(x), ref(x), atol=1e-6)
+        if k2.startswith("masker.bottleneck.0.") or any(f"shared_block.{j}." in k2 for j in (2, 5)):
+            k2 = k2.replace(".weight", ".gamma").replace(".bias", ".beta")
+        out[k2] = v
+    b, h = sd["mask_generator.input_conv.weight"].shape[0], sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0]
+    out[f"masker.TCN.{n_blocks - 1}.res_conv.weight"] = torch.randn(b, h, 1)  # unused by Asteroid's forward
+    out[f"masker.TCN.{n_blocks - 1}.res_conv.bias"] = torch.randn(b)
+    return out
 
 
 def test_si_snr_matches_torchmetrics_and_pit_finds_permutation():
@@ -177,7 +208,9 @@ def test_error_paths_one_line_exit_2(tmp_path, capsys):
              (["separate", str(tmp_path / "text.wav"), "-m", str(model)], "text.wav: not a readable audio file"),
              (["separate", str(tmp_path / "empty.wav"), "-m", str(model)], "empty.wav: audio is empty"),
              (["separate", str(tmp_path / "ok.wav"), "-m", str(other)], "model file is for task 'medseg'"),
-             (["separate", str(tmp_path / "ok.wav"), "-m", str(tmp_path / "ok.wav")], "ok.wav:")]
+             (["separate", str(tmp_path / "ok.wav"), "-m", str(tmp_path / "ok.wav")], "ok.wav:"),
+             (["separate", str(tmp_path / "ok.wav")], "no model given: pass --model"),
+             (["separate", str(tmp_path / "nowhere"), "-m", str(model)], "nowhere: file not found")]
     for argv, msg in cases:
         assert main(argv + ["--quiet"]) == 2
         err = capsys.readouterr().err
