@@ -1,15 +1,284 @@
-"""``remote`` command (Sentinel-2 crop-stress mapping): not part of this version yet; replaced when the pipeline lands."""
+"""``remote`` command: Sentinel-2 crop-stress mapping (indices, predict, train, evaluate, synth).
+
+Examples::
+
+    remote synth demo_s2                                   # synthetic season with labels and field IDs
+    remote indices demo_s2/images -o ndvi.tif --indices NDVI,NDRE,TCARI/OSAVI
+    remote train demo_s2/images --labels demo_s2/labels.tif -o ffdnn.pt --epochs 20
+    remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain
+    remote evaluate stress.tif demo_s2/labels.tif --csv scores.csv
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from shared_backbones._unavailable import unavailable
+from shared_backbones.cliutil import StageTimer, check_output, run_cli, say
+from shared_backbones.errors import InputError
+from shared_backbones.precision import PRECISION_CHOICES
+
+from .io import DEFAULT_SCL_INVALID, parse_dates
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [v for v in text.replace(",", " ").split() if v]
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="per-date GeoTIFFs, per-band GeoTIFFs, folders of them, or one stack")
+    p.add_argument("--dates", type=_str_list, default=None,
+                   help="acquisition dates (YYYY-MM-DD, comma-separated) for files without a date in the name, "
+                        "or for a stacked GeoTIFF")
+    p.add_argument("--band-order", type=_str_list, default=None,
+                   help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (per date for a stack)")
+    p.add_argument("--offset", type=float, default=None,
+                   help="DN offset added before /10000 (overrides metadata: -1000 for baseline >= 04.00, 0 before)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--scl-invalid", type=_int_list, default=None,
+                   help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})")
+    g.add_argument("--no-cloud-mask", action="store_true", help="ignore the SCL band")
+    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory is bounded by it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _series(args: argparse.Namespace, offset: float | None = None):
+    from .io import open_series
+
+    dates = parse_dates(args.dates) if args.dates else None
+    return open_series(args.inputs, dates=dates, band_order=args.band_order,
+                       offset=args.offset if args.offset is not None else offset)
+
+
+def _scl(args: argparse.Namespace) -> list[int] | None:
+    if args.no_cloud_mask:
+        return []
+    return args.scl_invalid
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remote", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("indices", help="vegetation-index time stack as one GeoTIFF")
+    _add_inputs(q)
+    q.add_argument("-o", "--output", required=True, help="output GeoTIFF (float32, bands 'NDVI 2024-05-01'...)")
+    q.add_argument("--indices", type=_str_list, default=["NDVI"],
+                   help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI (default NDVI)")
+    q.add_argument("--soil-slope", type=float, default=1.0, help="soil-line slope s of WDVI = N - s R (default 1)")
+    q.add_argument("--grid-days", type=int, default=None,
+                   help="gap-fill onto a regular grid with this step in days (default: the acquisition dates)")
+    _add_out(q)
+
+    q = sub.add_parser("predict", help="class and probability maps (tiled, any raster size)")
+    _add_inputs(q)
+    q.add_argument("-m", "--model", required=True, help="remote model file (.pt)")
+    q.add_argument("-o", "--output", required=True, help="class map GeoTIFF (uint8; X_prob.tif is written beside)")
+    q.add_argument("--no-prob", action="store_true", help="do not write the probability GeoTIFF")
+    q.add_argument("--prob-dtype", choices=("float32", "uint8"), default="float32",
+                   help="probabilities as float32 or uint8 scaled by 250 (nodata 255)")
+    q.add_argument("--explain", action="store_true",
+                   help="also write X_capsules.tif (class-capsule lengths) and X_attribution.tif (per-date "
+                        "gradient x input)")
+    q.add_argument("--fields", default=None, help="raster of field IDs (0/nodata = none): per-field summary CSV")
+    q.add_argument("--fields-csv", default=None, help="per-field summary path (default X_fields.csv)")
+    q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
+    q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
+    q.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    q.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
+    _add_out(q)
+
+    q = sub.add_parser("train", help="train a model (spatially blocked k-fold) and export the model file")
+    q.add_argument("inputs", nargs="*", help="image time series (as for predict); omit with --table")
+    q.add_argument("--labels", default=None, help="label raster: class index per pixel, 255 = unlabelled")
+    q.add_argument("--table", default=None, help="CSV table of time series with a label column (instead of rasters)")
+    q.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
+    q.add_argument("--arch", default="ffdnn", choices=("ffdnn", "cnn1d", "unet2d"))
+    q.add_argument("--classes", type=_str_list, default=None,
+                   help="class names in label order (default healthy,yellow_rust,nitrogen_deficiency)")
+    q.add_argument("--bands", type=_str_list, default=None, help="bands to use (default: 10 and 20 m bands present)")
+    q.add_argument("--indices", type=_str_list, default=None,
+                   help="index traits of the FFDNN filter (default TCARI/OSAVI,WDVI,NDVI,NDRE,PSRI)")
+    q.add_argument("--grid-days", type=int, default=None, help="time-grid step in days (default: median spacing)")
+    q.add_argument("--folds", type=int, default=5, help="spatially blocked folds (default 5)")
+    q.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
+    q.add_argument("--block-size", type=int, default=32, help="spatial block size in pixels (default 32)")
+    q.add_argument("--buffer", type=int, default=2,
+                   help="training pixels closer than this to a test block are dropped (default 2)")
+    q.add_argument("--chip", type=int, default=64, help="chip size for unet2d (multiple of 32; default 64)")
+    q.add_argument("--max-per-class", type=int, default=20000, help="labelled pixels sampled per class")
+    q.add_argument("--epochs", type=int, default=30)
+    q.add_argument("--batch-size", type=int, default=256)
+    q.add_argument("--lr", type=float, default=3e-3)
+    q.add_argument("--channels", type=int, default=None, help="width of the temporal blocks (ffdnn/cnn1d)")
+    q.add_argument("--depth", type=int, default=None, help="number of temporal blocks (ffdnn/cnn1d)")
+    q.add_argument("--n-modes", type=int, default=None, help="Fourier modes kept per block (ffdnn)")
+    q.add_argument("--encoder", default=None, help="smp encoder of unet2d (default resnet18)")
+    q.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS")
+    q.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    q.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
+    q.add_argument("--dates", type=_str_list, default=None)
+    q.add_argument("--band-order", type=_str_list, default=None)
+    q.add_argument("--offset", type=float, default=None)
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--scl-invalid", type=_int_list, default=None)
+    g.add_argument("--no-cloud-mask", action="store_true")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quiet", action="store_true")
+    _add_out(q)
+
+    q = sub.add_parser("evaluate", help="accuracy, per-class F1, confusion matrix and kappa of a class map")
+    q.add_argument("prediction", help="class map written by 'remote predict'")
+    q.add_argument("reference", help="reference label raster (class index, 255 = none)")
+    q.add_argument("--classes", type=_str_list, default=None, help="class names (default: from the class map)")
+    q.add_argument("--csv", default=None, help="write per-class scores + confusion matrix as CSV")
+    q.add_argument("--json", default=None, help="write all metrics as JSON")
+    _add_out(q)
+
+    q = sub.add_parser("synth", help="write a synthetic Sentinel-2 season with labels and field IDs")
+    q.add_argument("out_dir")
+    q.add_argument("--size", type=int, default=128, help="raster size in 10 m pixels (even; default 128)")
+    q.add_argument("--n-dates", type=int, default=24)
+    q.add_argument("--step-days", type=int, default=6)
+    q.add_argument("--field-size", type=int, default=16)
+    q.add_argument("--cloud-cover", type=float, default=0.25)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quiet", action="store_true")
+    _add_out(q)
+    return p
+
+
+def _cmd_indices(args: argparse.Namespace) -> int:
+    from .products import write_index_stack
+
+    check_output(args.output, args.overwrite)
+    series = _series(args)
+    scl = _scl(args)
+    res = write_index_stack(series, args.output, args.indices, soil_slope=args.soil_slope,
+                            scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl, grid_days=args.grid_days,
+                            tile=args.tile, overwrite=args.overwrite, quiet=args.quiet)
+    say(f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
+        f"{res['size'][0]} x {res['size'][1]} px", args.quiet)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import PredictOutputs, RemoteModel, predict_series
+
+    timer = StageTimer()
+    outs = PredictOutputs.beside(args.output, probabilities=not args.no_prob, explain=args.explain,
+                                 fields=args.fields is not None)
+    if args.fields_csv:
+        outs.fields_csv = Path(args.fields_csv)
+    for p in vars(outs).values():
+        if p is not None:
+            check_output(p, args.overwrite)
+    with timer("load"):
+        rm = RemoteModel.from_file(args.model, args.device, args.precision)
+        series = _series(args, offset=rm.preprocessing.get("offset"))
+    with timer("predict"):
+        s = predict_series(series, rm, outs, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
+                           prob_dtype=args.prob_dtype, fields=args.fields, scl_invalid=_scl(args),
+                           overwrite=args.overwrite, quiet=args.quiet)
+    frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
+    say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data "
+        f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles): {frac}; {timer.summary()}",
+        args.quiet)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.remote import train_remote
+
+    from .models import CLASSES, DEFAULT_INDICES
+
+    if args.fold != "all" and not args.fold.lstrip("-").isdigit():
+        raise InputError(f"--fold must be an integer or 'all', not {args.fold!r}")
+    fold = None if args.fold == "all" else int(args.fold)
+    out = Path(args.output)
+    if fold is None:
+        for k in range(args.folds):
+            check_output(out.with_name(f"{out.stem}_fold{k}{out.suffix}"), args.overwrite)
+    else:
+        check_output(out, args.overwrite)
+    if args.table and args.inputs:
+        raise InputError("give either input rasters or --table, not both")
+    series = _series(args) if args.inputs else None
+    kw = {k: v for k, v in (("channels", args.channels), ("depth", args.depth), ("n_modes", args.n_modes),
+                            ("encoder_name", args.encoder)) if v is not None}
+    if args.arch == "cnn1d":
+        kw.pop("n_modes", None)
+    scl = _scl(args)
+    accel = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(args.device.split(":")[0])
+    if accel is None:
+        raise InputError(f"unknown device {args.device!r} (use auto, cpu or cuda)")
+    res = train_remote(out, series=series, labels=args.labels, table=args.table, arch=args.arch, arch_kwargs=kw,
+                       classes=args.classes or CLASSES, bands=args.bands, indices=args.indices or DEFAULT_INDICES,
+                       grid_days=args.grid_days, scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
+                       offset=args.offset, folds=args.folds, fold=fold, block_size=args.block_size,
+                       buffer=args.buffer, chip=args.chip, max_per_class=args.max_per_class, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, precision=args.precision, accelerator=accel,
+                       max_time=args.max_time, quiet=args.quiet, overwrite=args.overwrite, seed=args.seed)
+    for r in res:
+        m = r.metrics
+        f1 = ", ".join(f"{c} {v['f1']:.3f}" for c, v in m["per_class"].items())
+        print(f"fold {r.fold}: {r.model_file} (train {r.n_train}, held-out {r.n_test}) overall accuracy "
+              f"{m['overall_accuracy']:.4f}, kappa {m['kappa']:.4f}, F1: {f1}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_maps, format_report, write_reports
+
+    for p in (args.csv, args.json):
+        if p:
+            check_output(p, args.overwrite)
+    m = evaluate_maps(args.prediction, args.reference, args.classes)
+    print(format_report(m))
+    write_reports(m, args.csv, args.json, args.overwrite)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import make_season
+
+    out = Path(args.out_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError("output folder exists and is not empty (use --overwrite)", out)
+    if args.size < 16 or args.size % 2:
+        raise InputError(f"--size must be an even number >= 16, not {args.size}")
+    sc = make_season(out, height=args.size, width=args.size, n_dates=args.n_dates, step_days=args.step_days,
+                     field_size=args.field_size, seed=args.seed, cloud_cover=args.cloud_cover, overwrite=True)
+    say(f"wrote {len(sc.dates)} dates ({sc.dates[0]} .. {sc.dates[-1]}) under {sc.images}, labels {sc.labels}, "
+        f"fields {sc.fields}", args.quiet)
+    return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("tile", "batch_size", "epochs"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+    return {"indices": _cmd_indices, "predict": _cmd_predict, "train": _cmd_train, "evaluate": _cmd_evaluate,
+            "synth": _cmd_synth}[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return unavailable("remote", "Sentinel-2 crop-stress mapping")
+    return run_cli(_main, argv, prog="remote")
 
 
 if __name__ == "__main__":

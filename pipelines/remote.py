@@ -1,0 +1,284 @@
+"""Lightning training for remote (Sentinel-2 crop stress): FFDNN / 1-D CNN on pixels, U-Net on chips.
+
+Data: rasters + a label raster (labelled pixels, or chips for ``unet2d``), or a CSV table of per-pixel/per-field
+time series (:mod:`remote.samples`). Splits are spatially blocked k-fold with a buffer (no neighbouring pixels on
+both sides). The capsule model trains with the margin loss, the others with class-weighted cross-entropy; Adam with
+weight decay; precision from the suite's policy. The best checkpoint of the fold is exported to the suite's model
+file with its preprocessing (bands, regular date grid, index set, offset rule, SCL classes, normalisation) and the
+fold's held-out metrics (overall accuracy, kappa, per-class F1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import remote.models  # noqa: F401  (registers the architectures)
+from remote.evaluate import classification_metrics
+from remote.io import DEFAULT_BANDS, DEFAULT_SCL_INVALID, S2Series
+from remote.models import CLASSES, DEFAULT_INDICES, margin_loss
+from remote.predict import RemoteModel
+from remote.samples import (LABEL_NODATA, PixelSamples, raster_chips, raster_samples, spatial_block_splits,
+                            table_samples)
+from remote.timeseries import default_step, regular_grid
+from shared_backbones.checkpoint import load_model_file, save_model_file
+from shared_backbones.errors import InputError
+from shared_backbones.registry import model_entry
+
+from .base import SuiteModule
+from .kfold import group_kfold_splits, kfold_splits
+from .trainer import build_trainer, fit
+
+
+class ChipDataset(Dataset):
+    """Chips [N, C, h, w] and labels [N, h, w]; ``augment`` applies random flips and 90-degree rotations."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, augment: bool = False) -> None:
+        self.x, self.y, self.augment = x, y, augment
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.x[i], self.y[i]
+        if self.augment:
+            k = int(torch.randint(0, 4, ()))
+            x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (0, 1))
+            if bool(torch.randint(0, 2, ())):
+                x, y = x.flip(2), y.flip(1)
+        return x.contiguous(), y.contiguous()
+
+
+class RemoteDataModule(L.LightningDataModule):
+    """Train / validation tensors (already split): pixels [N, T, B] or chips [N, C, h, w]."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                 batch_size: int = 256, chips: bool = False) -> None:
+        super().__init__()
+        self.train, self.val, self.batch_size, self.chips = train, val, batch_size, chips
+
+    def train_dataloader(self) -> DataLoader:
+        ds = ChipDataset(*self.train, augment=True) if self.chips else TensorDataset(*self.train)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=len(ds) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = ChipDataset(*self.val) if self.chips else TensorDataset(*self.val)
+        return DataLoader(ds, batch_size=self.batch_size * (1 if self.chips else 4))
+
+
+class RemoteModule(SuiteModule):
+    """Margin loss (capsule outputs) or weighted cross-entropy (logits, 255 = ignore); logs val_loss, val_acc,
+    val_kappa, val_f1 (macro)."""
+
+    def __init__(self, arch: str = "ffdnn", arch_kwargs: dict | None = None, classes: list[str] | None = None,
+                 preprocessing: dict | None = None, class_weights: list[float] | None = None, lr: float = 3e-3,
+                 weight_decay: float = 1e-4, **kwargs: Any) -> None:
+        classes = list(classes or CLASSES)
+        super().__init__(task="remote", arch=arch, arch_kwargs={**(arch_kwargs or {}), "num_classes": len(classes)},
+                         classes=classes, preprocessing=preprocessing, optimizer="adamw", lr=lr,
+                         weight_decay=weight_decay, monitor="val_loss", mode="min", **kwargs)
+        self.register_buffer("class_weights", torch.tensor(class_weights or [1.0] * len(classes)))
+        self.capsule = getattr(self.model, "output_kind", "logits") == "capsule"
+        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        scores = self.model(x)
+        if self.capsule:
+            loss = margin_loss(scores.float(), y, weight=self.class_weights)
+        else:
+            loss = F.cross_entropy(scores.float(), y, weight=self.class_weights, ignore_index=LABEL_NODATA)
+        return loss, scores
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch[1]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, scores = self._loss(batch)
+        self.log("val_loss", loss, prog_bar=True, batch_size=len(batch[1]))
+        pred, y = scores.argmax(1).flatten(), batch[1].flatten()
+        keep = y != LABEL_NODATA
+        self._val.append((pred[keep].cpu(), y[keep].cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val:
+            p = torch.cat([a for a, _ in self._val]).numpy()
+            y = torch.cat([b for _, b in self._val]).numpy()
+            if len(y):
+                m = classification_metrics(p, y, self.suite_cfg["classes"])
+                self.log_dict({"val_acc": m["overall_accuracy"], "val_kappa": m["kappa"], "val_f1": m["macro_f1"]},
+                              prog_bar=True)
+        self._val.clear()
+
+
+def class_weights_of(y: np.ndarray, k: int) -> list[float]:
+    """total / (k * count) per class (classes absent from the training fold get weight 1)."""
+    y = y[y != LABEL_NODATA].ravel()
+    counts = np.bincount(y, minlength=k).astype(float)
+    return [float(y.size / (k * c)) if c else 1.0 for c in counts]
+
+
+@dataclass
+class FoldResult:
+    """One trained fold: the exported model file and its held-out metrics."""
+
+    fold: int
+    model_file: Path
+    metrics: dict
+    n_train: int
+    n_test: int
+
+
+def _pixel_splits(s: PixelSamples, folds: int, block_size: int, buffer: int, seed: int) -> list:
+    if s.rows is not None:
+        return spatial_block_splits(s.rows, s.cols, block_size, folds, buffer, seed)
+    if s.groups is not None:
+        return [(np.asarray(a), np.asarray(b)) for a, b in group_kfold_splits(list(s.groups), folds, seed)]
+    return [(np.asarray(a), np.asarray(b)) for a, b in kfold_splits(len(s.y), folds, seed)]
+
+
+def _buffer_chip_labels(y: np.ndarray, r0: np.ndarray, c0: np.ndarray, test: np.ndarray, chip: int, buffer: int,
+                        shape: tuple[int, int]) -> np.ndarray:
+    """Training chips' labels with pixels within ``buffer`` of a test chip set to ignore."""
+    if buffer <= 0:
+        return y
+    from scipy.ndimage import maximum_filter
+
+    mask = np.zeros(shape, dtype=bool)
+    for i in test:
+        mask[r0[i]:r0[i] + chip, c0[i]:c0[i] + chip] = True
+    near = maximum_filter(mask, size=2 * buffer + 1)
+    y = y.copy()
+    for i in range(len(y)):
+        y[i][near[r0[i]:r0[i] + chip, c0[i]:c0[i] + chip]] = LABEL_NODATA
+    return y
+
+
+def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str | Path | None = None,
+                 table: str | Path | None = None, arch: str = "ffdnn", arch_kwargs: dict | None = None,
+                 classes: Sequence[str] = CLASSES, bands: Sequence[str] | None = None,
+                 indices: Sequence[str] = DEFAULT_INDICES, grid_days: int | None = None,
+                 scl_invalid: Sequence[int] = DEFAULT_SCL_INVALID, offset: float | None = None,
+                 folds: int = 5, fold: int | None = 0, block_size: int = 32, buffer: int = 2, chip: int = 64,
+                 max_per_class: int | None = 20000, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
+                 precision: str = "auto", accelerator: str = "auto", devices: int | str = "auto",
+                 max_time: str | None = None, quiet: bool = False, overwrite: bool = False,
+                 seed: int = 0) -> list[FoldResult]:
+    """Train ``arch`` on rasters (``series`` + ``labels``) or a CSV ``table``; one fold (``fold``) or all
+    (``fold=None``; ``out`` gets ``_fold<k>``). Returns each fold's model file and held-out metrics."""
+    classes = list(classes)
+    entry = model_entry(arch)
+    if entry.task != "remote":
+        raise InputError(f"architecture {arch!r} is not a remote model")
+    spatial = arch == "unet2d"
+    if (series is None) == (table is None):
+        raise InputError("give either input rasters with --labels, or --table")
+    if series is not None and labels is None:
+        raise InputError("training from rasters needs --labels LABELS.tif (class index per pixel, 255 = none)")
+    if spatial and series is None:
+        raise InputError("unet2d trains on image chips: give rasters and --labels, not a table")
+    pre: dict[str, Any] = {"scale": 10000, "offset": offset, "scl_invalid": list(scl_invalid),
+                           "offset_rule": "--offset flag > BOA_ADD_OFFSET tag > PROCESSING_BASELINE tag > "
+                                          "date >= 2022-01-25 (-1000)",
+                           "indices": list(indices), "input": "spatial" if spatial else "pixel"}
+    if series is not None:
+        bands = list(bands or [b for b in DEFAULT_BANDS if b in series.bands])
+        series.require_bands(bands)
+        step = grid_days or default_step(series.dates)
+        grid = regular_grid(series.dates[0], series.dates[-1], step)
+    else:
+        grid = None
+    pre.update(bands=bands)
+    if spatial:
+        chip = max(32, chip)
+        xs, ys, r0, c0 = raster_chips(series, labels, grid, bands, classes, chip, scl_invalid)
+        splits = spatial_block_splits(r0, c0, chip, folds, 0, seed)
+        n_items = len(xs)
+    else:
+        if series is not None:
+            s = raster_samples(series, labels, grid, bands, classes, max_per_class=max_per_class, seed=seed,
+                               scl_invalid=scl_invalid)
+        else:
+            s = table_samples(table, classes, None, bands)
+            bands, grid = s.bands, s.dates
+            pre.update(bands=bands)
+            step = default_step(grid)
+            if len(set(np.diff([d.toordinal() for d in grid]))) > 1:
+                grid = regular_grid(grid[0], grid[-1], step)
+                s = table_samples(table, classes, grid, bands)
+        splits = _pixel_splits(s, folds, block_size, buffer, seed)
+        n_items = len(s.y)
+    pre.update(dates=[d.isoformat() for d in grid], grid_days=int(step))
+    if fold is not None and not 0 <= fold < len(splits):
+        raise InputError(f"--fold {fold} out of range (0..{len(splits) - 1})")
+    kw = dict(arch_kwargs or {})
+    if spatial:
+        kw.setdefault("in_channels", len(grid) * len(bands))
+    else:
+        kw.setdefault("bands", list(bands))
+        if arch in ("ffdnn", "cnn1d"):
+            kw.setdefault("indices", list(indices))
+    out = Path(out)
+    results = []
+    for k in (range(len(splits)) if fold is None else [fold]):
+        tr, te = splits[k]
+        if not len(tr) or not len(te):
+            raise InputError(f"fold {k} has an empty train or test part ({len(tr)}/{len(te)} of {n_items} samples)")
+        L.seed_everything(seed + k, verbose=False)
+        if spatial:
+            yb = _buffer_chip_labels(ys, r0, c0, te, chip, buffer, (series.grid.height, series.grid.width))
+            xtr = xs[tr]
+            mean = np.nan_to_num(np.nanmean(xtr, axis=(0, 1, 3, 4)))
+            std = np.nan_to_num(np.nanstd(xtr, axis=(0, 1, 3, 4)), nan=1.0) + 1e-6
+            pre.update(norm_mean=mean.tolist(), norm_std=std.tolist())
+
+            def prep(a: np.ndarray) -> torch.Tensor:
+                a = (a - mean[None, None, :, None, None]) / std[None, None, :, None, None]
+                return torch.from_numpy(np.nan_to_num(a).reshape(len(a), -1, chip, chip).astype(np.float32))
+
+            train_t = (prep(xtr), torch.from_numpy(yb[tr]))
+            val_t = (prep(xs[te]), torch.from_numpy(ys[te]))
+            cw = class_weights_of(yb[tr], len(classes))
+        else:
+            train_t = (torch.from_numpy(s.x[tr]), torch.from_numpy(s.y[tr]))
+            val_t = (torch.from_numpy(s.x[te]), torch.from_numpy(s.y[te]))
+            cw = class_weights_of(s.y[tr], len(classes))
+        module = RemoteModule(arch, kw, classes, dict(pre), cw, lr)
+        path = out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}")
+        trainer = build_trainer(path.parent / f"{path.stem}_run", max_epochs=epochs, max_time=max_time,
+                                precision=precision, accelerator=accelerator, devices=devices, quiet=quiet,
+                                seed=seed + k, log_every_n_steps=5, monitor="val_loss", mode="min")
+        res = fit(module, RemoteDataModule(train_t, val_t, batch_size, chips=spatial), trainer, export_to=path,
+                  overwrite=overwrite)
+        rm = RemoteModel.from_file(res.model_file, "cpu", "fp32")
+        if spatial:
+            pred = np.stack([rm.spatial_probabilities(xs[i]).argmax(0) for i in te])
+            ref = ys[te]
+            keep = ref != LABEL_NODATA
+            m = classification_metrics(pred[keep], ref[keep], classes)
+        else:
+            m = classification_metrics(rm.pixel_probabilities(s.x[te]).argmax(1), s.y[te], classes)
+        mf = load_model_file(res.model_file, task="remote")
+        mf.metrics.update(fold=k, folds=len(splits), test_overall_accuracy=m["overall_accuracy"],
+                          test_kappa=m["kappa"], test_macro_f1=m["macro_f1"],
+                          test_f1={c: v["f1"] for c, v in m["per_class"].items()}, n_train=int(len(tr)),
+                          n_test=int(len(te)), block_size=block_size if not spatial else chip, buffer=buffer)
+        save_model_file(res.model_file, mf, overwrite=True)
+        results.append(FoldResult(k, Path(res.model_file), m, int(len(tr)), int(len(te))))
+    return results
+
+
+def season_grid(dates: Sequence[dt.date], step: int | None = None) -> list[dt.date]:
+    """The regular grid training uses for ``dates`` (step: median spacing when None)."""
+    return regular_grid(dates[0], dates[-1], step or default_step(dates))
