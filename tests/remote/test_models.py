@@ -1,0 +1,150 @@
+"""Fourier blocks against an explicit DFT-matrix reference (values and gradients), capsules, margin loss, model
+sizes, and tiled prediction equal to whole-raster prediction (FFDNN; U-Net with a halo)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from remote.io import open_series
+from remote.models import (CNN1d, FFDNN, DynamicRouting, PhotochemicalFilter, UNet2d, class_probabilities,
+                           date_attribution, margin_loss, squash)
+from remote.predict import PredictOutputs, RemoteModel, predict_series
+from shared_backbones.blocks import FourierBlock1d, SpectralConv1d
+from shared_backbones.registry import create_model, list_models
+
+
+def dft_spectral(x: torch.Tensor, weight: torch.Tensor, modes: int, mixing: str) -> torch.Tensor:
+    """Spectral convolution written with explicit DFT matrices (orthonormal rfft / irfft)."""
+    t = x.shape[-1]
+    k = torch.arange(t, dtype=torch.float64)
+    f = torch.arange(t // 2 + 1, dtype=torch.float64)
+    fwd = torch.exp(-2j * math.pi * f[:, None] * k[None] / t) / math.sqrt(t)
+    xf = torch.einsum("bct,ft->bcf", x.to(torch.complex128), fwd)
+    w = torch.complex(weight[..., 0], weight[..., 1])
+    yf = torch.zeros(x.shape[0], x.shape[1] if mixing == "depthwise" else w.shape[1], t // 2 + 1,
+                     dtype=torch.complex128)
+    m = min(modes, t // 2 + 1)
+    if mixing == "full":
+        yf[..., :m] = torch.einsum("bif,iof->bof", xf[..., :m], w[:, :, :m])
+    else:
+        yf[..., :m] = xf[..., :m] * w[:, :m]
+    coef = torch.full((t // 2 + 1,), 2.0, dtype=torch.float64)
+    coef[0] = 1
+    if t % 2 == 0:
+        coef[-1] = 1
+    inv = torch.exp(2j * math.pi * f[:, None] * k[None] / t) / math.sqrt(t)
+    return torch.einsum("bof,ft->bot", yf * coef, inv).real
+
+
+@pytest.mark.parametrize("mixing,t", [("full", 12), ("depthwise", 12), ("depthwise", 9)])
+def test_fourier_block_values_and_gradients_match_dft_reference(mixing, t):
+    torch.manual_seed(0)
+    blk = FourierBlock1d(4, n_modes=3, kernel_size=3, mixing=mixing).double()
+    x = torch.randn(2, 4, t, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_ref = blk.spectral.weight.detach().clone().requires_grad_(True)
+
+    def reference(inp):
+        spec = dft_spectral(inp, w_ref, 3, mixing)
+        return inp + blk.act(blk.norm(spec + blk.local(inp)))
+
+    out, ref = blk(x), reference(x_ref)
+    assert torch.allclose(out, ref, atol=1e-12)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-12)
+    assert torch.allclose(blk.spectral.weight.grad, w_ref.grad, atol=1e-12)
+    assert torch.autograd.gradcheck(blk, (x.detach().clone().requires_grad_(True),))
+
+
+def test_spectral_conv_keeps_length_and_zeroes_high_modes():
+    torch.manual_seed(0)
+    conv = SpectralConv1d(2, n_modes=2, mixing="depthwise").double()
+    x = torch.cos(2 * math.pi * 5 * torch.arange(20, dtype=torch.float64) / 20).expand(1, 2, 20)
+    assert conv(x).shape == (1, 2, 20) and conv(x).abs().max() < 1e-12    # mode 5 is above n_modes: filtered out
+    with pytest.raises(ValueError):
+        SpectralConv1d(2, 3, mixing="depthwise")
+
+
+def test_capsules_routing_and_margin_loss():
+    s = torch.randn(5, 7, 8)
+    v = squash(s)
+    n = s.norm(dim=-1)
+    assert torch.allclose(v.norm(dim=-1), n ** 2 / (1 + n ** 2), atol=1e-5)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(v, s, dim=-1), torch.ones(5, 7), atol=1e-5)
+    r = DynamicRouting(6, 4, 3, 8, iterations=3)
+    out, c = r(torch.randn(2, 6, 4))
+    assert out.shape == (2, 3, 8) and torch.allclose(c.sum(-1), torch.ones(2, 6)) and (out.norm(dim=-1) < 1).all()
+    lengths = torch.tensor([[0.95, 0.05, 0.5]])
+    # target 0: max(0, .9 - .95)^2 = 0; others: 0.5 * (0^2 + (0.5 - 0.1)^2) = 0.08
+    assert margin_loss(lengths, torch.tensor([0])).item() == pytest.approx(0.08)
+    assert margin_loss(lengths, torch.tensor([2])).item() == pytest.approx(0.4 ** 2 + 0.5 * 0.85 ** 2)
+    p = class_probabilities(torch.tensor([[0.2, 0.6, 0.2]]), "capsule")
+    assert torch.allclose(p, torch.tensor([[0.2, 0.6, 0.2]]))
+
+
+def test_models_registered_shapes_and_sizes():
+    assert {"ffdnn", "cnn1d", "unet2d"} <= set(list_models("remote"))
+    x = torch.rand(4, 15, 10)
+    f, c = create_model("ffdnn").eval(), create_model("cnn1d").eval()
+    sf, sc = f(x), c(x)
+    assert sf.shape == sc.shape == (4, 3) and ((sf >= 0) & (sf < 1)).all()
+    pf = sum(p.numel() for p in f.parameters())
+    pc = sum(p.numel() for p in c.parameters())
+    assert pf < pc                            # FFDNN: fewer parameters than the same-depth 1-D CNN
+    assert isinstance(f, FFDNN) and isinstance(c, CNN1d) and f.output_kind == "capsule"
+    assert f(torch.rand(2, 31, 10)).shape == (2, 3)                 # any series length
+    with pytest.raises(ValueError, match="expected input"):
+        f(torch.rand(2, 15, 4))
+    filt = PhotochemicalFilter(["B04", "B08"], ["NDVI"], include_bands=True)
+    assert filt.traits(torch.tensor([[[0.1, 0.3]]])).flatten().tolist() == pytest.approx([0.5, 0.1, 0.3])
+    attr = date_attribution(f, x)
+    assert attr.shape == (4, 15) and torch.isfinite(attr).all()
+
+
+def _predict(scene, model_file, out, tile, halo=None):
+    rm = RemoteModel.from_file(model_file, "cpu", "fp32")
+    s = predict_series(open_series([scene.images]), rm, PredictOutputs.beside(out), tile=tile, halo=halo,
+                       quiet=True, batch_size=500)
+    with rasterio.open(out) as a, rasterio.open(PredictOutputs.beside(out).probabilities) as b:
+        return a.read(1), b.read(), s
+
+
+def test_tiled_prediction_equals_whole_raster_ffdnn(tmp_path, scene, ffdnn_file):
+    c1, p1, s1 = _predict(scene, ffdnn_file, tmp_path / "tiled.tif", tile=16)
+    c2, p2, s2 = _predict(scene, ffdnn_file, tmp_path / "whole.tif", tile=64)
+    assert s1["tiles"] == 16 and s2["tiles"] == 1
+    assert np.allclose(p1, p2, atol=1e-6, equal_nan=True) and (c1 == c2).mean() > 0.999
+
+
+@pytest.fixture(scope="module")
+def unet_file(tmp_path_factory, scene):
+    from remote.models import CLASSES
+    from shared_backbones.checkpoint import ModelFile, save_model_file
+
+    torch.manual_seed(0)
+    kw = {"in_channels": 10 * 4, "encoder_name": "resnet18", "encoder_depth": 2, "decoder_channels": [16, 8]}
+    m = UNet2d(**kw).eval()
+    # a BatchNorm with non-trivial statistics so padding differences would show
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+    pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": [d.isoformat() for d in scene.dates],
+           "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
+    return save_model_file(tmp_path_factory.mktemp("u") / "unet.pt", ModelFile.from_model(
+        m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+
+
+def test_tiled_prediction_equals_whole_raster_unet_with_halo(tmp_path, scene, unet_file):
+    c1, p1, s1 = _predict(scene, unet_file, tmp_path / "tiled.tif", tile=32, halo=32)
+    c2, p2, s2 = _predict(scene, unet_file, tmp_path / "whole.tif", tile=64)
+    c3, p3, _ = _predict(scene, unet_file, tmp_path / "nohalo.tif", tile=32, halo=0)
+    assert s1["tiles"] == 4 and s1["halo"] == 32 and s2["tiles"] == 1
+    assert np.abs(p1 - p2).max() < 1e-5 and (c1 == c2).all()
+    assert np.abs(p3 - p2).max() > 1e-3          # without the halo the tile borders do differ
