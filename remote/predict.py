@@ -231,6 +231,9 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
         if outputs.fields_csv is None:
             outputs.fields_csv = PredictOutputs.beside(outputs.class_map, fields=True).fields_csv
     grid_dates = align_grid(rm.grid_dates, series.dates)
+    if series.dates[-1] < grid_dates[0] or series.dates[0] > grid_dates[-1]:
+        raise InputError(f"no valid dates: the inputs ({series.dates[0]} .. {series.dates[-1]}) lie outside the "
+                         f"model's season ({grid_dates[0]} .. {grid_dates[-1]})")
     scl = rm.scl_invalid if scl_invalid is None else tuple(scl_invalid)
     g, k = series.grid, len(rm.classes)
     d = rm.size_divisor

@@ -1,0 +1,227 @@
+"""remote CLI: predict outputs (georeference, nodata, colour table, probabilities, explanations, field CSV),
+train from rasters and tables with spatial folds, evaluate, synth, and every error path (exit 2, one line)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from remote.cli import main
+from remote.evaluate import classification_metrics
+from remote.samples import spatial_block_splits
+from remote_testutil import write_tif
+from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+def test_predict_outputs_georeferenced_with_nodata_and_explanations(tmp_path, scene, ffdnn_file, capsys):
+    # a copy of the scene where the top-left 8 x 8 pixels are cloud on every date (SCL 9 in the 20 m files)
+    img = tmp_path / "img"
+    img.mkdir()
+    for f in sorted(scene.images.iterdir()):
+        with rasterio.open(f) as src:
+            a, desc, tags = src.read(), list(src.descriptions), src.tags()
+            if "SCL" in desc:
+                a[desc.index("SCL"), :4, :4] = 9
+            write_tif(img / f.name, a, desc, res=src.res[0], tags=tags)
+    out = tmp_path / "out" / "map.tif"
+    assert main(["predict", str(img), "-m", str(ffdnn_file), "-o", str(out), "--explain", "--fields",
+                 str(scene.fields), "--tile", "32", "--prob-dtype", "uint8", "--quiet"]) == 0
+    with rasterio.open(out) as m, rasterio.open(scene.labels) as ref:
+        assert m.crs == ref.crs and m.transform == ref.transform and m.nodata == 255 and m.dtypes[0] == "uint8"
+        assert m.compression.name == "deflate" and m.block_shapes[0] == (64, 64)
+        assert m.tags()["CLASSES"] == "healthy,yellow_rust,nitrogen_deficiency"
+        assert m.descriptions[0] == "class: 0=healthy, 1=yellow_rust, 2=nitrogen_deficiency"
+        assert m.colormap(1)[255] == (0, 0, 0, 0) and m.colormap(1)[0][3] == 255
+        cls = m.read(1)
+    assert (cls[:8, :8] == 255).all() and (cls[8:, 8:] < 3).all()
+    with rasterio.open(tmp_path / "out" / "map_prob.tif") as p:
+        prob = p.read()
+        assert p.count == 3 and p.dtypes[0] == "uint8" and p.descriptions[1] == "p(yellow_rust)"
+        assert p.scales[0] == pytest.approx(1 / 250)
+    assert (prob[:, :8, :8] == 255).all() and np.abs(prob[:, 8:, 8:].astype(int).sum(0) - 250).max() <= 2
+    assert (prob[:, 8:, 8:].argmax(0) == cls[8:, 8:]).mean() > 0.99
+    with rasterio.open(tmp_path / "out" / "map_capsules.tif") as c, \
+            rasterio.open(tmp_path / "out" / "map_attribution.tif") as a:
+        caps, attr = c.read(), a.read()
+        assert a.count == 10 and a.descriptions[0] == f"attribution {scene.dates[0].isoformat()}"
+    assert np.isnan(caps[:, :8, :8]).all() and ((caps[:, 8:, 8:] >= 0) & (caps[:, 8:, 8:] < 1)).all()
+    assert (caps[:, 8:, 8:].argmax(0) == cls[8:, 8:]).mean() > 0.99 and np.isfinite(attr[:, 8:, 8:]).all()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "map_fields.csv")))
+    with rasterio.open(scene.fields) as f:
+        fid = f.read(1)
+    assert len(rows) == int(fid.max())
+    r1 = rows[0]
+    assert int(r1["pixels"]) == int((fid == 1).sum()) and int(r1["valid_pixels"]) < int(r1["pixels"])
+    maj = np.bincount(cls[(fid == 1) & (cls < 3)], minlength=3).argmax()
+    assert r1["majority"] == ["healthy", "yellow_rust", "nitrogen_deficiency"][maj]
+    # existing outputs need --overwrite; nothing is half-written
+    assert main(["predict", str(img), "-m", str(ffdnn_file), "-o", str(out), "--quiet"]) == 2
+    assert "output exists" in _err(capsys)
+    assert not list((tmp_path / "out").glob(".*part*"))
+
+
+def test_train_from_rasters_exports_model_then_evaluate(tmp_path, scene, capsys):
+    out = tmp_path / "m.pt"
+    rc = main(["train", str(scene.images), "--labels", str(scene.labels), "-o", str(out), "--epochs", "1",
+               "--folds", "2", "--block-size", "16", "--channels", "8", "--depth", "1", "--max-per-class", "300",
+               "--device", "cpu", "--precision", "fp32", "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "fold 0" in printed and "kappa" in printed
+    mf = load_model_file(out, task="remote")
+    assert mf.arch == "ffdnn" and mf.classes == ["healthy", "yellow_rust", "nitrogen_deficiency"]
+    pre = mf.preprocessing
+    assert pre["bands"] == ["B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12"]
+    assert len(pre["dates"]) == 10 and pre["grid_days"] == 12 and pre["indices"][0] == "TCARI/OSAVI"
+    assert pre["scl_invalid"] == [0, 1, 3, 8, 9, 10] and "offset_rule" in pre
+    assert 0 <= mf.metrics["test_overall_accuracy"] <= 1 and mf.metrics["n_test"] > 0 and mf.metrics["buffer"] == 2
+    pred = tmp_path / "p.tif"
+    assert main(["predict", str(scene.images), "-m", str(out), "-o", str(pred), "--no-prob", "--quiet"]) == 0
+    assert not (tmp_path / "p_prob.tif").exists()
+    assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s.csv"),
+                 "--json", str(tmp_path / "s.json")]) == 0
+    text = capsys.readouterr().out
+    assert "overall accuracy" in text and "confusion matrix" in text
+    js = json.loads((tmp_path / "s.json").read_text())
+    with rasterio.open(pred) as p, rasterio.open(scene.labels) as r:
+        a, b = p.read(1), r.read(1)
+    keep = (b != 255) & (a != 255)
+    assert js["samples"] == int(keep.sum())
+    assert js["overall_accuracy"] == pytest.approx(float((a[keep] == b[keep]).mean()))
+    rows = list(csv.reader(open(tmp_path / "s.csv")))
+    assert rows[0][:5] == ["class", "precision", "recall", "f1", "support"] and rows[4][0] == "overall_accuracy"
+
+
+def test_train_from_csv_table(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    dates = ["2024-04-01", "2024-04-11", "2024-04-21", "2024-05-01", "2024-05-11", "2024-05-21"]
+    bands = ["B02", "B03", "B04", "B05", "B06", "B08"]
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["field_id", "label"] + [f"{b}_{d}" for d in dates for b in bands])
+        for i in range(60):
+            lab = i % 3
+            vals = rng.uniform(0.02, 0.4, len(dates) * len(bands)) + 0.1 * lab
+            row = [f"{v:.4f}" for v in vals]
+            row[3] = ""  # a missing value
+            w.writerow([i // 6, ["healthy", "yellow_rust", "nitrogen_deficiency"][lab]] + row)
+    out = tmp_path / "t.pt"
+    assert main(["train", "--table", str(path), "-o", str(out), "--epochs", "1", "--folds", "2",
+                 "--channels", "8", "--depth", "1", "--device", "cpu", "--quiet"]) == 0
+    mf = load_model_file(out)
+    assert mf.preprocessing["bands"] == bands and mf.preprocessing["dates"] == dates
+    assert mf.arch_kwargs["bands"] == bands and mf.metrics["n_test"] + mf.metrics["n_train"] == 60
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    assert main(["train", "--table", str(tmp_path / "t.parquet"), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "pip install pandas pyarrow" in _err(capsys)
+
+
+def test_spatial_block_folds_are_disjoint_with_buffer():
+    rr, cc = np.meshgrid(np.arange(40), np.arange(40), indexing="ij")
+    rows, cols = rr.ravel(), cc.ravel()
+    splits = spatial_block_splits(rows, cols, block_size=10, k=4, buffer=2, seed=0)
+    assert len(splits) == 4
+    all_test = np.concatenate([te for _, te in splits])
+    assert np.array_equal(np.sort(all_test), np.arange(1600))          # every pixel is tested exactly once
+    for tr, te in splits:
+        assert not set(tr) & set(te)
+        # Chebyshev distance between every training and every test pixel exceeds the buffer
+        d = np.maximum(np.abs(rows[tr][:, None] - rows[te][None]), np.abs(cols[tr][:, None] - cols[te][None]))
+        assert d.min() > 2
+        # test folds are whole blocks
+        assert len({(r // 10, c // 10) for r, c in zip(rows[te], cols[te])}) * 100 == len(te)
+    no_buffer = spatial_block_splits(rows, cols, 10, 4, 0, 0)
+    assert all(len(a) + len(b) == 1600 for a, b in no_buffer)
+    with pytest.raises(Exception, match="fewer than 5 folds"):
+        spatial_block_splits(rows[:100], cols[:100], 10, 5)
+
+
+def test_metrics_hand_example():
+    m = classification_metrics(np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0]), ["a", "b", "c"])
+    assert m["overall_accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"] == [[1, 0, 1], [1, 2, 0], [0, 0, 1]]
+    pe = (2 * 2 + 3 * 2 + 1 * 2) / 36
+    assert m["kappa"] == pytest.approx((4 / 6 - pe) / (1 - pe))
+    assert m["per_class"]["b"]["f1"] == pytest.approx(0.8)
+
+
+def test_synth_cli(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "s"), "--size", "32", "--n-dates", "3", "--quiet"]) == 0
+    files = sorted(p.name for p in (tmp_path / "s" / "images").iterdir())
+    assert len(files) == 6 and files[0].endswith("_10m.tif")
+    with rasterio.open(tmp_path / "s" / "images" / files[1]) as src:
+        assert src.descriptions[-1] == "SCL" and src.res == (20.0, 20.0) and src.crs.to_epsg() == 32632
+        assert src.tags()["PROCESSING_BASELINE"] == "05.10" and src.read(1).min() >= 1000
+    assert main(["synth", str(tmp_path / "s"), "--size", "32"]) == 2
+    assert "not empty" in _err(capsys)
+
+
+@pytest.fixture()
+def other_task_model(tmp_path):
+    m = torch.nn.Linear(2, 2)
+    return save_model_file(tmp_path / "audio.pt", ModelFile.from_model(m, task="audiosep", arch="x", arch_kwargs={}))
+
+
+def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
+    img = str(scene.images)
+    o = str(tmp_path / "o.tif")
+    cases = [
+        (["predict", img, "-m", str(other_task_model), "-o", o], "model file is for task 'audiosep', not 'remote'"),
+        (["predict", img, "-m", str(tmp_path / "none.pt"), "-o", o], "model file not found"),
+        (["predict", str(tmp_path / "nothing"), "-m", str(ffdnn_file), "-o", o], "file not found"),
+        (["predict", img, "-m", str(ffdnn_file), "-o", o, "--fields", str(tmp_path / "f.gpkg")],
+         "vector field files need fiona/geopandas"),
+        (["predict", img, "-m", str(ffdnn_file), "-o", o, "--tile", "0"], "--tile must be >= 1"),
+        (["indices", img, "-o", o, "--dates", "2024-13-45"], "not a date"),
+        (["train", img, "-o", str(tmp_path / "m.pt")], "needs --labels"),
+        (["train", img, "--labels", str(scene.labels), "-o", str(tmp_path / "m.pt"), "--folds", "50"],
+         "fewer than 50 folds"),
+        (["train", "-o", str(tmp_path / "m.pt")], "give either input rasters"),
+        (["evaluate", o, str(scene.labels)], "file not found"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = _err(capsys)
+        assert err.startswith("remote: error: ") and msg in err, (argv, err)
+    # missing bands: a series with only the 10 m files
+    ten = tmp_path / "ten"
+    ten.mkdir()
+    for f in scene.images.glob("*_10m.tif"):
+        (ten / f.name).write_bytes(f.read_bytes())
+    assert main(["predict", str(ten), "-m", str(ffdnn_file), "-o", o]) == 2
+    assert "missing band(s) B05, B06, B07, B8A, B11, B12" in _err(capsys)
+    # no valid dates: observations outside the model's season
+    late = tmp_path / "late"
+    late.mkdir()
+    for f in sorted(scene.images.iterdir())[:4]:
+        (late / f.name.replace("2024032", "2024092").replace("2024040", "2024100")).write_bytes(f.read_bytes())
+    assert main(["predict", str(late), "-m", str(ffdnn_file), "-o", o]) == 2
+    assert "no valid dates" in _err(capsys)
+    # CRS mismatch between dates
+    bad = tmp_path / "crs"
+    bad.mkdir()
+    write_tif(bad / "a_20240501.tif", np.ones((2, 4, 4), np.uint16), ["B04", "B08"])
+    write_tif(bad / "b_20240511.tif", np.ones((2, 4, 4), np.uint16), ["B04", "B08"],
+              crs=rasterio.crs.CRS.from_epsg(4326))
+    assert main(["indices", str(bad), "-o", o]) == 2
+    assert "b_20240511.tif: CRS mismatch between dates" in _err(capsys)
+    # unreadable raster and field raster in another CRS
+    (bad / "a_20240501.tif").write_bytes(b"\x00" * 100)
+    assert main(["indices", str(bad / "a_20240501.tif"), "-o", o]) == 2
+    assert "a_20240501.tif: unreadable raster" in _err(capsys)
+    wrong = write_tif(tmp_path / "fid.tif", np.ones((64, 64), np.int32), crs=rasterio.crs.CRS.from_epsg(32633))
+    assert main(["predict", img, "-m", str(ffdnn_file), "-o", o, "--fields", str(wrong)]) == 2
+    assert "fid.tif: CRS mismatch" in _err(capsys)
+    assert not (tmp_path / "o.tif").exists()
