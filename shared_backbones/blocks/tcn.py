@@ -36,17 +36,38 @@ class TCNBlock(nn.Module):
         sc = io_channels if skip_channels is None else skip_channels
         self.skip_out = nn.Conv1d(hidden_channels, sc, 1) if sc else None
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        layers = self.conv_layers
-        h = layers[2](layers[1](layers[0](x)))
+    def _depthwise(self, h: torch.Tensor) -> torch.Tensor:
+        conv = self.conv_layers[3]
         if self.causal and self.pad:
             h = F.pad(h, (self.pad, 0))
-        return layers[5](layers[4](layers[3](h)))
+        if not torch.is_inference_mode_enabled() or h.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+            return conv(h)
+        # CPU inference: P shifted multiply-adds are faster than the depthwise convolution kernel
+        pad, dil = conv.padding[0], conv.dilation[0]
+        h = F.pad(h, (pad, pad)) if pad else h
+        t = h.shape[-1] - self.pad
+        w = conv.weight[:, 0, :, None]  # [H, P, 1]
+        y = torch.addcmul(conv.bias[:, None], h[..., :t], w[:, 0])
+        for j in range(1, w.shape[1]):
+            y.addcmul_(h[..., j * dil: j * dil + t], w[:, j])
+        return y
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        h = self.hidden(x)
-        res = self.res_out(h) if self.res_out is not None else None
-        skip = self.skip_out(h) if self.skip_out is not None else None
+        layers = self.conv_layers
+        h = layers[4](self._depthwise(layers[2](layers[1](layers[0](x)))))
+        outs = [m for m in (self.res_out, self.skip_out) if m is not None]
+        norm = layers[5]
+        if not torch.is_inference_mode_enabled() or not isinstance(norm, nn.GroupNorm) or not outs:
+            h = norm(h)
+            y = [m(h) for m in outs]
+        else:
+            # inference: the norm's affine folded into the 1x1 output convs, which run as one convolution
+            w = torch.cat([m.weight[:, :, 0] for m in outs])
+            b = torch.cat([m.bias for m in outs]) + w @ norm.bias
+            h = F.group_norm(h, 1, None, None, norm.eps)
+            y = list(F.conv1d(h, (w * norm.weight)[..., None], b).split([m.out_channels for m in outs], 1))
+        res = y.pop(0) if self.res_out is not None else None
+        skip = y.pop(0) if self.skip_out is not None else None
         return res, skip
 
 

@@ -41,7 +41,25 @@ def test_torchaudio_weights_give_equal_outputs(act):
     for length in (800, 803, 57):
         x = torch.randn(2, 1, length)
         with torch.no_grad():
-            assert (ours(x) - ref(x)).abs().max() < 1e-5
+            expect = ref(x)
+            assert (ours(x) - expect).abs().max() < 1e-5  # the training path
+        with torch.inference_mode():
+            assert (ours(x) - expect).abs().max() < 1e-5  # the fused CPU inference path
+
+
+def test_causal_model_inference_path_equals_training_path_and_never_looks_ahead():
+    torch.manual_seed(0)
+    m = create_model("convtasnet-causal", **SMALL).eval()
+    x = torch.randn(1, 1, 480)
+    x2 = x.clone()
+    x2[..., 300:] += 1.0
+    with torch.no_grad():
+        y = m(x)
+    with torch.inference_mode():
+        y_fast, y2 = m(x), m(x2)
+    assert torch.allclose(y_fast, y, atol=1e-5)
+    # encoder frames are L=16 samples long with hop 8: outputs before the last frame touching sample 300 are equal
+    assert torch.allclose(y2[..., :288], y[..., :288], atol=1e-6) and not torch.allclose(y2[..., 300:], y[..., 300:])
 
 
 def test_skip_channels_sc_separate_from_b():
