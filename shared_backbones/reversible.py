@@ -6,11 +6,12 @@ A :class:`ReversibleBlock` computes ``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)``; it
 
 Properties (see the project's DESIGN.md): one custom autograd Function for the whole sequence; the autocast
 state of every device type is saved at forward and re-entered for the recompute; both streams stay in their
-input dtype (fp32 under autocast: f/g outputs are cast back); the RNG state is saved per sub-function in forward
-order and restored for its recompute, so dropout is exact; caller tensors are never freed or modified; parameters
-are inputs of the Function, so DDP (``find_unused_parameters=False``) sees their gradients; ``reversible=False``
-runs the very same weights as a plain network. Use GroupNorm/InstanceNorm in f and g (BatchNorm statistics would
-be updated twice).
+input dtype (fp32 under autocast: f/g outputs are cast back); the RNG state of every sub-function in training
+mode is saved in forward order and restored for its recompute, so dropout is exact; caller tensors are never
+freed or modified; parameters are inputs of the Function, so DDP (``find_unused_parameters=False``) sees their
+gradients; ``reversible=False`` runs the very same weights as a plain network. GroupNorm/InstanceNorm/LayerNorm
+are the natural norms in f and g; BatchNorm also works (batch statistics are recomputed exactly and its running
+statistics are restored after the recompute, so they are updated once per step as in the plain network).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-_AUTOCAST_DEVICES = ("cpu", "cuda")
+_AUTOCAST_DEVICES = tuple(d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if torch.amp.is_autocast_available(d))
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,12 @@ class _AutocastState:
 
     @classmethod
     def capture(cls) -> "_AutocastState":
+        """The current autocast state of CPU, CUDA (when present) and any other device type where it is on."""
         states = []
         for dt in _AUTOCAST_DEVICES:
-            if dt == "cuda" and not torch.cuda.is_available():
-                continue
-            states.append((dt, torch.is_autocast_enabled(dt), torch.get_autocast_dtype(dt)))
+            enabled = torch.is_autocast_enabled(dt)
+            if enabled or dt == "cpu" or (dt == "cuda" and torch.cuda.is_available()):
+                states.append((dt, enabled, torch.get_autocast_dtype(dt)))
         return cls(tuple(states), torch.is_autocast_cache_enabled())
 
     @contextlib.contextmanager
@@ -62,8 +64,19 @@ class _RNGState:
             torch.cuda.set_rng_state(s, d)
 
 
-def _has_randomness(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and m.training for m in module.modules())
+@contextlib.contextmanager
+def _frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics as they are across a recompute (the forward already updated them once)."""
+    bufs = [buf for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.training and m.track_running_stats
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    saved = [buf.clone() for buf in bufs]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, old in zip(bufs, saved):
+                buf.copy_(old)
 
 
 class ReversibleBlock(nn.Module):
@@ -93,12 +106,13 @@ def _recompute(fn: nn.Module, inp: torch.Tensor, rng: _RNGState | None, dtype: t
     Returns the detached output (cast to the stream ``dtype``), the gradient w.r.t. ``inp`` and the gradients of
     ``fn``'s trainable parameters (None for unused ones)."""
     params = [p for p in fn.parameters() if p.requires_grad]
-    with torch.enable_grad():
-        x = inp.detach().requires_grad_(True)
-        if rng is not None:
-            rng.restore()
-        out = fn(x).to(dtype)
-    grads = torch.autograd.grad(out, [x, *params], grad_out, allow_unused=True)
+    with _frozen_running_stats(fn):  # restored after the backward, which reads the saved running statistics
+        with torch.enable_grad():
+            x = inp.detach().requires_grad_(True)
+            if rng is not None:
+                rng.restore()
+            out = fn(x).to(dtype)
+        grads = torch.autograd.grad(out, [x, *params], grad_out, allow_unused=True)
     d_in = grads[0] if grads[0] is not None else torch.zeros_like(inp)
     return out.detach(), d_in, list(grads[1:])
 
@@ -114,9 +128,9 @@ class _ReversibleFunction(torch.autograd.Function):
         with torch.no_grad():
             y1, y2 = x1, x2
             for b in blocks:
-                rf = _RNGState(devices) if _has_randomness(b.f) else None
+                rf = _RNGState(devices) if b.f.training else None
                 y1 = y1 + b.f(y2).to(y1.dtype)
-                rg = _RNGState(devices) if _has_randomness(b.g) else None
+                rg = _RNGState(devices) if b.g.training else None
                 y2 = y2 + b.g(y1).to(y2.dtype)
                 rng.append((rf, rg))
         ctx.rng = rng
@@ -130,7 +144,8 @@ class _ReversibleFunction(torch.autograd.Function):
         dy1 = torch.zeros_like(y1) if dy1 is None else dy1
         dy2 = torch.zeros_like(y2) if dy2 is None else dy2
         grads: list[list[torch.Tensor | None]] = []
-        fork = torch.random.fork_rng(devices=ctx.devices) if any(a or b for a, b in ctx.rng) else contextlib.nullcontext()
+        replay = any(r is not None for pair in ctx.rng for r in pair)
+        fork = torch.random.fork_rng(devices=ctx.devices) if replay else contextlib.nullcontext()
         with fork, ctx.autocast.enter():
             for b, (rf, rg) in zip(reversed(blocks), reversed(ctx.rng)):
                 # g: rebuild x2 = y2 - g(y1) and push dy2 through g; then f: x1 = y1 - f(x2), push dy1 through f
@@ -169,7 +184,7 @@ class ReversibleSequence(nn.Module):
         """Run the blocks on explicit halves."""
         use_function = self.reversible and torch.is_grad_enabled() and (
             x1.requires_grad or x2.requires_grad or any(p.requires_grad for p in self.parameters()))
-        if not use_function:
+        if not use_function or not len(self.blocks):
             for b in self.blocks:
                 x1, x2 = b(x1, x2)
             return x1, x2
@@ -179,7 +194,8 @@ class ReversibleSequence(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[self.split_dim] % 2:
-            raise ValueError(f"reversible sequence needs an even size on dim {self.split_dim}, got {x.shape[self.split_dim]}")
+            raise ValueError(f"reversible sequence needs an even size on dim {self.split_dim}, "
+                             f"got {x.shape[self.split_dim]}")
         x1, x2 = x.chunk(2, dim=self.split_dim)
         y1, y2 = self.forward_pair(x1, x2)
         return torch.cat([y1, y2], dim=self.split_dim)

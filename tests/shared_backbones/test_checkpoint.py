@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
 from shared_backbones.errors import ModelFileError
-from shared_backbones.registry import register_model
+from shared_backbones.registry import create_model, list_models, register_model
 
 
 @register_model("ckpt-test-mlp", task="unit")
@@ -94,3 +94,12 @@ def test_wrong_task_missing_fields_and_mismatched_weights(tmp_path):
     mf.arch_kwargs = {"width": 6}
     with pytest.raises(ModelFileError, match="do not fit"):
         mf.build()
+
+
+def test_registry_unknown_name_duplicate_and_presets():
+    with pytest.raises(ModelFileError, match="unknown architecture 'no-such-net'.*ckpt-test-mlp"):
+        create_model("no-such-net")
+    assert "ckpt-test-mlp" in list_models("unit") and "ckpt-test-mlp" not in list_models("audiosep")
+    assert create_model("ckpt-test-mlp", width=7)[0].out_features == 7
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("ckpt-test-mlp", task="unit")(lambda: nn.Identity())

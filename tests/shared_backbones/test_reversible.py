@@ -201,3 +201,49 @@ def test_mbconv_shapes_and_residual_rule():
     m = MBConv(3, 8, 16, stride=2)
     assert m(torch.randn(1, 8, 8, 8, 8)).shape == (1, 16, 4, 4, 4) and not m.use_residual
     assert MBConv(2, 8, 8).use_residual and not MBConv(2, 8, 8, residual=False).use_residual
+
+
+class _DropPath(nn.Module):
+    """Stochastic depth written with torch.rand (not an nn.Dropout): its randomness must be replayed too."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        keep = (torch.rand(x.shape[0], 1, 1, dtype=x.dtype) > 0.5).to(x.dtype)
+        return torch.tanh(self.conv(x)) * keep * torch.rand_like(x)
+
+
+def test_custom_randomness_in_training_mode_is_replayed_exactly():
+    torch.manual_seed(0)
+    seq = ReversibleSequence([ReversibleBlock(_DropPath(3), _DropPath(3)) for _ in range(3)]).double().train()
+    _assert_equal_runs(seq, torch.randn(4, 6, 9, dtype=torch.float64), seed=11)
+
+
+def test_batchnorm_exact_gradients_and_running_stats_updated_once():
+    torch.manual_seed(0)
+    seq = reversible_mbconv_sequence(2, 8, depth=2, norm="batch", se_ratio=None).double().train()
+    plain = copy.deepcopy(seq)
+    plain.reversible = False
+    x = torch.randn(3, 8, 5, 5, dtype=torch.float64)
+    _assert_equal_runs(copy.deepcopy(seq), x)
+    seq(x.requires_grad_(True)).sum().backward()
+    plain(x).sum().backward()
+    bufs = dict(seq.named_buffers())
+    assert any(k.endswith("num_batches_tracked") for k in bufs)
+    for k, b in plain.named_buffers():
+        assert torch.equal(bufs[k], b), k
+
+
+def test_empty_sequence_and_forward_pair():
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    assert torch.equal(ReversibleSequence([])(x), x)
+    torch.manual_seed(0)
+    seq = reversible_mbconv_sequence(1, 4, depth=2).double()
+    a, b = torch.randn(2, 2, 7, dtype=torch.float64).unbind(0)
+    a, b = a[None].requires_grad_(True), b[None].requires_grad_(True)
+    y1, y2 = seq.forward_pair(a, b)
+    assert torch.equal(torch.cat([y1, y2], 1), seq(torch.cat([a, b], 1)))
+    with pytest.raises(TypeError, match="ReversibleBlock"):
+        ReversibleSequence([nn.Identity()])
