@@ -1,7 +1,8 @@
 """Activation bytes of one Conv-TasNet training step on a 4 s, 8 kHz segment: reversible vs plain TCN stack.
 
-Same weights, run once through the reversible Function and once as a plain network. Prints one JSON object last
-with ``activation_ratio`` (plain / reversible; target >= 3).
+Same weights, run once through the reversible Function and once as a plain network -> ``activation_ratio``
+(plain / reversible; target >= 3). Also the standard skip-connected Conv-TasNet of the same sizes (torchaudio's
+layout) against the reversible one -> ``ratio_vs_standard_convtasnet``. Prints one JSON object last.
 
     python benchmarks/audiosep_memory.py [--batch 2]
 """
@@ -37,13 +38,17 @@ def main() -> None:
     tcn_plain = activation_bytes(stack, torch.randn(args.batch, 128, mix.shape[-1] // 8 + 1))
     stack.reversible = True
     tcn_rev = activation_bytes(stack, torch.randn(args.batch, 128, mix.shape[-1] // 8 + 1, requires_grad=True))
+    standard = activation_bytes(ConvTasNet(num_sources=2), mix, loss_fn=loss)  # the torchaudio-layout network
     ratio = res["plain"] / res["reversible"]
     print(f"Conv-TasNet (reversible TCN, paper sizes), batch {args.batch} x {args.seconds:g} s at 8 kHz")
     print(f"whole training step: plain {res['plain'] / 2**20:.1f} MB, reversible {res['reversible'] / 2**20:.1f} MB "
           f"-> {ratio:.2f}x")
+    print(f"standard (skip-connected, torchaudio layout) Conv-TasNet: {standard / 2**20:.1f} MB "
+          f"-> {standard / res['reversible']:.2f}x the reversible one")
     print(f"TCN stack alone:     plain {tcn_plain / 2**20:.1f} MB, reversible {tcn_rev / 2**20:.1f} MB "
           f"-> {tcn_plain / tcn_rev:.1f}x")
     print(json.dumps({"activation_ratio": round(ratio, 2), "tcn_stack_ratio": round(tcn_plain / tcn_rev, 2),
+                      "ratio_vs_standard_convtasnet": round(standard / res["reversible"], 2),
                       "plain_mb": round(res["plain"] / 2**20, 1), "reversible_mb": round(res["reversible"] / 2**20, 1)}))
 
 
