@@ -82,7 +82,7 @@ def field_layout(h: int, w: int, field_size: int, rng: np.random.Generator, n_cl
 
 
 def simulate(h: int, w: int, dates: list[dt.date], field_size: int = 16, seed: int = 0, cloud_cover: float = 0.25,
-             noise: float = 0.01) -> dict[str, np.ndarray]:
+             noise: float = 0.015) -> dict[str, np.ndarray]:
     """Arrays of a season: ``refl`` [T, 12, h, w], ``scl`` [T, h, w], ``labels`` [h, w], ``fields`` [h, w]."""
     rng = np.random.default_rng(seed)
     fields, field_cls = field_layout(h, w, field_size, rng)
@@ -93,8 +93,11 @@ def simulate(h: int, w: int, dates: list[dt.date], field_size: int = 16, seed: i
     # per-field phenology parameters
     sos = rng.normal(0.22 * season, 0.03 * season, n_f + 1)
     eos = rng.normal(0.85 * season, 0.03 * season, n_f + 1)
-    peak = rng.uniform(0.85, 0.95, n_f + 1)
-    onset = rng.uniform(0.40, 0.55, n_f + 1) * season
+    peak = rng.uniform(0.75, 0.95, n_f + 1)
+    onset = rng.uniform(0.40, 0.65, n_f + 1) * season       # yellow rust onset
+    rust_max = rng.uniform(0.5, 0.9, n_f + 1)                 # final chlorophyll loss of rust
+    n_cover = rng.uniform(0.65, 0.9, n_f + 1)                 # nitrogen deficiency: peak cover factor
+    n_chl = rng.uniform(0.45, 0.8, n_f + 1)                   # and chlorophyll level
     f = fields
     sos_p, eos_p, peak_p = sos[f], eos[f], peak[f]
     # yellow rust: patchy spread from foci (distance-driven onset delays)
@@ -108,11 +111,11 @@ def simulate(h: int, w: int, dates: list[dt.date], field_size: int = 16, seed: i
         cover = peak_p * double_logistic(dday, sos_p, eos_p)
         chl = np.ones((h, w), dtype=np.float32)
         nd = labels == 2
-        cover = np.where(nd, cover * 0.68, cover)
-        chl = np.where(nd, 0.55, chl)
+        cover = np.where(nd, cover * n_cover[f], cover)
+        chl = np.where(nd, n_chl[f], chl)
         yr = labels == 1
-        sev = np.clip((dday - rust_onset) / 30.0, 0.0, 1.0)
-        chl = np.where(yr, 1.0 - 0.85 * sev, chl)
+        sev = np.clip((dday - rust_onset) / 30.0, 0.0, 1.0) * rust_max[f]
+        chl = np.where(yr, 1.0 - sev, chl)
         cover = np.where(yr, cover * (1.0 - 0.3 * sev), cover)
         cover = np.where(bg, 0.35 + 0.1 * np.sin(dday / 40.0), cover)
         leaf = chl[None] * LEAF_GREEN[:, None, None] + (1 - chl[None]) * LEAF_CHLOROTIC[:, None, None]
