@@ -6,8 +6,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .norms import CumulativeLayerNorm, GlobalLayerNorm
-
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _INSTANCE = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 _BATCH = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -34,10 +32,14 @@ def get_norm(name: str | None, spatial_dims: int, channels: int, groups: int = 8
     if name == "layer":
         return nn.GroupNorm(1, channels)
     if name == "gln":
+        from .norms import GlobalLayerNorm
+
         return GlobalLayerNorm(channels)
     if name == "cln":
         if spatial_dims != 1:
             raise ValueError("cln is defined for 1-D sequences")
+        from .norms import CumulativeLayerNorm
+
         return CumulativeLayerNorm(channels)
     raise ValueError(f"unknown norm {name!r}")
 
