@@ -1,0 +1,257 @@
+"""NIfTI input/output and geometry: reading cases (one or several channel files), moving arrays into the model's
+axis convention and back, writing label maps with the input's exact affine and header geometry.
+
+Model axis convention (nnU-Net / STU-Net / TotalSegmentator): the volume is reoriented to the closest canonical
+orientation (RAS+ by default, with ``nibabel.orientations``: only axis permutations and flips, never
+interpolation) and the nibabel array is transposed (2, 1, 0) to (z, y, x). Spacing is taken from the affine's
+column norms, so oblique affines and LPS/RAS files are handled alike. :class:`Geometry` undoes both steps exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from shared_backbones.cliutil import atomic_output
+from shared_backbones.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})\.nii(\.gz)?$")
+# Header fields that carry the geometry; copied verbatim from the input onto every output.
+_GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                    "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units")
+
+
+def is_nifti(path: str | Path) -> bool:
+    """True when the name ends in .nii or .nii.gz."""
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def case_name(path: str | Path) -> str:
+    """File name without .nii/.nii.gz and without an nnU-Net channel suffix (``case_0000`` -> ``case``)."""
+    name = Path(path).name
+    m = _CHANNEL_RE.match(name)
+    if m:
+        return m.group("case")
+    return re.sub(r"\.nii(\.gz)?$", "", name, flags=re.IGNORECASE)
+
+
+@dataclass
+class Case:
+    """One subject: channel data ``[C, X, Y, Z]`` (float32, nibabel axis order) and the reference image."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    paths: list[Path]
+    name: str = ""
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def voxel_sizes(self) -> np.ndarray:
+        """Voxel size (mm) along the file's array axes, from the affine's column norms."""
+        return voxel_sizes(self.affine)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    """Spacing (mm) of each array axis: the norm of the affine's first three columns."""
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI-1/2 image (header only; data stays on disk) with one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path)
+    if path.is_dir():
+        raise InputError("is a folder, not a NIfTI file", path)
+    if not is_nifti(path):
+        raise InputError("not a NIfTI file (expected .nii or .nii.gz)", path)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises ImageFileError, gzip/zlib/OSError, ValueError on garbage
+        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})",
+                         path) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"not a NIfTI file ({type(img).__name__})", path)
+    return img
+
+
+def _channels_of(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The image as ``[C, X, Y, Z]`` float32; 4-D files are channel-last (X, Y, Z, C)."""
+    shape = tuple(img.shape)
+    if len(shape) < 3 or shape[2] == 1:
+        raise InputError(f"2-D image (shape {shape}); a 3-D volume is required", path)
+    if len(shape) > 4 and any(s != 1 for s in shape[4:]):
+        raise InputError(f"{len(shape)}-D image of shape {shape} is not supported (3-D, or 4-D channels last)", path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:
+        raise InputError(f"cannot read the image data ({type(exc).__name__}; truncated file?)", path) from None
+    data = data.reshape(shape[:4]) if data.ndim > 4 else data
+    data = data[None] if data.ndim == 3 else np.moveaxis(data, 3, 0)
+    if not np.isfinite(data).all():
+        bad = "NaN" if np.isnan(data).any() else "infinite"
+        raise InputError(f"image contains {bad} values", path)
+    return np.ascontiguousarray(data)
+
+
+def read_case(paths: list[str | Path] | str | Path, name: str | None = None) -> Case:
+    """Read one case from one file (3-D, or 4-D channels-last) or several files (one channel set each)."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not paths:
+        raise InputError("no input files")
+    arrays, ref = [], None
+    for p in paths:
+        img = load_nifti(p)
+        arr = _channels_of(img, p)
+        if ref is None:
+            ref = (img, p)
+        else:
+            if arr.shape[1:] != arrays[0].shape[1:]:
+                raise InputError(f"shape {arr.shape[1:]} differs from {ref[1].name}'s {arrays[0].shape[1:]}", p)
+            if not np.allclose(img.affine, ref[0].affine, atol=1e-3):
+                raise InputError(f"affine differs from {ref[1].name}'s (channels must share one geometry)", p)
+        arrays.append(arr)
+    img0, p0 = ref  # type: ignore[misc]
+    data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    return Case(data=data, affine=np.asarray(img0.affine, dtype=np.float64), header=img0.header.copy(), paths=paths,
+                name=name or case_name(p0))
+
+
+def check_channels(case: Case, expected: int) -> None:
+    """Refuse a case whose channel count differs from the model's."""
+    c = case.data.shape[0]
+    if c == expected:
+        return
+    first = case.paths[0]
+    if len(case.paths) == 1 and c > 1:
+        raise InputError(f"4-D image with {c} channels; the model expects {expected}", first)
+    raise InputError(f"{c} input channel(s) given ({len(case.paths)} file(s)); the model expects {expected} "
+                     f"(pass one file per channel, or name them <case>_0000.nii.gz ...)", first)
+
+
+# --------------------------------------------------------------------------------------------------- geometry
+@dataclass(frozen=True)
+class Geometry:
+    """How a file's array maps to the model's (z, y, x) array: a reorientation (permutation + flips) to
+    ``orientation`` then a (2, 1, 0) transpose. ``spacing`` is in the model's (z, y, x) order (mm)."""
+
+    shape: tuple[int, int, int]
+    file_ornt: np.ndarray = field(repr=False)
+    orientation: str = "RAS"
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...], orientation: str = "RAS") -> "Geometry":
+        ornt = io_orientation(np.asarray(affine))
+        fwd = ornt_transform(ornt, axcodes2ornt(tuple(orientation)))
+        vs = voxel_sizes(affine)
+        canon = np.empty(3)
+        for i in range(3):
+            canon[int(fwd[i, 0])] = vs[i]
+        return cls(tuple(int(s) for s in shape[:3]), ornt, orientation,  # type: ignore[arg-type]
+                   tuple(float(v) for v in canon[::-1]))  # type: ignore[arg-type]
+
+    @property
+    def _fwd(self) -> np.ndarray:
+        return ornt_transform(self.file_ornt, axcodes2ornt(tuple(self.orientation)))
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        out = [0, 0, 0]
+        for i, (j, _) in enumerate(self._fwd):
+            out[int(j)] = self.shape[i]
+        return tuple(out[::-1])  # type: ignore[return-value]
+
+    def forward(self, data: np.ndarray) -> np.ndarray:
+        """``[C, X, Y, Z]`` file array -> ``[C, z, y, x]`` model array."""
+        canon = apply_orientation(np.moveaxis(data, 0, -1), self._fwd)  # (X', Y', Z', C)
+        return np.ascontiguousarray(np.transpose(canon, (3, 2, 1, 0)))
+
+    def backward(self, data: np.ndarray) -> np.ndarray:
+        """``[z, y, x]`` or ``[K, z, y, x]`` model array -> ``[X, Y, Z]`` or ``[X, Y, Z, K]`` in the file's order."""
+        arr = data.T  # (x, y, z[, K]) canonical, channels last
+        inv = ornt_transform(axcodes2ornt(tuple(self.orientation)), self.file_ornt)
+        return np.ascontiguousarray(apply_orientation(arr, inv))
+
+
+def model_array(case: Case, orientation: str = "RAS") -> tuple[np.ndarray, Geometry]:
+    """The case's channels in the model's (z, y, x) convention and the geometry to undo it."""
+    geom = Geometry.from_affine(case.affine, case.spatial_shape, orientation)
+    return geom.forward(case.data), geom
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+def label_dtype(max_label: int) -> np.dtype:
+    """uint8 up to 255 labels, uint16 above."""
+    return np.dtype(np.uint8) if max_label <= 255 else np.dtype(np.uint16)
+
+
+def like_header(ref: nib.Nifti1Header, dtype: np.dtype, shape: tuple[int, ...]) -> nib.Nifti1Header:
+    """A header with ``ref``'s geometry (qform/sform, codes, pixdim, units) for data of ``dtype`` and ``shape``."""
+    hdr = ref.copy()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    hdr.set_slope_inter(1.0, 0.0) if np.issubdtype(dtype, np.floating) else hdr.set_slope_inter(None, None)
+    hdr["cal_min"], hdr["cal_max"] = 0, 0
+    if len(shape) == 3:
+        hdr["intent_code"] = 0
+        hdr["dim"][4:] = 1
+    for k in _GEOMETRY_FIELDS:
+        hdr[k] = ref[k]
+    hdr["pixdim"][:4] = ref["pixdim"][:4]
+    return hdr
+
+
+def write_like(path: str | Path, data: np.ndarray, ref: Case, overwrite: bool = False) -> Path:
+    """Write ``data`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) atomically with ``ref``'s affine and header geometry."""
+    hdr = like_header(ref.header, data.dtype, data.shape)
+    img_cls = nib.Nifti2Image if isinstance(ref.header, nib.Nifti2Header) else nib.Nifti1Image
+    img = img_cls(data, None, header=hdr)
+    for k in _GEOMETRY_FIELDS:
+        img.header[k] = ref.header[k]
+    with atomic_output(path, overwrite) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+def write_labels(path: str | Path, labels: np.ndarray, ref: Case, overwrite: bool = False) -> Path:
+    """Label map in the file's axis order, uint8 (uint16 above 255 labels), with ``ref``'s geometry."""
+    if labels.shape != ref.spatial_shape:
+        raise ValueError(f"label shape {labels.shape} != input shape {ref.spatial_shape}")
+    dt = label_dtype(int(labels.max()) if labels.size else 0)
+    return write_like(path, np.ascontiguousarray(labels.astype(dt, copy=False)), ref, overwrite)
+
+
+# ---------------------------------------------------------------------------------------------- case discovery
+def discover_cases(folder: str | Path, channels: int) -> "OrderedDict[str, list[Path]]":
+    """Cases of a folder: nnU-Net channel naming (``<case>_0000.nii.gz`` ...) groups files into one case when the
+    model needs several channels; otherwise each NIfTI file is a case (``_0000`` is stripped from its name)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    if not files:
+        raise InputError("no .nii/.nii.gz files in folder", folder)
+    cases: OrderedDict[str, list[Path]] = OrderedDict()
+    for p in files:
+        m = _CHANNEL_RE.match(p.name)
+        key = m.group("case") if (m and channels > 1) else case_name(p)
+        cases.setdefault(key, []).append(p)
+    for key, group in cases.items():
+        if len(group) > 1:
+            ids = [int(_CHANNEL_RE.match(p.name).group("ch")) for p in group]  # type: ignore[union-attr]
+            if ids != list(range(len(group))):
+                raise InputError(f"case {key!r}: channel files must be numbered _0000.._{len(group) - 1:04d}", group[0])
+        elif key in cases and sum(1 for k in cases if k == key) > 1:  # pragma: no cover - keys are unique
+            raise InputError(f"duplicate case {key!r}", group[0])
+    return cases

@@ -1,0 +1,279 @@
+"""Volume prediction: model files -> preprocessing -> sliding window (+TTA, ensembling) -> label map on the input grid.
+
+The model file's ``preprocessing`` says how to get from a NIfTI file to the network's input:
+``orientation`` (``"RAS"``: closest canonical orientation), ``axis_order`` (``"zyx"``: nibabel array transposed
+(2, 1, 0)), ``spacing`` (z, y, x mm; None = no resampling), ``normalization`` (one scheme per channel, see
+:mod:`medseg.preprocess`), ``patch_size`` (z, y, x window) and ``in_channels``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from shared_backbones.checkpoint import ModelFile, load_for_inference
+from shared_backbones.cliutil import StageTimer, atomic_output
+from shared_backbones.errors import InputError, ModelFileError
+from shared_backbones.precision import PrecisionPolicy
+
+from . import models as _models  # noqa: F401  (registers the architectures)
+from .io import Case, Geometry, model_array
+from .models import network_stride
+from .preprocess import normalise, resample, resample_slabs, target_shape
+from .sliding_window import mirror_axes, sliding_window, window_slices
+
+TASK = "medseg"
+#: Above this many bytes of class scores the stitching buffer stays in CPU memory when running on a GPU.
+GPU_STITCH_LIMIT = 2 * 1024 ** 3
+
+
+@dataclass
+class VolumeModel:
+    """A loaded model file ready for inference."""
+
+    path: Path
+    file: ModelFile
+    net: nn.Module
+    device: torch.device
+    policy: PrecisionPolicy
+
+    @property
+    def pre(self) -> dict[str, Any]:
+        return self.file.preprocessing
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.pre.get("in_channels") or self.file.arch_kwargs.get("in_channels", 1))
+
+    @property
+    def classes(self) -> list[str]:
+        k = int(self.file.arch_kwargs.get("num_classes", len(self.file.classes) or 2))
+        names = list(self.file.classes)
+        return names if len(names) == k else ["background"] + [f"class_{i}" for i in range(1, k)]
+
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        sp = self.pre.get("spacing")
+        return None if sp is None else tuple(float(s) for s in sp)  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> str:
+        return str(self.pre.get("orientation", "RAS"))
+
+    def window(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """The sliding window: the model's patch size, or the volume rounded up to the network stride."""
+        stride = network_stride(self.net)
+        patch = self.pre.get("patch_size")
+        if patch:
+            return tuple(int(p) for p in patch)  # type: ignore[return-value]
+        return tuple(min(128, -(-int(s) // st) * st) for s, st in zip(shape, stride))  # type: ignore[return-value]
+
+
+def load_models(paths: Sequence[str | Path], device: str = "auto", precision: str = "auto") -> list[VolumeModel]:
+    """Load one or more medseg model files (an ensemble must agree on classes and input channels)."""
+    if not paths:
+        raise ModelFileError("no model file given (use --model model.pt)")
+    out = []
+    for p in paths:
+        mf, net, dev, policy = load_for_inference(p, TASK, device, precision)
+        vm = VolumeModel(Path(p), mf, net, dev, policy)
+        if out and (vm.classes != out[0].classes or vm.in_channels != out[0].in_channels):
+            raise ModelFileError(f"ensemble member disagrees with {out[0].path.name} on classes or input channels", p)
+        out.append(vm)
+    return out
+
+
+@dataclass
+class Prediction:
+    """Result for one case: labels on the input grid (file axis order) and optional class probabilities."""
+
+    case: Case
+    labels: np.ndarray
+    classes: list[str]
+    probabilities: np.ndarray | None = None  # [X, Y, Z, K] float32 on the input grid
+    times: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+
+def count_windows(case: Case, models: Sequence[VolumeModel]) -> int:
+    """Number of window evaluations (without TTA) predict will run for ``case``: for progress bars."""
+    total = 0
+    for m in models:
+        geom = Geometry.from_affine(case.affine, case.spatial_shape, m.orientation)
+        shape = target_shape(geom.model_shape, geom.spacing, m.spacing)
+        win = m.window(shape)
+        total += len(window_slices(tuple(max(s, w) for s, w in zip(shape, win)), win, 0.5))
+    return total
+
+
+def _network_scores(m: VolumeModel, image: torch.Tensor, *, tta: bool, overlap: float, batch_size: int,
+                    on_window: Callable[[int], None] | None) -> torch.Tensor:
+    """Softmax probabilities ``[K, z, y, x]`` (float32, CPU) of one model on a preprocessed image."""
+    k = len(m.classes)
+    window = m.window(image.shape[1:])
+    stitch = torch.device("cpu")
+    if m.device.type == "cuda" and k * image[0].numel() * 4 < GPU_STITCH_LIMIT:
+        stitch = m.device
+
+    def predictor(win: torch.Tensor) -> torch.Tensor:
+        with m.policy.autocast():
+            return m.net(win)
+
+    with torch.inference_mode():
+        logits = sliding_window(predictor, image[None].to(stitch), window, overlap=overlap, batch_size=batch_size,
+                                tta=tta, device=m.device, stitch_device=stitch, num_classes=k, on_window=on_window)[0]
+        return torch.softmax(logits, dim=0).cpu()
+
+
+def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False, overlap: float = 0.5,
+                 batch_size: int = 1, probabilities: bool = False, timer: StageTimer | None = None,
+                 on_window: Callable[[int], None] | None = None) -> Prediction:
+    """Segment one case with one model or an ensemble (probabilities averaged on the first model's grid)."""
+    timer = timer or StageTimer()
+    ref_grid: tuple[int, int, int] | None = None
+    acc: torch.Tensor | None = None
+    geom0 = None
+    for m in models:
+        if case.data.shape[0] != m.in_channels:
+            from .io import check_channels
+            check_channels(case, m.in_channels)
+        with timer("preprocess"):
+            arr, geom = model_array(case, m.orientation)
+            geom0 = geom0 or geom
+            image = normalise(torch.from_numpy(arr), m.pre.get("normalization") or [{"scheme": "zscore"}])
+            image = resample(image, target_shape(arr.shape[1:], geom.spacing, m.spacing))
+        with timer("network"):
+            probs = _network_scores(m, image, tta=tta, overlap=overlap, batch_size=batch_size, on_window=on_window)
+        with timer("ensemble"):
+            if ref_grid is None:
+                ref_grid, acc = tuple(probs.shape[1:]), probs  # type: ignore[assignment]
+            else:
+                acc.add_(resample(probs, ref_grid))  # type: ignore[union-attr]
+    assert acc is not None and geom0 is not None
+    if len(models) > 1:
+        acc.div_(len(models))
+    with timer("resample back"):
+        model_shape = geom0.model_shape
+        slabs = resample_slabs(acc, model_shape, lambda p: p.argmax(0).to(torch.int32))
+        labels_model = torch.cat(slabs, 0).numpy()
+        labels = geom0.backward(labels_model)
+        probs_out = None
+        if probabilities:
+            full = torch.cat(resample_slabs(acc, model_shape, lambda p: p), 1).numpy()
+            probs_out = geom0.backward(full).astype(np.float32)
+    return Prediction(case, labels, models[0].classes, probs_out, dict(timer.times))
+
+
+# ----------------------------------------------------------------------------------------------- postprocessing
+def class_indices(selection: Sequence[str] | None, classes: Sequence[str]) -> list[int] | None:
+    """Resolve ``--classes`` entries (names or label numbers) to label indices."""
+    if not selection:
+        return None
+    out = []
+    for item in selection:
+        for tok in str(item).split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            if tok.isdigit() and 0 < int(tok) < len(classes):
+                out.append(int(tok))
+            elif tok in classes[1:]:
+                out.append(list(classes).index(tok))
+            else:
+                raise InputError(f"unknown class {tok!r} (model classes: {', '.join(classes[1:])})")
+    return sorted(set(out))
+
+
+def keep_classes(labels: np.ndarray, keep: Sequence[int] | None) -> np.ndarray:
+    """Set every label not in ``keep`` to background (labels keep their numbers)."""
+    if keep is None:
+        return labels
+    return np.where(np.isin(labels, list(keep)), labels, 0).astype(labels.dtype)
+
+
+def largest_component(labels: np.ndarray) -> np.ndarray:
+    """Keep only the largest 26-connected component of every foreground class."""
+    from scipy import ndimage
+
+    out = labels.copy()
+    structure = np.ones((3, 3, 3), dtype=bool)
+    for c in np.unique(labels):
+        if c == 0:
+            continue
+        mask = labels == c
+        comp, n = ndimage.label(mask, structure=structure)
+        if n > 1:
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            out[mask & (comp != int(sizes.argmax()))] = 0
+    return out
+
+
+def label_statistics(labels: np.ndarray, classes: Sequence[str], voxel_sizes: Sequence[float]) -> dict[str, Any]:
+    """Per-class voxel counts and volumes (mm^3 and ml) on the input grid."""
+    vox = float(np.prod(voxel_sizes))
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(classes))
+    per = {}
+    for i, name in enumerate(classes):
+        if i == 0:
+            continue
+        n = int(counts[i]) if i < len(counts) else 0
+        per[name] = {"label": i, "voxels": n, "volume_mm3": round(n * vox, 4), "volume_ml": round(n * vox / 1000, 6)}
+    return {"voxel_volume_mm3": round(vox, 6), "voxel_size_mm": [round(float(v), 6) for v in voxel_sizes],
+            "classes": per}
+
+
+def write_json(path: str | Path, obj: Any, overwrite: bool = False) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    return Path(path)
+
+
+def write_preview(path: str | Path, case: Case, labels: np.ndarray, classes: Sequence[str],
+                  overwrite: bool = False) -> Path:
+    """PNG with axial, coronal and sagittal slices (RAS display frame) through the foreground's centre, labels
+    overlaid in colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    geom = Geometry.from_affine(case.affine, case.spatial_shape, "RAS")
+    img = geom.forward(case.data[:1])[0]              # (z, y, x) canonical RAS
+    lab = geom.forward(labels[None].astype(np.int32))[0]
+    fg = np.argwhere(lab > 0)
+    cz, cy, cx = (fg.mean(0).round().astype(int) if len(fg) else np.array(lab.shape) // 2)
+    sz, sy, sx = geom.spacing
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    colours = plt.get_cmap("tab20", 20)
+    cmap = ListedColormap([(0, 0, 0, 0)] + [colours(i % 20) for i in range(max(1, len(classes) - 1))])
+    views = [("axial", img[cz], lab[cz], sy / sx), ("coronal", img[:, cy], lab[:, cy], sz / sx),
+             ("sagittal", img[:, :, cx], lab[:, :, cx], sz / sy)]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (title, im, lb, aspect) in zip(axes, views):
+        ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect, interpolation="nearest")
+        ax.imshow(np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=len(classes) - 1 if len(classes) > 1 else 1,
+                  origin="lower", aspect=aspect, alpha=0.45, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    present = [classes[i] for i in sorted(set(np.unique(lab)) - {0}) if i < len(classes)]
+    fig.suptitle(f"{case.name}: {', '.join(present) if present else 'no foreground'}", fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path, overwrite) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def windows_per_case(case: Case, models: Sequence[VolumeModel], tta: bool) -> int:
+    """Progress total: window evaluations including mirrored passes."""
+    return count_windows(case, models) * len(mirror_axes(tta))
