@@ -49,12 +49,11 @@ class PhotochemicalFilter(nn.Module):
 
     def traits(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised traits [N, F, T]."""
-        x = torch.nan_to_num(x.float())
+        x = torch.nan_to_num(x.float()).transpose(1, 2).contiguous()  # [N, B, T]: each band a contiguous row
         feats = [f.clamp(-self.clamp, self.clamp)
-                 for f in compute_indices(self.indices, x, self.bands, axis=-1, soil_slope=self.soil_slope, fill=0.0)]
-        if self.include_bands:
-            feats += list(x.unbind(-1))
-        return torch.stack(feats, dim=1)
+                 for f in compute_indices(self.indices, x, self.bands, axis=1, soil_slope=self.soil_slope, fill=0.0)]
+        out = torch.stack(feats, dim=1)
+        return torch.cat([out, x], dim=1) if self.include_bands else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.traits(x))
@@ -80,14 +79,19 @@ class DynamicRouting(nn.Module):
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u [N, n_in, d_in] -> (v [N, n_out, d_out], coupling c [N, n_in, n_out])."""
-        u_hat = torch.einsum("iojd,nid->nioj", self.weight, u)
-        b = u_hat.new_zeros(u_hat.shape[:3])
+        n, n_in, _ = u.shape
+        n_out, d_out = self.weight.shape[1], self.weight.shape[2]
+        # predictions u_hat [N, n_out, n_in, d_out]: one matmul per input capsule
+        u_hat = torch.bmm(u.transpose(0, 1), self.weight.flatten(1, 2).transpose(1, 2))   # [n_in, N, n_out * d_out]
+        u_hat = u_hat.view(n_in, n, n_out, d_out).permute(1, 2, 0, 3).contiguous()
+        b = u_hat.new_zeros(n, n_out, n_in)
         for r in range(self.iterations):
-            c = b.softmax(dim=2)
-            v = squash((c.unsqueeze(-1) * u_hat).sum(1))
+            e = (b - b.amax(1, keepdim=True)).exp()  # softmax over the output capsules, written out (faster)
+            c = e / e.sum(1, keepdim=True)
+            v = squash(torch.matmul(c.unsqueeze(2), u_hat).squeeze(2))          # s_j = sum_i c_ij u_hat_j|i
             if r < self.iterations - 1:
-                b = b + (u_hat * v.unsqueeze(1)).sum(-1)
-        return v, c
+                b = b + torch.matmul(u_hat, v.unsqueeze(-1)).squeeze(-1)      # agreement u_hat_j|i . v_j
+        return v, c.transpose(1, 2)
 
 
 def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_pos: float = 0.9, m_neg: float = 0.1,
@@ -100,6 +104,15 @@ def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_pos: float = 0.9,
         w = weight.to(per.dtype)[target]
         return (per * w).sum() / w.sum()
     return per.mean()
+
+
+def _pool_matrix(t: int, positions: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[T, positions] matrix of adaptive average pooling (the segments of ``nn.AdaptiveAvgPool1d``)."""
+    m = torch.zeros(t, positions, dtype=dtype, device=device)
+    for j in range(positions):
+        lo, hi = (j * t) // positions, -(-((j + 1) * t) // positions)
+        m[lo:hi, j] = 1.0 / (hi - lo)
+    return m
 
 
 class _TemporalNet(nn.Module):
@@ -116,13 +129,13 @@ class _TemporalNet(nn.Module):
         self.stem = nn.Conv1d(self.filter.out_features, channels, 1)
         self.blocks = blocks
         self.primary = nn.Conv1d(channels, primary_types * primary_dim, 3, padding=1)
-        self.pool = nn.AdaptiveAvgPool1d(primary_positions)
         self.primary_types, self.primary_dim, self.primary_positions = primary_types, primary_dim, primary_positions
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[-1] != len(self.bands):
             raise ValueError(f"expected input [N, T, {len(self.bands)}] (bands {self.bands}), got {list(x.shape)}")
-        return self.pool(self.primary(self.blocks(self.stem(self.filter(x)))))
+        p = self.primary(self.blocks(self.stem(self.filter(x))))
+        return p @ _pool_matrix(p.shape[-1], self.primary_positions, p.dtype, p.device)
 
 
 class FFDNN(_TemporalNet):

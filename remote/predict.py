@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -256,6 +257,9 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
     counts = np.zeros(k, dtype=np.int64)
     n_valid = 0
     with contextlib.ExitStack() as stack:
+        # a bounded GDAL block cache (MB; GDAL_CACHEMAX in the environment wins) keeps memory flat in raster size
+        stack.enter_context(rasterio.Env(**({} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256})))
+
         def open_out(path: Path, count: int, dtype: str, nodata: Any, desc: Sequence[str]) -> Any:
             tmp = stack.enter_context(atomic_output(path, overwrite))
             ds = stack.enter_context(rasterio.open(tmp, "w", **geotiff_profile(g, count, dtype, nodata)))

@@ -54,34 +54,41 @@ def fill_gaps(obs: np.ndarray, obs_days: np.ndarray, grid_days: np.ndarray) -> n
     """Linear interpolation in time of ``obs`` [T, ...] (NaN = missing) onto ``grid_days``; values before the first /
     after the last valid observation are held constant. A series with no valid observation stays NaN.
 
-    Missingness is taken per element, so bands may be missing independently. Returns [G, ...] float32.
+    Missingness is taken per element, so bands may be missing independently; when the gaps of ``obs`` [T, B, ...]
+    are the same in every band (as :meth:`remote.io.S2Series.read` returns them) the search runs once per pixel.
+    Returns [G, ...] float32.
     """
     obs = np.asarray(obs, dtype=np.float32)
     t, tail = obs.shape[0], obs.shape[1:]
     if t != len(obs_days):
         raise ValueError(f"{t} observations but {len(obs_days)} dates")
     order = np.argsort(obs_days, kind="stable")
-    obs, days = obs[order].reshape(t, -1), np.asarray(obs_days, dtype=np.float64)[order]
-    valid = ~np.isnan(obs)
-    idx = np.where(valid, np.arange(t)[:, None], -1)
-    prev = np.maximum.accumulate(idx, axis=0)                    # last valid index <= t
-    nxt = np.where(valid, np.arange(t)[:, None], t)
-    nxt = np.minimum.accumulate(nxt[::-1], axis=0)[::-1]         # first valid index >= t
+    days = np.asarray(obs_days, dtype=np.float64)[order]
+    obs = obs[order]
+    nan = np.isnan(obs)
+    if obs.ndim >= 3 and np.array_equal(nan.any(1), nan.all(1)):      # same gaps in every band
+        x = obs.reshape(t, obs.shape[1], -1)
+        valid = ~nan[:, 0].reshape(t, -1)
+    else:
+        x = obs.reshape(t, 1, -1)
+        valid = ~nan.reshape(t, -1)
+    p = x.shape[2]
+    steps = np.arange(t, dtype=np.int32)[:, None]
+    prev = np.maximum.accumulate(np.where(valid, steps, -1), axis=0)              # last valid index <= t
+    nxt = np.minimum.accumulate(np.where(valid, steps, t)[::-1], axis=0)[::-1]   # first valid index >= t
     grid_days = np.asarray(grid_days, dtype=np.float64)
     right = np.searchsorted(days, grid_days, side="right") - 1   # last obs date <= g
     left = np.searchsorted(days, grid_days, side="left")         # first obs date >= g
-    cols = np.arange(obs.shape[1])
-    out = np.empty((len(grid_days), obs.shape[1]), dtype=np.float32)
+    cols = np.arange(p)
+    out = np.empty((len(grid_days), x.shape[1], p), dtype=np.float32)
     for g, (r, lf) in enumerate(zip(right, left)):
-        p = prev[r] if r >= 0 else np.full(obs.shape[1], -1)
-        n = nxt[lf] if lf < t else np.full(obs.shape[1], t)
-        has_p, has_n = p >= 0, n < t
-        pv = obs[np.clip(p, 0, t - 1), cols]
-        nv = obs[np.clip(n, 0, t - 1), cols]
-        dp = days[np.clip(p, 0, t - 1)]
-        dn = days[np.clip(n, 0, t - 1)]
-        span = dn - dp
-        w = np.where(span > 0, (grid_days[g] - dp) / np.where(span > 0, span, 1), 0.0)
+        pi = prev[r] if r >= 0 else np.full(p, -1, np.int32)
+        ni = nxt[lf] if lf < t else np.full(p, t, np.int32)
+        has_p, has_n = pi >= 0, ni < t
+        pc, nc = np.clip(pi, 0, t - 1), np.clip(ni, 0, t - 1)
+        pv, nv = x[pc, :, cols].T, x[nc, :, cols].T                  # [B, P]
+        span = days[nc] - days[pc]
+        w = np.where(span > 0, (grid_days[g] - days[pc]) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
         val = np.where(has_p & has_n, pv + w * (nv - pv), np.where(has_p, pv, nv))
-        out[g] = np.where(has_p | has_n, val, np.nan)
+        out[g] = np.where(has_p | has_n, val, np.float32(np.nan))
     return out.reshape((len(grid_days),) + tail)

@@ -48,20 +48,42 @@ class SpectralConv1d(nn.Module):
         else:
             self.weight = nn.Parameter(torch.randn(channels, self.max_modes, 2) / math.sqrt(2.0))
 
+    #: sequences up to this length run as a matrix product with the equivalent T x T kernel (same linear map,
+    #: much faster than many tiny FFTs); longer ones run through rfft / irfft.
+    MATMUL_MAX_LEN = 64
+
+    def _weights(self, m: int, dtype: torch.dtype) -> torch.Tensor:
+        w = self.weight[:, :, :m] if self.mixing == "full" else self.weight[:, :m]
+        return torch.view_as_complex(w.to(dtype).contiguous())
+
+    def kernel(self, t: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The equivalent real kernel along time: row ``s`` is the response to a unit impulse at ``s``.
+        Shape [C, T, T] (depthwise) or [C_in, C_out, T, T] (full)."""
+        eye = torch.eye(t, dtype=dtype, device=self.weight.device)
+        f = torch.fft.rfft(eye, dim=-1, norm="ortho")              # [T, F]
+        m = min(f.shape[-1], self.max_modes)
+        w = self._weights(m, dtype)
+        spec = f[None, :, :m] * w[:, None, :] if self.mixing == "depthwise" else f[:, :m] * w[:, :, None, :]
+        return torch.fft.irfft(spec, n=t, dim=-1, norm="ortho")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[-1]
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # FFTs run in fp32 under autocast
+        n, c, t = x.shape
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32  # runs in fp32 under autocast
         with torch.autocast(device_type=x.device.type, enabled=False):
-            xf = torch.fft.rfft(x.to(work), dim=-1, norm="ortho")
+            xw = x.to(work)
+            if t <= self.MATMUL_MAX_LEN:
+                k = self.kernel(t, work)
+                if self.mixing == "depthwise":
+                    y = torch.bmm(xw.permute(1, 0, 2), k).permute(1, 0, 2)
+                else:
+                    y = (xw.reshape(n, c * t) @ k.permute(0, 2, 1, 3).reshape(c * t, -1)).reshape(n, -1, t)
+                return y.to(x.dtype)
+            xf = torch.fft.rfft(xw, dim=-1, norm="ortho")
             m = min(xf.shape[-1], self.max_modes)
-            if self.mixing == "full":
-                w = torch.view_as_complex(self.weight[:, :, :m].to(work).contiguous())
-                kept = torch.einsum("bim,iom->bom", xf[..., :m], w)
-            else:
-                w = torch.view_as_complex(self.weight[:, :m].to(work).contiguous())
-                kept = xf[..., :m] * w
-            out = torch.cat([kept, kept.new_zeros(kept.shape[:-1] + (xf.shape[-1] - m,))], dim=-1)
-            return torch.fft.irfft(out, n=t, dim=-1, norm="ortho").to(x.dtype)
+            w = self._weights(m, work)
+            kept = torch.einsum("bim,iom->bom", xf[..., :m], w) if self.mixing == "full" else xf[..., :m] * w
+            # irfft zero-pads the missing (higher) modes up to n // 2 + 1
+            return torch.fft.irfft(kept, n=t, dim=-1, norm="ortho").to(x.dtype)
 
 
 class FourierBlock1d(nn.Module):

@@ -33,3 +33,15 @@ def ffdnn_file(tmp_path_factory, scene):
     pre = {"bands": list(m.bands), "dates": [d.isoformat() for d in grid], "scl_invalid": [0, 1, 3, 8, 9, 10]}
     return save_model_file(tmp_path_factory.mktemp("m") / "ffdnn.pt", ModelFile.from_model(
         m, task="remote", arch="ffdnn", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads waiting for descheduled peers make every
+    small op cost a scheduler time slice; the tests' figures do not depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

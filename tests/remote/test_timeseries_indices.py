@@ -37,6 +37,12 @@ def test_fill_gaps_unsorted_dates_and_image_shape():
     assert np.allclose(mid, 0.5 * (obs[2] + obs[0]))
 
 
+def test_fill_gaps_bands_with_different_gaps():
+    obs = np.array([[[1.0], [10.0]], [[np.nan], [20.0]], [[3.0], [np.nan]]], dtype=np.float32)  # [T=3, B=2, P=1]
+    out = fill_gaps(obs, np.array([0.0, 1.0, 2.0]), np.array([1.0, 2.0]))
+    assert out[:, :, 0].tolist() == [[2.0, 20.0], [3.0, 20.0]]      # band 0 interpolated, band 1 held
+
+
 def test_grids():
     d0 = dt.date(2024, 3, 1)
     g = regular_grid(d0, dt.date(2024, 3, 31), 10)
