@@ -86,12 +86,3 @@ def test_registry_presets_and_unknown_name():
         create_model("nope")
     with pytest.raises(ValueError):
         register_model("test-linear", task="unit")(lambda: nn.Identity())
-
-
-def test_commands_not_built_yet_say_so_in_one_line(capsys):
-    from medseg.cli import main as medseg_main
-
-    assert medseg_main(["predict", "ct.nii.gz"]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err == ["medseg: error: 3-D volume segmentation is not available in this version of convsuite "
-                   "(see README: 'What works today')"]
