@@ -132,6 +132,7 @@ def _network_scores(m: VolumeModel, image: torch.Tensor, *, tta: bool, overlap: 
         return torch.softmax(logits, dim=0).cpu()
 
 
+@torch.inference_mode()
 def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False, overlap: float = 0.5,
                  batch_size: int = 1, probabilities: bool = False, timer: StageTimer | None = None,
                  on_window: Callable[[int], None] | None = None) -> Prediction:

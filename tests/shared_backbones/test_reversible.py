@@ -247,3 +247,23 @@ def test_empty_sequence_and_forward_pair():
     assert torch.equal(torch.cat([y1, y2], 1), seq(torch.cat([a, b], 1)))
     with pytest.raises(TypeError, match="ReversibleBlock"):
         ReversibleSequence([nn.Identity()])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_dropout_exact_and_bf16_autocast_recompute():
+    torch.manual_seed(0)
+    seq = reversible_mbconv_sequence(3, 8, depth=2, dropout=0.3).cuda().train()
+    x = torch.randn(2, 8, 6, 6, 6, device="cuda")
+    res = []
+    for rev in (True, False):
+        seq.reversible = rev
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(3)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = seq(xi)
+        assert y.dtype == torch.float32
+        y.pow(2).mean().backward()  # outside autocast: the recompute re-enters it
+        res.append((y.detach(), xi.grad.clone()))
+        seq.zero_grad(set_to_none=True)
+    assert torch.equal(res[0][0], res[1][0])
+    assert _rel(res[0][1], res[1][1]) < 5e-2
