@@ -1,0 +1,151 @@
+"""`medseg predict` error paths, `medseg synth/train/evaluate` end to end on tiny phantoms, MONAI metric parity."""
+
+from __future__ import annotations
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medseg.evaluate import case_metrics
+from medseg.synthetic import save_nifti
+from medseg.volume_cli import main
+from pipelines.medseg import deep_supervision_weights, plan_strides, read_dataset
+
+from medseg_testutil import load, make_model_file, write_volume
+
+
+def _one_error(capsys, path) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("medseg: error: ") and "Traceback" not in err[0], err
+    assert str(path) in err[0] or path.name in err[0], err
+    return err[0]
+
+
+def _bad_inputs(tmp_path):
+    aff = np.diag([1.0, 1.0, 2.0, 1.0])
+    text = tmp_path / "notes.nii.gz"
+    text.write_text("not an image")
+    flat = save_nifti(tmp_path / "flat.nii.gz", np.zeros((16, 16, 1), np.float32), aff)
+    four = save_nifti(tmp_path / "four.nii.gz", np.zeros((8, 8, 8, 3), np.float32), aff)
+    nan = np.zeros((8, 8, 8), np.float32)
+    nan[1, 2, 3] = np.nan
+    nanf = save_nifti(tmp_path / "nan.nii.gz", nan, aff)
+    png = tmp_path / "scan.png"
+    png.write_bytes(b"\x89PNG\r\n")
+    return {"garbage": (text, "not a readable NIfTI"), "2d": (flat, "2-D image"),
+            "4d": (four, "4-D image with 3 channels; the model expects 1"), "nan": (nanf, "NaN"),
+            "png": (png, "not a NIfTI file"), "missing": (tmp_path / "absent.nii.gz", "file not found")}
+
+
+@pytest.mark.parametrize("kind", ["garbage", "2d", "4d", "nan", "png", "missing"])
+def test_bad_volumes_give_one_line_errors(tmp_path, model_file, capsys, kind):
+    path, message = _bad_inputs(tmp_path)[kind]
+    assert main(["predict", str(path), "-m", str(model_file), "-o", str(tmp_path / "o.nii.gz")]) == 2
+    assert message in _one_error(capsys, path)
+    assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_model_errors(tmp_path, volume, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 64)
+    assert main(["predict", str(volume), "-m", str(junk)]) == 2
+    _one_error(capsys, junk)
+    foreign = make_model_file(tmp_path / "phases.pt", task="phases")
+    assert main(["predict", str(volume), "-m", str(foreign)]) == 2
+    assert "phases" in _one_error(capsys, foreign)
+    two = make_model_file(tmp_path / "two.pt", in_channels=2)
+    assert main(["predict", str(volume), "-m", str(two)]) == 2
+    assert "the model expects 2" in _one_error(capsys, volume)
+    one = make_model_file(tmp_path / "one.pt", num_classes=3)
+    assert main(["predict", str(volume), "-m", str(one), "-m", str(two)]) == 2
+    assert "ensemble member disagrees" in _one_error(capsys, two)
+    assert main(["predict", str(volume), "-m", str(one), "--classes", "kidney"]) == 2
+    assert "unknown class 'kidney'" in capsys.readouterr().err
+
+
+def test_channel_files_must_share_geometry(tmp_path, capsys):
+    a = write_volume(tmp_path / "p_0000.nii.gz", shape=(10, 10, 6))
+    b = save_nifti(tmp_path / "p_0001.nii.gz", load(a).get_fdata().astype(np.float32), np.diag([2.0, 1, 1, 1]))
+    mf = make_model_file(tmp_path / "m2.pt", in_channels=2)
+    assert main(["predict", str(a), str(b), "-m", str(mf)]) == 2
+    assert "affine differs" in _one_error(capsys, b)
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+def test_metrics_equal_monai_and_conventions():
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    ref = np.zeros((20, 20, 10), np.int64)
+    ref[4:12, 4:12, 2:8] = 1
+    ref[14:18, 14:18, 3:6] = 2
+    pred = np.zeros_like(ref)
+    pred[5:13, 4:12, 2:8] = 1          # organ shifted by one voxel (1.5 mm along x)
+    m = case_metrics(pred, ref, 4, (1.5, 1.0, 2.0))
+    inter = ((pred == 1) & (ref == 1)).sum()
+    assert m["dice"][0] == pytest.approx(2 * inter / ((pred == 1).sum() + (ref == 1).sum()))
+    p, r = (one_hot(torch.from_numpy(a)[None, None], 4) for a in (pred, ref))
+    assert m["dice"][0] == pytest.approx(float(compute_dice(p, r, include_background=False)[0, 0]))
+    hd = float(compute_hausdorff_distance(p, r, percentile=95, spacing=[1.5, 1.0, 2.0])[0, 0])
+    assert m["hd95"][0] == pytest.approx(hd) and hd == pytest.approx(1.5)
+    assert m["nsd"][0] == pytest.approx(1.0)            # within the 2 mm tolerance everywhere
+    assert m["dice"][1] == 0 and m["nsd"][1] == 0 and np.isnan(m["hd95"][1])  # missed lesion
+    assert np.isnan(m["dice"][2]) and np.isnan(m["nsd"][2])                  # class absent from both
+
+
+# ---------------------------------------------------------------------------------------- train, end to end
+def test_planning_helpers():
+    assert plan_strides([24, 48, 48], [2.5, 1.0, 1.0]) == [[1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert plan_strides([16, 16, 16], [1, 1, 1], max_pools=2) == [[2, 2, 2], [2, 2, 2]]
+    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0])
+    assert deep_supervision_weights(1) == [1.0]
+
+
+def test_synth_train_predict_evaluate(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--train", "3", "--test", "1", "--quiet"]) == 0
+    info = read_dataset(data)
+    assert len(info.cases) == 3 and info.classes == ["background", "organ", "lesion", "vessel"]
+    model = tmp_path / "m.pt"
+    assert main(["train", str(data), "-o", str(model), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
+                 "--folds", "3", "--base-channels", "4", "--patch", "8", "16", "16", "--quiet"]) == 0
+    from shared_backbones.checkpoint import load_model_file
+
+    mf = load_model_file(model)
+    assert mf.task == "medseg" and mf.arch == "unet3d" and mf.classes == info.classes
+    pre = mf.preprocessing
+    assert pre["patch_size"] == [8, 16, 16] and pre["spacing"] == pytest.approx([2.5, 1.0, 1.0], abs=1e-4)
+    pred_dir = tmp_path / "pred"
+    assert main(["predict", str(data / "imagesTs"), "-m", str(model), "-o", str(pred_dir), "--quiet"]) == 0
+    out = pred_dir / "phantom_003.nii.gz"
+    ref = data / "labelsTs" / "phantom_003.nii.gz"
+    assert np.array_equal(load(out).affine, load(ref).affine) and load(out).shape == load(ref).shape
+    table = tmp_path / "scores.csv"
+    assert main(["evaluate", str(pred_dir), str(data / "labelsTs"), "--csv", str(table), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "organ" in printed and "mean" in printed
+    rows = list(csv.DictReader(table.open()))
+    assert [r["class"] for r in rows[:3]] == ["organ", "lesion", "vessel"] and rows[-1]["case"] == "mean"
+    # the model file refuses to be overwritten; a missing dataset is one line
+    assert main(["train", str(data), "-o", str(model), "--quiet"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope"), "-o", str(tmp_path / "x.pt"), "--quiet"]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_evaluate_errors(tmp_path, capsys):
+    pred, ref = tmp_path / "pred", tmp_path / "ref"
+    pred.mkdir()
+    ref.mkdir()
+    save_nifti(ref / "a.nii.gz", np.zeros((6, 6, 6), np.uint8), np.eye(4))
+    assert main(["evaluate", str(pred), str(ref)]) == 2
+    assert "no prediction for reference a.nii.gz" in capsys.readouterr().err
+    save_nifti(pred / "a.nii.gz", np.zeros((6, 6, 5), np.uint8), np.eye(4))
+    assert main(["evaluate", str(pred), str(ref)]) == 2
+    assert "differs from the reference" in capsys.readouterr().err
+    nib.save(nib.Nifti1Image(np.full((6, 6, 6), 0.5, np.float32), np.eye(4)), str(pred / "a.nii.gz"))
+    assert main(["evaluate", str(pred), str(ref)]) == 2
+    assert "not a label map" in capsys.readouterr().err
