@@ -27,8 +27,9 @@ from remote.evaluate import classification_metrics
 from remote.io import DEFAULT_BANDS, DEFAULT_SCL_INVALID, S2Series
 from remote.models import CLASSES, DEFAULT_INDICES, margin_loss
 from remote.predict import RemoteModel
-from remote.samples import (LABEL_NODATA, PixelSamples, raster_chips, raster_samples, spatial_block_splits,
-                            table_samples)
+from remote.fields import open_fields
+from remote.samples import (LABEL_NODATA, PixelSamples, field_samples, raster_chips, raster_samples,
+                            spatial_block_splits, table_samples)
 from remote.timeseries import default_step, regular_grid
 from shared_backbones.checkpoint import load_model_file, save_model_file
 from shared_backbones.errors import InputError
@@ -138,6 +139,7 @@ class FoldResult:
     metrics: dict
     n_train: int
     n_test: int
+    parameters: int = 0
 
 
 def _pixel_splits(s: PixelSamples, folds: int, block_size: int, buffer: int, seed: int) -> list:
@@ -174,9 +176,12 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
                  max_per_class: int | None = 20000, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
                  precision: str = "auto", accelerator: str = "auto", devices: int | str = "auto",
                  max_time: str | None = None, quiet: bool = False, overwrite: bool = False,
-                 seed: int = 0) -> list[FoldResult]:
-    """Train ``arch`` on rasters (``series`` + ``labels``) or a CSV ``table``; one fold (``fold``) or all
-    (``fold=None``; ``out`` gets ``_fold<k>``). Returns each fold's model file and held-out metrics."""
+                 seed: int = 0, fields: str | Path | None = None, field_id_attr: str | None = None,
+                 per_field: bool = False) -> list[FoldResult]:
+    """Train ``arch`` on rasters (``series`` + ``labels``) or a CSV/Parquet ``table``; one fold (``fold``) or all
+    (``fold=None``; ``out`` gets ``_fold<k>``). With ``per_field`` (rasters + ``fields``) each field's mean time
+    series is one sample, labelled with its majority class; folds are spatial blocks of field centroids.
+    Returns each fold's model file and held-out metrics."""
     classes = list(classes)
     entry = model_entry(arch)
     if entry.task != "remote":
@@ -188,10 +193,15 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
         raise InputError("training from rasters needs --labels LABELS.tif (class index per pixel, 255 = none)")
     if spatial and series is None:
         raise InputError("unet2d trains on image chips: give rasters and --labels, not a table")
+    if per_field and (series is None or fields is None):
+        raise InputError("--per-field trains on field means from rasters: give rasters, --labels and --fields")
+    if per_field and spatial:
+        raise InputError("--per-field needs a per-pixel model (ffdnn or cnn1d), not the spatial unet2d")
     pre: dict[str, Any] = {"scale": 10000, "offset": offset, "scl_invalid": list(scl_invalid),
                            "offset_rule": "--offset flag > BOA_ADD_OFFSET tag > PROCESSING_BASELINE tag > "
                                           "date >= 2022-01-25 (-1000)",
-                           "indices": list(indices), "input": "spatial" if spatial else "pixel"}
+                           "indices": list(indices),
+                           "input": "spatial" if spatial else ("field" if per_field else "pixel")}
     if series is not None:
         bands = list(bands or [b for b in DEFAULT_BANDS if b in series.bands])
         series.require_bands(bands)
@@ -206,7 +216,10 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
         splits = spatial_block_splits(r0, c0, chip, folds, 0, seed)
         n_items = len(xs)
     else:
-        if series is not None:
+        if per_field:
+            s = field_samples(series, open_fields(fields, series.grid, field_id_attr), labels, grid, bands, classes,
+                              scl_invalid=scl_invalid, quiet=quiet)
+        elif series is not None:
             s = raster_samples(series, labels, grid, bands, classes, max_per_class=max_per_class, seed=seed,
                                scl_invalid=scl_invalid)
         else:
@@ -269,13 +282,15 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
             m = classification_metrics(pred[keep], ref[keep], classes)
         else:
             m = classification_metrics(rm.pixel_probabilities(s.x[te]).argmax(1), s.y[te], classes)
+        n_params = int(sum(p.numel() for p in rm.model.parameters()))
         mf = load_model_file(res.model_file, task="remote")
         mf.metrics.update(fold=k, folds=len(splits), test_overall_accuracy=m["overall_accuracy"],
                           test_kappa=m["kappa"], test_macro_f1=m["macro_f1"],
                           test_f1={c: v["f1"] for c, v in m["per_class"].items()}, n_train=int(len(tr)),
-                          n_test=int(len(te)), block_size=block_size if not spatial else chip, buffer=buffer)
+                          n_test=int(len(te)), block_size=block_size if not spatial else chip, buffer=buffer,
+                          parameters=n_params)
         save_model_file(res.model_file, mf, overwrite=True)
-        results.append(FoldResult(k, Path(res.model_file), m, int(len(tr)), int(len(te))))
+        results.append(FoldResult(k, Path(res.model_file), m, int(len(tr)), int(len(te)), n_params))
     return results
 
 

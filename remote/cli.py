@@ -7,6 +7,7 @@ Examples::
     remote train demo_s2/images --labels demo_s2/labels.tif -o ffdnn.pt --epochs 20
     remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain
     remote evaluate stress.tif demo_s2/labels.tif --csv scores.csv
+    remote models                                          # parameter counts: FFDNN vs the same-depth 1-D CNN
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from shared_backbones.cliutil import StageTimer, check_output, run_cli, say
 from shared_backbones.errors import InputError
 from shared_backbones.precision import PRECISION_CHOICES
 
-from .io import DEFAULT_SCL_INVALID, parse_dates
+from .io import DEFAULT_SCL_INVALID, read_date_list
 
 
 def _int_list(text: str) -> list[int]:
@@ -38,10 +39,11 @@ def _str_list(text: str) -> list[str]:
 def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="per-date GeoTIFFs, per-band GeoTIFFs, folders of them, or one stack")
     p.add_argument("--dates", type=_str_list, default=None,
-                   help="acquisition dates (YYYY-MM-DD, comma-separated) for files without a date in the name, "
-                        "or for a stacked GeoTIFF")
+                   help="acquisition dates (YYYY-MM-DD, comma-separated, or a text file with one date per line) "
+                        "for files without a date in the name, or for a stacked GeoTIFF (date-major)")
     p.add_argument("--band-order", type=_str_list, default=None,
-                   help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (per date for a stack)")
+                   help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one "
+                        "date for a stack)")
     p.add_argument("--offset", type=float, default=None,
                    help="DN offset added before /10000 (overrides metadata: -1000 for baseline >= 04.00, 0 before)")
     g = p.add_mutually_exclusive_group()
@@ -59,7 +61,7 @@ def _add_out(p: argparse.ArgumentParser) -> None:
 def _series(args: argparse.Namespace, offset: float | None = None):
     from .io import open_series
 
-    dates = parse_dates(args.dates) if args.dates else None
+    dates = read_date_list(args.dates) if args.dates else None
     return open_series(args.inputs, dates=dates, band_order=args.band_order,
                        offset=args.offset if args.offset is not None else offset)
 
@@ -92,9 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--prob-dtype", choices=("float32", "uint8"), default="float32",
                    help="probabilities as float32 or uint8 scaled by 250 (nodata 255)")
     q.add_argument("--explain", action="store_true",
-                   help="also write X_capsules.tif (class-capsule lengths) and X_attribution.tif (per-date "
-                        "gradient x input)")
-    q.add_argument("--fields", default=None, help="raster of field IDs (0/nodata = none): per-field summary CSV")
+                   help="also write X_capsules.tif (class-capsule lengths), X_attribution.tif (per-date gradient x "
+                        "input) and X_frequency.tif (gradient x input per temporal frequency of the index traits)")
+    q.add_argument("--fields", default=None,
+                   help="field IDs: a GeoTIFF (0/nodata = no field) or a vector file (GeoJSON; GeoPackage/Shapefile "
+                        "with fiona): writes the per-field summary CSV")
+    q.add_argument("--field-id-attr", default=None,
+                   help="attribute holding the field ID in a vector file (default field_id, id, fid, FID or ID)")
+    q.add_argument("--per-field", action="store_true",
+                   help="classify each field's mean time series instead of every pixel (needs --fields)")
     q.add_argument("--fields-csv", default=None, help="per-field summary path (default X_fields.csv)")
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
@@ -105,7 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train a model (spatially blocked k-fold) and export the model file")
     q.add_argument("inputs", nargs="*", help="image time series (as for predict); omit with --table")
     q.add_argument("--labels", default=None, help="label raster: class index per pixel, 255 = unlabelled")
-    q.add_argument("--table", default=None, help="CSV table of time series with a label column (instead of rasters)")
+    q.add_argument("--table", default=None,
+                   help="CSV or Parquet table of per-pixel/per-field time series with a label column (instead of "
+                        "rasters; columns like B04_2024-05-01; Parquet needs pyarrow, pandas or polars)")
+    q.add_argument("--fields", default=None, help="field IDs (GeoTIFF or vector file) for --per-field")
+    q.add_argument("--field-id-attr", default=None, help="attribute holding the field ID in a vector file")
+    q.add_argument("--per-field", action="store_true",
+                   help="one sample per field (its mean time series, majority label) instead of per pixel")
     q.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
     q.add_argument("--arch", default="ffdnn", choices=("ffdnn", "cnn1d", "unet2d"))
     q.add_argument("--classes", type=_str_list, default=None,
@@ -149,6 +163,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--json", default=None, help="write all metrics as JSON")
     _add_out(q)
 
+    q = sub.add_parser("models", help="list the architectures with their parameter counts (FFDNN vs 1-D CNN)")
+    q.add_argument("--bands", type=_str_list, default=None, help="input bands (default the 10 and 20 m bands)")
+    q.add_argument("--indices", type=_str_list, default=None, help="index traits of the photochemical filter")
+    q.add_argument("--channels", type=int, default=None, help="width of the temporal blocks")
+    q.add_argument("--depth", type=int, default=None, help="number of temporal blocks")
+    q.add_argument("--dates", type=int, default=12, help="dates of the time grid (unet2d input channels)")
+
     q = sub.add_parser("synth", help="write a synthetic Sentinel-2 season with labels and field IDs")
     q.add_argument("out_dir")
     q.add_argument("--size", type=int, default=128, help="raster size in 10 m pixels (even; default 128)")
@@ -184,20 +205,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                  fields=args.fields is not None)
     if args.fields_csv:
         outs.fields_csv = Path(args.fields_csv)
-    for p in vars(outs).values():
-        if p is not None:
-            check_output(p, args.overwrite)
+    for p in outs.paths():
+        check_output(p, args.overwrite)
     with timer("load"):
         rm = RemoteModel.from_file(args.model, args.device, args.precision)
         series = _series(args, offset=rm.preprocessing.get("offset"))
     with timer("predict"):
         s = predict_series(series, rm, outs, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
-                           prob_dtype=args.prob_dtype, fields=args.fields, scl_invalid=_scl(args),
-                           overwrite=args.overwrite, quiet=args.quiet)
+                           prob_dtype=args.prob_dtype, fields=args.fields, field_id_attr=args.field_id_attr,
+                           per_field=args.per_field, scl_invalid=_scl(args), overwrite=args.overwrite,
+                           quiet=args.quiet)
     frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
-    say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data "
-        f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles): {frac}; {timer.summary()}",
-        args.quiet)
+    fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
+    say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
+        f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}): {frac}; "
+        f"{timer.summary()}", args.quiet)
     return 0
 
 
@@ -232,11 +254,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        offset=args.offset, folds=args.folds, fold=fold, block_size=args.block_size,
                        buffer=args.buffer, chip=args.chip, max_per_class=args.max_per_class, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, precision=args.precision, accelerator=accel,
-                       max_time=args.max_time, quiet=args.quiet, overwrite=args.overwrite, seed=args.seed)
+                       max_time=args.max_time, quiet=args.quiet, overwrite=args.overwrite, seed=args.seed,
+                       fields=args.fields, field_id_attr=args.field_id_attr, per_field=args.per_field)
     for r in res:
         m = r.metrics
         f1 = ", ".join(f"{c} {v['f1']:.3f}" for c, v in m["per_class"].items())
-        print(f"fold {r.fold}: {r.model_file} (train {r.n_train}, held-out {r.n_test}) overall accuracy "
+        print(f"fold {r.fold}: {r.model_file} ({args.arch}, {r.parameters:,} parameters; train {r.n_train}, "
+              f"held-out {r.n_test}) overall accuracy "
               f"{m['overall_accuracy']:.4f}, kappa {m['kappa']:.4f}, F1: {f1}")
     return 0
 
@@ -250,6 +274,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     m = evaluate_maps(args.prediction, args.reference, args.classes)
     print(format_report(m))
     write_reports(m, args.csv, args.json, args.overwrite)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from shared_backbones.registry import create_model
+
+    from .io import DEFAULT_BANDS
+    from .models import DEFAULT_INDICES
+
+    bands = args.bands or list(DEFAULT_BANDS)
+    kw = {"bands": bands, "indices": args.indices or list(DEFAULT_INDICES)}
+    kw.update({k: v for k, v in (("channels", args.channels), ("depth", args.depth)) if v is not None})
+    try:
+        sizes = {a: sum(p.numel() for p in create_model(a, **kw).parameters()) for a in ("ffdnn", "cnn1d")}
+        sizes["unet2d"] = sum(p.numel() for p in create_model("unet2d", in_channels=args.dates * len(bands))
+                              .parameters())
+    except (KeyError, ValueError) as exc:
+        raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
+    depth = kw.get("depth", 2)
+    print(f"ffdnn   {sizes['ffdnn']:>12,} parameters  index filter -> {depth} Fourier blocks -> capsules + routing")
+    print(f"cnn1d   {sizes['cnn1d']:>12,} parameters  same filter -> {depth} conv blocks (same depth) -> linear "
+          f"({sizes['cnn1d'] / sizes['ffdnn']:.2f}x the FFDNN)")
+    print(f"unet2d  {sizes['unet2d']:>12,} parameters  smp U-Net (resnet18), {args.dates} dates x {len(bands)} bands in")
     return 0
 
 
@@ -274,7 +321,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     return {"indices": _cmd_indices, "predict": _cmd_predict, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "synth": _cmd_synth}[args.command](args)
+            "models": _cmd_models, "synth": _cmd_synth}[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -193,6 +193,45 @@ def resolve_offset(user_offset: float | None, tags: dict[str, str], date: dt.dat
     return 0.0, "date < 2022-01-25"
 
 
+def _repeating(names: Sequence[str | None]) -> list[str] | None:
+    """The band names of one date when ``names`` (band descriptions of a stack) repeat them date after date."""
+    if not names or not all(names):
+        return None
+    for p in range(1, len(names) // 2 + 1):
+        if len(names) % p == 0 and len(set(names[:p])) == p and all(n == names[i % p] for i, n in enumerate(names)):
+            return list(names[:p])  # type: ignore[arg-type]
+    return None
+
+
+def _tag_dates(tags: dict[str, str]) -> list[dt.date] | None:
+    """Dates of a stack from a ``DATES`` / ``ACQUISITION_DATES`` tag (comma or space separated)."""
+    for k in ("DATES", "ACQUISITION_DATES"):
+        if tags.get(k):
+            try:
+                return parse_dates(tags[k])
+            except InputError:
+                return None
+    return None
+
+
+def read_date_list(items: Sequence[str]) -> list[dt.date]:
+    """Dates from the command line: ISO dates, or one text file with a date per line (or comma-separated)."""
+    if len(items) == 1 and parse_date(items[0]) is None and Path(items[0]).is_file():
+        path = Path(items[0])
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"unreadable date list ({type(exc).__name__})", path) from None
+        words = [w for w in text.replace(",", " ").split() if w]
+        if not words:
+            raise InputError("date list is empty", path)
+        try:
+            return parse_dates(words)
+        except InputError as exc:
+            raise InputError(str(exc), path) from None
+    return parse_dates(list(items))
+
+
 def _parse_desc(desc: str | None) -> tuple[str | None, dt.date | None]:
     if not desc:
         return None, None
@@ -432,17 +471,26 @@ def open_series(inputs: Sequence[str | Path], *, dates: Sequence[dt.date] | None
                 for i, (b, d) in enumerate(parsed, 1):
                     add(d, b, path, i, tags)
                 continue
-            if all(b for b, _ in parsed) and len({b for b, _ in parsed}) == src.count:
-                names = [b for b, _ in parsed]
+            desc_bands = [b for b, _ in parsed]
+            if all(desc_bands) and len(set(desc_bands)) == src.count:
+                names = desc_bands
             elif src.count == 1 and file_band:
                 names = [file_band]
             elif band_order is not None and src.count == len(band_order):
                 names = list(band_order)
-            elif band_order is not None and date_list and src.count == len(band_order) * len(date_list):
-                for i in range(src.count):
-                    add(date_list[i // len(band_order)], band_order[i % len(band_order)], path, i + 1, tags)
-                continue
-            else:
+            else:  # a stack of several dates: bands per date x dates, date-major
+                per_date = list(band_order) if band_order is not None else _repeating(desc_bands)
+                stack_dates = date_list if date_list is not None else _tag_dates(tags)
+                if per_date and stack_dates and src.count == len(per_date) * len(stack_dates):
+                    for i in range(src.count):
+                        add(stack_dates[i // len(per_date)], per_date[i % len(per_date)], path, i + 1, tags)
+                    continue
+                if per_date and stack_dates:
+                    raise InputError(f"stack has {src.count} bands, but {len(per_date)} band(s) per date x "
+                                     f"{len(stack_dates)} date(s) = {len(per_date) * len(stack_dates)}", path)
+                if per_date:
+                    raise InputError(f"{src.count} bands repeat {len(per_date)} band names: a stack of "
+                                     f"{src.count // len(per_date)} dates needs --dates (or a DATES tag)", path)
                 raise InputError(f"cannot tell which band is which ({src.count} band(s), no band names in the "
                                  "descriptions or the file name); pass --band-order (and --dates for a stack)", path)
             if file_date is None and date_list is not None:

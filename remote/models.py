@@ -132,10 +132,19 @@ class _TemporalNet(nn.Module):
         self.primary_types, self.primary_dim, self.primary_positions = primary_types, primary_dim, primary_positions
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Band time series [N, T, bands] -> primary features [N, types * dim, positions]."""
         if x.dim() != 3 or x.shape[-1] != len(self.bands):
             raise ValueError(f"expected input [N, T, {len(self.bands)}] (bands {self.bands}), got {list(x.shape)}")
-        p = self.primary(self.blocks(self.stem(self.filter(x))))
+        return self.features_from_traits(self.filter(x))
+
+    def features_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
+        """Normalised traits [N, F, T] (the filter's output) -> primary features."""
+        p = self.primary(self.blocks(self.stem(traits)))
         return p @ _pool_matrix(p.shape[-1], self.primary_positions, p.dtype, p.device)
+
+    def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
+        """Class scores from normalised traits (``forward`` = ``scores_from_traits(filter(x))``)."""
+        raise NotImplementedError
 
 
 class FFDNN(_TemporalNet):
@@ -169,13 +178,19 @@ class FFDNN(_TemporalNet):
         self.routing = DynamicRouting(primary_types * primary_positions, primary_dim, num_classes, class_dim,
                                       routing_iterations)
 
-    def capsules(self, x: torch.Tensor) -> torch.Tensor:
-        """Class capsules [N, K, class_dim]."""
-        p = self.features(x)  # [N, types * dim, positions]
+    def _route(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Primary features [N, types * dim, positions] -> (class capsules [N, K, class_dim], coupling)."""
         n = p.shape[0]
         u = p.view(n, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
-        u = squash(u.reshape(n, -1, self.primary_dim))
-        return self.routing(u)[0]
+        u = squash(u.reshape(n, -1, self.primary_dim))   # primary capsules [N, types * positions, dim]
+        return self.routing(u)
+
+    def capsules(self, x: torch.Tensor) -> torch.Tensor:
+        """Class capsules [N, K, class_dim]."""
+        return self._route(self.features(x))[0]
+
+    def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
+        return self._route(self.features_from_traits(traits))[0].norm(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths [N, K] (class scores in [0, 1))."""
@@ -210,6 +225,9 @@ class CNN1d(_TemporalNet):
         super().__init__(blocks, bands, indices, include_bands, channels, primary_types, primary_dim,
                          primary_positions, soil_slope)
         self.head = nn.Linear(primary_types * primary_dim * primary_positions, num_classes)
+
+    def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
+        return self.head(F.gelu(self.features_from_traits(traits)).flatten(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.gelu(self.features(x)).flatten(1))
@@ -276,3 +294,21 @@ def date_attribution(model: nn.Module, x: torch.Tensor, target: torch.Tensor | N
         picked = scores.gather(1, target[:, None]).sum()
         (grad,) = torch.autograd.grad(picked, x)
     return (grad * x.detach()).sum(-1)
+
+
+def frequency_attribution(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Gradient x input of the predicted (or ``target``) class score with respect to the rfft coefficients of the
+    photochemical filter's traits (orthonormal rfft over the time grid), summed over traits: [N, T // 2 + 1], one
+    value per temporal frequency (mode k = k cycles over the season). The modes sum to the gradient x input of the
+    traits in the time domain (the inverse transform is linear). Per-pixel models (``ffdnn``, ``cnn1d``) only."""
+    if not hasattr(model, "scores_from_traits"):
+        raise ValueError("frequency attribution needs a per-pixel model with a photochemical filter")
+    with torch.no_grad():
+        traits = model.filter(x.detach().float())
+    t = traits.shape[-1]
+    with torch.enable_grad():
+        z = torch.fft.rfft(traits, dim=-1, norm="ortho").requires_grad_(True)
+        scores = model.scores_from_traits(torch.fft.irfft(z, n=t, dim=-1, norm="ortho"))
+        target = scores.argmax(1) if target is None else target
+        (g,) = torch.autograd.grad(scores.gather(1, target[:, None]).sum(), z)
+    return (z.detach().real * g.real + z.detach().imag * g.imag).sum(1)

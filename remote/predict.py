@@ -28,8 +28,9 @@ from shared_backbones.errors import InputError
 from shared_backbones.precision import PrecisionPolicy
 
 from . import models as _models  # noqa: F401  (registers the architectures)
-from .io import DEFAULT_SCL_INVALID, Grid, S2Series, geotiff_profile, parse_dates, read_window_band
-from .models import CLASSES, class_probabilities, date_attribution
+from .fields import FieldSeries, field_series, open_fields
+from .io import DEFAULT_SCL_INVALID, Grid, S2Series, geotiff_profile, parse_dates
+from .models import CLASSES, class_probabilities, date_attribution, frequency_attribution
 from .timeseries import align_grid, day_numbers, fill_gaps
 
 CLASS_NODATA = 255
@@ -91,17 +92,22 @@ class RemoteModel:
             out[s:s + batch_size] = class_probabilities(scores.float(), self.output_kind).cpu().numpy()
         return out
 
-    def explain_pixels(self, x: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray | None, np.ndarray]:
-        """(capsule lengths [P, K] or None, date attribution [P, G]) for per-pixel models."""
+    def explain_pixels(self, x: np.ndarray, batch_size: int = 4096
+                       ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(capsule lengths [P, K] or None, date attribution [P, G], frequency attribution [P, G // 2 + 1]) for
+        per-pixel models: gradient x input of the predicted class over the dates (bands summed) and over the rfft
+        modes of the index traits (:func:`remote.models.frequency_attribution`)."""
         caps = np.empty((x.shape[0], len(self.classes)), dtype=np.float32) if self.output_kind == "capsule" else None
         attr = np.empty(x.shape[:2], dtype=np.float32)
+        freq = np.empty((x.shape[0], x.shape[1] // 2 + 1), dtype=np.float32)
         for s in range(0, x.shape[0], batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size])).to(self.device)
             attr[s:s + batch_size] = date_attribution(self.model, xb).cpu().numpy()
+            freq[s:s + batch_size] = frequency_attribution(self.model, xb).cpu().numpy()
             if caps is not None:
                 with torch.inference_mode():
                     caps[s:s + batch_size] = self.model(xb).float().cpu().numpy()
-        return caps, attr
+        return caps, attr, freq
 
     @torch.inference_mode()
     def spatial_probabilities(self, filled: np.ndarray) -> np.ndarray:
@@ -147,28 +153,34 @@ def class_colormap(n: int) -> dict[int, tuple[int, int, int, int]]:
 
 @dataclass
 class PredictOutputs:
-    """Paths of the rasters :func:`predict_series` writes (None: not written)."""
+    """Paths of the files :func:`predict_series` writes (None: not written)."""
 
     class_map: Path
     probabilities: Path | None = None
     capsules: Path | None = None
     attribution: Path | None = None
+    frequency: Path | None = None
     fields_csv: Path | None = None
 
     @classmethod
     def beside(cls, class_map: str | Path, probabilities: bool = True, explain: bool = False,
                fields: bool = False) -> "PredictOutputs":
-        """``X.tif`` -> ``X_prob.tif``, ``X_capsules.tif``, ``X_attribution.tif``, ``X_fields.csv``."""
+        """``X.tif`` -> ``X_prob.tif``, ``X_capsules.tif``, ``X_attribution.tif``, ``X_frequency.tif``,
+        ``X_fields.csv``."""
         p = Path(class_map)
         stem = p.parent / p.stem
         return cls(p, Path(f"{stem}_prob.tif") if probabilities else None,
                    Path(f"{stem}_capsules.tif") if explain else None,
                    Path(f"{stem}_attribution.tif") if explain else None,
+                   Path(f"{stem}_frequency.tif") if explain else None,
                    Path(f"{stem}_fields.csv") if fields else None)
+
+    def paths(self) -> list[Path]:
+        return [p for p in vars(self).values() if p is not None]
 
 
 class _FieldStats:
-    """Per-field pixel counts per class and summed probabilities, accumulated tile by tile."""
+    """Per-field pixel counts per class and summed probabilities, accumulated tile by tile (per-pixel mode)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -177,25 +189,26 @@ class _FieldStats:
         self.prob = np.zeros((0, k), dtype=np.float64)
         self.total = np.zeros(0, dtype=np.int64)
 
-    def add(self, fid: np.ndarray, cls: np.ndarray, prob: np.ndarray, valid: np.ndarray, nodata: Any) -> None:
-        keep = fid != nodata if nodata is not None else np.ones(fid.shape, bool)
-        keep &= fid != 0
-        for f in np.unique(fid[keep]):
-            if int(f) not in self.ids:
-                self.ids[int(f)] = len(self.ids)
-                self.counts = np.vstack([self.counts, np.zeros((1, self.k), np.int64)])
-                self.prob = np.vstack([self.prob, np.zeros((1, self.k))])
-                self.total = np.append(self.total, 0)
-        if not self.ids:
+    def add(self, fid: np.ndarray, cls: np.ndarray, prob: np.ndarray, valid: np.ndarray) -> None:
+        keep = fid > 0
+        new = [int(f) for f in np.unique(fid[keep]) if int(f) not in self.ids]
+        if new:
+            for f in new:
+                self.ids[f] = len(self.ids)
+            self.counts = np.vstack([self.counts, np.zeros((len(new), self.k), np.int64)])
+            self.prob = np.vstack([self.prob, np.zeros((len(new), self.k))])
+            self.total = np.concatenate([self.total, np.zeros(len(new), np.int64)])
+        if not keep.any():
             return
-        rows = np.array([self.ids.get(int(f), -1) for f in fid[keep]])
+        u, inv = np.unique(fid[keep], return_inverse=True)
+        rows = np.asarray([self.ids[int(f)] for f in u], dtype=np.int64)[inv]
         self.total += np.bincount(rows, minlength=len(self.ids))
         ok = valid[keep]
         r, c = rows[ok], cls[keep][ok]
         np.add.at(self.counts, (r, c), 1)
         np.add.at(self.prob, r, prob[:, keep][:, ok].T)
 
-    def write(self, path: Path, classes: Sequence[str], overwrite: bool) -> None:
+    def write(self, path: Path, classes: Sequence[str], label: Any, overwrite: bool) -> None:
         with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["field_id", "pixels", "valid_pixels", "majority"] + [f"frac_{c}" for c in classes]
@@ -203,34 +216,48 @@ class _FieldStats:
             for f, i in sorted(self.ids.items()):
                 n = int(self.counts[i].sum())
                 maj = classes[int(self.counts[i].argmax())] if n else ""
-                w.writerow([f, int(self.total[i]), n, maj]
+                w.writerow([label(f), int(self.total[i]), n, maj]
                            + [f"{self.counts[i, j] / n:.4f}" if n else "" for j in range(self.k)]
                            + [f"{self.prob[i, j] / n:.4f}" if n else "" for j in range(self.k)])
 
 
+def _write_field_table(path: Path, fs: FieldSeries, prob: np.ndarray, classes: Sequence[str], label: Any,
+                       overwrite: bool) -> None:
+    """Per-field mode CSV: one row per field with its class and probabilities."""
+    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["field_id", "pixels", "valid_pixels", "dates_observed", "class"] + [f"p_{c}" for c in classes])
+        for i, f in enumerate(fs.ids):
+            ok = bool(fs.valid[i])
+            w.writerow([label(int(f)), int(fs.pixels[i]), int(fs.valid_pixels[i]), int(fs.dates_observed[i]),
+                        classes[int(prob[i].argmax())] if ok else ""]
+                       + [f"{prob[i, j]:.4f}" if ok else "" for j in range(len(classes))])
+
+
 def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *, tile: int = 256,
                    halo: int | None = None, batch_size: int = 8192, prob_dtype: str = "float32",
-                   fields: str | Path | None = None, scl_invalid: Sequence[int] | None = None,
-                   overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+                   fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
+                   scl_invalid: Sequence[int] | None = None, overwrite: bool = False,
+                   quiet: bool = False) -> dict[str, Any]:
     """Predict the whole raster tile by tile; returns a summary (pixels, valid pixels, class counts, tiles).
 
-    ``halo`` (spatial model only) defaults to one tile-aligned band of ``size_divisor`` x 2 pixels around each tile;
-    ``tile`` and ``halo`` are rounded up to multiples of the model's ``size_divisor``.
+    ``halo`` (spatial model only) defaults to ``2 x size_divisor`` pixels around each tile; ``tile`` and ``halo``
+    are rounded up to multiples of the model's ``size_divisor``. ``fields`` (a field-ID raster or a vector file)
+    adds the per-field CSV; with ``per_field`` each field's mean time series is classified once and the field's
+    pixels get its class and probabilities (pixels outside fields stay nodata).
     """
-    rm_bands = rm.bands
-    series.require_bands(rm_bands)
+    series.require_bands(rm.bands)
     if prob_dtype not in ("float32", "uint8"):
         raise InputError(f"probability dtype must be float32 or uint8, not {prob_dtype!r}")
-    explain = outputs.capsules is not None or outputs.attribution is not None
+    explain = any(p is not None for p in (outputs.capsules, outputs.attribution, outputs.frequency))
     if explain and rm.spatial:
         raise InputError("--explain needs a per-pixel model (ffdnn or cnn1d), not the spatial unet2d")
-    if fields is not None:
-        fields = Path(fields)
-        if fields.suffix.lower() in (".shp", ".gpkg", ".geojson", ".json", ".kml", ".fgb", ".gml"):
-            raise InputError("vector field files need fiona/geopandas (not installed): rasterise the fields to a "
-                             "GeoTIFF of field IDs (e.g. gdal_rasterize -a id -tr 10 10 ...) and pass that", fields)
-        if outputs.fields_csv is None:
-            outputs.fields_csv = PredictOutputs.beside(outputs.class_map, fields=True).fields_csv
+    if per_field and fields is None:
+        raise InputError("--per-field needs --fields (a field-ID raster or a vector file)")
+    if per_field and rm.spatial:
+        raise InputError("--per-field needs a per-pixel model (ffdnn or cnn1d), not the spatial unet2d")
+    if fields is not None and outputs.fields_csv is None:
+        outputs.fields_csv = PredictOutputs.beside(outputs.class_map, fields=True).fields_csv
     grid_dates = align_grid(rm.grid_dates, series.dates)
     if series.dates[-1] < grid_dates[0] or series.dates[0] > grid_dates[-1]:
         raise InputError(f"no valid dates: the inputs ({series.dates[0]} .. {series.dates[-1]}) lie outside the "
@@ -239,26 +266,29 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
     g, k = series.grid, len(rm.classes)
     d = rm.size_divisor
     tile = -(-tile // d) * d
-    if rm.spatial:
-        halo = 2 * d if halo is None else -(-halo // d) * d
-    else:
-        halo = 0
-    for p in (outputs.class_map, outputs.probabilities, outputs.capsules, outputs.attribution, outputs.fields_csv):
-        if p is not None:
-            check_output(p, overwrite)
-    if fields is not None:
-        from rasterio.windows import Window
-
-        read_window_band(fields, g, Window(0, 0, 1, 1))  # fail early on an unreadable file or another CRS
+    halo = (2 * d if halo is None else -(-halo // d) * d) if rm.spatial else 0
+    if rm.output_kind != "capsule":
+        outputs.capsules = None    # only the capsule model has capsule activations
+    for p in outputs.paths():
+        check_output(p, overwrite)
+    field_src = open_fields(fields, g, field_id_attr) if fields is not None else None
 
     import rasterio
 
-    stats = _FieldStats(k) if fields is not None else None
     counts = np.zeros(k, dtype=np.int64)
     n_valid = 0
+    n_freq = len(grid_dates) // 2 + 1
     with contextlib.ExitStack() as stack:
         # a bounded GDAL block cache (MB; GDAL_CACHEMAX in the environment wins) keeps memory flat in raster size
         stack.enter_context(rasterio.Env(**({} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256})))
+        fs = fprob = fexpl = None
+        if per_field:
+            fs = field_series(series, field_src, rm.bands, grid_dates, scl, tile, quiet)
+            fprob = np.full((len(fs.ids), k), np.nan, dtype=np.float32)
+            if fs.valid.any():
+                fprob[fs.valid] = rm.pixel_probabilities(fs.x[fs.valid], batch_size)
+                if explain:
+                    fexpl = rm.explain_pixels(fs.x[fs.valid], batch_size)
 
         def open_out(path: Path, count: int, dtype: str, nodata: Any, desc: Sequence[str]) -> Any:
             tmp = stack.enter_context(atomic_output(path, overwrite))
@@ -271,6 +301,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                           ["class: " + ", ".join(f"{i}={c}" for i, c in enumerate(rm.classes))])
         cls_ds.write_colormap(1, class_colormap(k))
         cls_ds.update_tags(CLASSES=",".join(rm.classes), NODATA_MEANING="no valid observation",
+                           MODE="per-field" if per_field else "per-pixel",
                            **{f"CLASS_{i}": c for i, c in enumerate(rm.classes)})
         prob_ds = None
         if outputs.probabilities is not None:
@@ -278,27 +309,52 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
             prob_ds = open_out(outputs.probabilities, k, prob_dtype, prob_nodata, [f"p({c})" for c in rm.classes])
             if prob_dtype == "uint8":
                 prob_ds.scales = [1.0 / PROB_UINT8_SCALE] * k
-        caps_ds = attr_ds = None
+        expl_ds: list[Any] = [None, None, None]   # capsules, date attribution, frequency attribution
         if outputs.capsules is not None and rm.output_kind == "capsule":
-            caps_ds = open_out(outputs.capsules, k, "float32", float("nan"), [f"capsule length {c}" for c in rm.classes])
+            expl_ds[0] = open_out(outputs.capsules, k, "float32", float("nan"),
+                                  [f"capsule length {c}" for c in rm.classes])
         if outputs.attribution is not None:
-            attr_ds = open_out(outputs.attribution, len(grid_dates), "float32", float("nan"),
-                               [f"attribution {x.isoformat()}" for x in grid_dates])
+            expl_ds[1] = open_out(outputs.attribution, len(grid_dates), "float32", float("nan"),
+                                  [f"attribution {x.isoformat()}" for x in grid_dates])
+        if outputs.frequency is not None:
+            season = (grid_dates[-1] - grid_dates[0]).days + (grid_dates[1] - grid_dates[0]).days \
+                if len(grid_dates) > 1 else 1
+            expl_ds[2] = open_out(outputs.frequency, n_freq, "float32", float("nan"),
+                                  ["attribution mode 0 (mean)"] + [f"attribution mode {m} (period {season / m:.0f} d)"
+                                                                   for m in range(1, n_freq)])
+        stats = _FieldStats(k) if field_src is not None and not per_field else None
         with series:
             for window in progress(g.windows(tile), total=g.n_windows(tile), desc="predict", unit="tile",
                                    quiet=quiet):
-                read_win, dr, dc = _halo_window(window, halo, g)
-                filled, valid = filled_window(series, read_win, rm_bands, grid_dates, scl)
                 h, w = int(window.height), int(window.width)
-                sl = (slice(dr, dr + h), slice(dc, dc + w))
-                if rm.spatial:
-                    prob = rm.spatial_probabilities(filled)[:, sl[0], sl[1]]
-                    valid = valid[sl]
-                else:
+                fid = field_src.read(window) if field_src is not None else None
+                expl_vals: list[np.ndarray | None] = [None, None, None]
+                if per_field:
+                    pos = np.clip(np.searchsorted(fs.ids, fid), 0, len(fs.ids) - 1)   # fs.ids is sorted
+                    rows = np.where((fid > 0) & (fs.ids[pos] == fid), pos, -1)
+                    valid = rows >= 0
+                    valid[valid] = fs.valid[rows[valid]]
                     prob = np.zeros((k, h, w), dtype=np.float32)
-                    x = filled[:, :, valid].transpose(2, 0, 1)  # [P, G, B]
-                    if x.shape[0]:
-                        prob[:, valid] = rm.pixel_probabilities(x, batch_size).T
+                    prob[:, valid] = fprob[rows[valid]].T
+                    if fexpl is not None:
+                        vrow = np.cumsum(fs.valid) - 1            # field row -> row among the valid fields
+                        for j, vals in enumerate(fexpl):
+                            if vals is not None:
+                                expl_vals[j] = vals[vrow[rows[valid]]]
+                else:
+                    read_win, dr, dc = _halo_window(window, halo, g)
+                    filled, valid = filled_window(series, read_win, rm.bands, grid_dates, scl)
+                    sl = (slice(dr, dr + h), slice(dc, dc + w))
+                    if rm.spatial:
+                        prob = rm.spatial_probabilities(filled)[:, sl[0], sl[1]]
+                        valid = valid[sl]
+                    else:
+                        prob = np.zeros((k, h, w), dtype=np.float32)
+                        x = filled[:, :, valid].transpose(2, 0, 1)  # [P, G, B]
+                        if x.shape[0]:
+                            prob[:, valid] = rm.pixel_probabilities(x, batch_size).T
+                            if explain:
+                                expl_vals = list(rm.explain_pixels(x, batch_size))
                 cls = prob.argmax(0).astype(np.uint8)
                 cls[~valid] = CLASS_NODATA
                 cls_ds.write(cls, 1, window=window)
@@ -312,31 +368,25 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                         pw = prob.astype(np.float32)
                         pw[:, ~valid] = np.nan
                     prob_ds.write(pw, window=window)
-                if explain:
-                    x = filled[:, :, valid].transpose(2, 0, 1)
-                    caps, attr = rm.explain_pixels(x, batch_size) if x.shape[0] else (None, None)
-                    for ds, vals, n in ((caps_ds, caps, k), (attr_ds, attr, len(grid_dates))):
-                        if ds is None:
-                            continue
-                        arr = np.full((n, h, w), np.nan, dtype=np.float32)
-                        if vals is not None:
-                            arr[:, valid] = vals.T
-                        ds.write(arr, window=window)
+                for ds, vals in zip(expl_ds, expl_vals):
+                    if ds is None:
+                        continue
+                    arr = np.full((ds.count, h, w), np.nan, dtype=np.float32)
+                    if vals is not None:
+                        arr[:, valid] = vals.T
+                    ds.write(arr, window=window)
                 if stats is not None:
-                    fid, fid_nodata = _field_window(fields, g, window)
-                    stats.add(fid, cls, prob, valid, fid_nodata)
-        if stats is not None:
-            stats.write(outputs.fields_csv, rm.classes, overwrite)
+                    stats.add(fid, cls, prob, valid)
+        if per_field:
+            _write_field_table(outputs.fields_csv, fs, fprob, rm.classes, field_src.label, overwrite)
+        elif stats is not None:
+            stats.write(outputs.fields_csv, rm.classes, field_src.label, overwrite)
     total = g.width * g.height
-    return {"pixels": total, "valid_pixels": n_valid, "nodata_pixels": total - n_valid, "tiles": g.n_windows(tile),
-            "tile": tile, "halo": halo, "dates": len(series.dates), "grid_dates": len(grid_dates),
-            "class_counts": {c: int(n) for c, n in zip(rm.classes, counts)},
-            "outputs": {k_: str(v) for k_, v in vars(outputs).items() if v is not None}}
-
-
-def _field_window(path: Path, grid: Grid, window: Any) -> tuple[np.ndarray, Any]:
-    import rasterio
-
-    with rasterio.open(path) as src:
-        nodata = src.nodata
-    return read_window_band(path, grid, window), nodata
+    out = {"pixels": total, "valid_pixels": n_valid, "nodata_pixels": total - n_valid, "tiles": g.n_windows(tile),
+           "tile": tile, "halo": halo, "dates": len(series.dates), "grid_dates": len(grid_dates),
+           "mode": "per-field" if per_field else "per-pixel",
+           "class_counts": {c: int(n) for c, n in zip(rm.classes, counts)},
+           "outputs": {k_: str(v) for k_, v in vars(outputs).items() if v is not None}}
+    if fs is not None:
+        out.update(fields=len(fs.ids), fields_with_data=int(fs.valid.sum()))
+    return out

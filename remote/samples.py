@@ -1,7 +1,7 @@
-"""Training samples: labelled pixels (or chips) from rasters + a label raster, or a CSV table of time series;
-spatially blocked k-fold splits with a buffer so no neighbouring pixels end up on both sides.
+"""Training samples: labelled pixels (or chips, or fields) from rasters + a label raster, or a CSV/Parquet table of
+time series; spatially blocked k-fold splits with a buffer so no neighbouring pixels end up on both sides.
 
-CSV table (one row per pixel or field): a ``label`` column (class name or index), one column per band and date named
+Table (CSV, or Parquet when pyarrow, pandas or polars is installed; one row per pixel or field): a ``label`` column (class name or index), one column per band and date named
 ``<band>_<date>`` (``B04_2024-05-01`` or ``B04_20240501``; reflectance, empty = missing), and optionally ``row``/``col``
 (pixel position, for spatial blocks), ``x``/``y`` (map coordinates; blocks in map units) or ``field_id`` (folds
 never split a field).
@@ -19,7 +19,8 @@ import numpy as np
 
 from shared_backbones.errors import InputError
 
-from .io import S2_BANDS, S2Series, parse_band, parse_date, read_single_band
+from .fields import FieldSource, field_series
+from .io import S2_BANDS, S2Series, parse_band, parse_date, read_single_band, read_window_band
 from .timeseries import day_numbers, fill_gaps
 
 LABEL_NODATA = 255
@@ -99,6 +100,30 @@ def raster_samples(series: S2Series, labels_path: str | Path, grid_dates: Sequen
                         list(grid_dates), list(bands))
 
 
+def field_samples(series: S2Series, fields: FieldSource, labels_path: str | Path, grid_dates: Sequence[dt.date],
+                  bands: Sequence[str], classes: Sequence[str], *, scl_invalid: Sequence[int] | None = None,
+                  tile: int = 256, quiet: bool = True) -> PixelSamples:
+    """One sample per field: the field's mean time series (:func:`remote.fields.field_series`) labelled with the
+    majority class of its labelled pixels; positions are the field centroids (pixels), groups the field IDs.
+    Fields without a labelled pixel or without a valid date are dropped."""
+    series.require_bands(bands)
+    fs = field_series(series, fields, bands, grid_dates, scl_invalid, tile, quiet)
+    k = len(classes)
+    votes = np.zeros((len(fs.ids), k), dtype=np.int64)
+    labels_path = Path(labels_path)
+    for w in series.grid.windows(tile):
+        fid = fields.read(w)
+        lab = read_window_band(labels_path, series.grid, w).astype(np.int64)
+        pos = np.clip(np.searchsorted(fs.ids, fid), 0, len(fs.ids) - 1)
+        ok = (fid > 0) & (fs.ids[pos] == fid) & (lab >= 0) & (lab < k)
+        np.add.at(votes, (pos[ok], lab[ok]), 1)
+    keep = (votes.sum(1) > 0) & fs.valid
+    if not keep.any():
+        raise InputError("no field has a labelled pixel and a valid (cloud-free) date", labels_path)
+    return PixelSamples(fs.x[keep], votes[keep].argmax(1), np.round(fs.rows[keep] - 0.5).astype(np.int64),
+                        np.round(fs.cols[keep] - 0.5).astype(np.int64), fs.ids[keep], list(grid_dates), list(bands))
+
+
 def raster_chips(series: S2Series, labels_path: str | Path, grid_dates: Sequence[dt.date], bands: Sequence[str],
                  classes: Sequence[str], chip: int, scl_invalid: Sequence[int] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -132,23 +157,76 @@ def raster_chips(series: S2Series, labels_path: str | Path, grid_dates: Sequence
     return np.stack(xs), np.stack(ys), np.asarray(r0s), np.asarray(c0s)
 
 
-def read_table(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, list[dt.date], list[str], np.ndarray,
-                                                                   dict[str, np.ndarray]]:
-    """CSV table (module docstring) -> (obs [N, T, B] with NaN, dates, bands, labels [N], extra columns)."""
-    path = Path(path)
-    if path.suffix.lower() in (".parquet", ".pq"):
-        raise InputError("Parquet tables need pandas and pyarrow (not installed): `pip install pandas pyarrow`, or "
-                         "save the table as CSV", path)
-    if not path.is_file():
-        raise InputError("file not found", path)
+def _parquet_columns(path: Path) -> tuple[list[str], list[list]]:
+    """Column names and values of a Parquet file through the first reader installed (pyarrow, pandas, polars)."""
+    import importlib
+
+    for name in ("pyarrow.parquet", "pandas", "polars"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        try:
+            if name == "pyarrow.parquet":
+                t = mod.read_table(str(path))
+                return list(t.column_names), [t.column(c).to_pylist() for c in t.column_names]
+            df = mod.read_parquet(str(path))
+            cols = [str(c) for c in df.columns]
+            return cols, [(df[c].tolist() if name == "pandas" else df[c].to_list()) for c in df.columns]
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"unreadable Parquet table ({msg})", path) from None
+    raise InputError("Parquet tables need a Parquet reader (pyarrow, pandas or polars; none is installed): "
+                     "`pip install pyarrow`, or save the table as CSV", path)
+
+
+def _csv_columns(path: Path) -> tuple[list[str], list[list]]:
     try:
         with open(path, newline="") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"unreadable CSV table ({type(exc).__name__})", path) from None
-    if len(rows) < 2:
+    if not rows:
+        raise InputError("table is empty", path)
+    head, body = rows[0], rows[1:]
+    return head, [[r[j] if j < len(r) else "" for r in body] for j in range(len(head))]
+
+
+def _numbers(values: Sequence, name: str, path: Path) -> np.ndarray:
+    """Floats from CSV strings or Parquet values (empty, None, NaN, NA = missing)."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and v.strip() in ("", "nan", "NaN", "NA", "null")):
+            out[i] = np.nan
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"non-numeric value {v!r} in column {name!r} (row {i + 2})", path) from None
+    return out
+
+
+def _label_text(v: object) -> str:
+    """A label cell as text: None / NaN -> "", 2.0 -> "2"."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if v != v else (str(int(v)) if v == int(v) else str(v))
+    return str(v)
+
+
+def read_table(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, list[dt.date], list[str], np.ndarray,
+                                                                   dict[str, np.ndarray]]:
+    """CSV or Parquet table (module docstring) -> (obs [N, T, B] with NaN, dates, bands, labels [N], extra columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    head, columns = _parquet_columns(path) if parquet else _csv_columns(path)
+    head = [str(h).strip() for h in head]
+    n = len(columns[0]) if columns else 0
+    if n == 0:
         raise InputError("table has no data rows", path)
-    head = [h.strip() for h in rows[0]]
     if "label" not in head:
         raise InputError("table has no 'label' column", path)
     series_cols: dict[tuple[dt.date, str], int] = {}
@@ -160,25 +238,16 @@ def read_table(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, li
         raise InputError("no band/date columns (name them like B04_2024-05-01)", path)
     dates = sorted({d for d, _ in series_cols})
     bands = [b for b in S2_BANDS if any(bb == b for _, bb in series_cols)]
-    body = rows[1:]
-    obs = np.full((len(body), len(dates), len(bands)), np.nan, dtype=np.float32)
+    obs = np.full((n, len(dates), len(bands)), np.nan, dtype=np.float32)
     for (d, b), j in series_cols.items():
-        t, k = dates.index(d), bands.index(b)
-        try:
-            obs[:, t, k] = [float(r[j]) if j < len(r) and r[j].strip() not in ("", "nan", "NaN", "NA") else np.nan
-                            for r in body]
-        except ValueError:
-            raise InputError(f"non-numeric value in column {head[j]!r}", path) from None
-    li = head.index("label")
-    y = label_codes([r[li] if li < len(r) else "" for r in body], classes)
-    extra = {}
-    for name in ("row", "col", "x", "y", "field_id"):
-        if name in head:
-            j = head.index(name)
-            try:
-                extra[name] = np.asarray([float(r[j]) for r in body])
-            except ValueError:
-                raise InputError(f"non-numeric value in column {name!r}", path) from None
+        obs[:, dates.index(d), bands.index(b)] = _numbers(columns[j], head[j], path)
+    labels = columns[head.index("label")]
+    try:
+        y = label_codes([_label_text(v) for v in labels], classes)
+    except InputError as exc:
+        raise InputError(str(exc), path) from None
+    extra = {name: _numbers(columns[head.index(name)], name, path)
+             for name in ("row", "col", "x", "y", "field_id") if name in head}
     return obs, dates, bands, y, extra
 
 

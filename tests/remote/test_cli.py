@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import types
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -103,7 +106,7 @@ def test_train_from_rasters_exports_model_then_evaluate(tmp_path, scene, capsys)
     assert rows[0][:5] == ["class", "precision", "recall", "f1", "support"] and rows[4][0] == "overall_accuracy"
 
 
-def test_train_from_csv_table(tmp_path, capsys):
+def test_train_from_csv_table(tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(0)
     dates = ["2024-04-01", "2024-04-11", "2024-04-21", "2024-05-01", "2024-05-11", "2024-05-21"]
     bands = ["B02", "B03", "B04", "B05", "B06", "B08"]
@@ -124,8 +127,55 @@ def test_train_from_csv_table(tmp_path, capsys):
     assert mf.preprocessing["bands"] == bands and mf.preprocessing["dates"] == dates
     assert mf.arch_kwargs["bands"] == bands and mf.metrics["n_test"] + mf.metrics["n_train"] == 60
     (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    for name in ("pyarrow", "pyarrow.parquet", "pandas", "polars"):   # as on a machine without a Parquet reader
+        monkeypatch.setitem(sys.modules, name, None)
     assert main(["train", "--table", str(tmp_path / "t.parquet"), "-o", str(tmp_path / "x.pt")]) == 2
-    assert "pip install pandas pyarrow" in _err(capsys)
+    assert "t.parquet: Parquet tables need a Parquet reader (pyarrow, pandas or polars; none is installed)" \
+        in _err(capsys)
+
+
+class _FakeColumn:
+    def __init__(self, values):
+        self.values = values
+
+    def to_pylist(self):
+        return list(self.values)
+
+
+class _FakeTable:
+    def __init__(self, columns):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def column(self, name):
+        return _FakeColumn(self.columns[name])
+
+
+def test_parquet_table_goes_through_the_installed_reader(tmp_path, monkeypatch):
+    """A Parquet table is read through pyarrow when it is installed (here a stand-in module with pyarrow's API,
+    returning typed values: floats, None for missing, integer labels) and gives the same samples as the CSV."""
+    from remote.samples import read_table
+
+    cols = {"label": [0, 2, None, 1], "field_id": [1, 1, 2, 3], "B04_2024-05-01": [0.1, None, 0.3, 0.4],
+            "B08_2024-05-01": [0.5, 0.6, 0.7, 0.8], "B04_2024-05-11": [0.11, 0.21, float("nan"), 0.41],
+            "B08_2024-05-11": [0.51, 0.61, 0.71, 0.81]}
+    calls = []
+    fake = types.ModuleType("pyarrow.parquet")
+    fake.read_table = lambda path: calls.append(path) or _FakeTable(cols)
+    monkeypatch.setitem(sys.modules, "pyarrow", types.ModuleType("pyarrow"))
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", fake)
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    obs, dates, bands, y, extra = read_table(tmp_path / "t.parquet", ["a", "b", "c"])
+    assert calls == [str(tmp_path / "t.parquet")]
+    with open(tmp_path / "t.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(list(cols))
+        for i in range(4):
+            w.writerow(["" if cols[c][i] is None or cols[c][i] != cols[c][i] else cols[c][i] for c in cols])
+    obs_c, dates_c, bands_c, y_c, extra_c = read_table(tmp_path / "t.csv", ["a", "b", "c"])
+    assert dates == dates_c and bands == bands_c == ["B04", "B08"] and y.tolist() == y_c.tolist() == [0, 2, -1, 1]
+    assert np.array_equal(obs, obs_c, equal_nan=True) and np.isnan(obs[1, 0, 0]) and np.isnan(obs[2, 1, 0])
+    assert extra["field_id"].tolist() == extra_c["field_id"].tolist() == [1, 1, 2, 3]
 
 
 def test_spatial_block_folds_are_disjoint_with_buffer():
@@ -177,12 +227,17 @@ def other_task_model(tmp_path):
 def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
     img = str(scene.images)
     o = str(tmp_path / "o.tif")
+    (tmp_path / "f.gpkg").write_bytes(b"SQLite format 3\x00")
     cases = [
         (["predict", img, "-m", str(other_task_model), "-o", o], "model file is for task 'audiosep', not 'remote'"),
         (["predict", img, "-m", str(tmp_path / "none.pt"), "-o", o], "model file not found"),
         (["predict", str(tmp_path / "nothing"), "-m", str(ffdnn_file), "-o", o], "file not found"),
         (["predict", img, "-m", str(ffdnn_file), "-o", o, "--fields", str(tmp_path / "f.gpkg")],
-         "vector field files need fiona/geopandas"),
+         "f.gpkg: reading .gpkg files needs fiona (not installed)" if find_spec("fiona") is None
+         else "f.gpkg: unreadable vector file"),
+        (["predict", img, "-m", str(ffdnn_file), "-o", o, "--per-field"], "--per-field needs --fields"),
+        (["train", img, "--labels", str(scene.labels), "-o", str(tmp_path / "m.pt"), "--per-field"],
+         "give rasters, --labels and --fields"),
         (["predict", img, "-m", str(ffdnn_file), "-o", o, "--tile", "0"], "--tile must be >= 1"),
         (["indices", img, "-o", o, "--dates", "2024-13-45"], "not a date"),
         (["train", img, "-o", str(tmp_path / "m.pt")], "needs --labels"),
