@@ -19,6 +19,7 @@ from remote.evaluate import classification_metrics
 from remote.samples import spatial_block_splits
 from remote_testutil import write_tif
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
+from shared_backbones.registry import create_model
 
 
 def _err(capsys) -> str:
@@ -60,6 +61,10 @@ def test_predict_outputs_georeferenced_with_nodata_and_explanations(tmp_path, sc
         assert a.count == 10 and a.descriptions[0] == f"attribution {scene.dates[0].isoformat()}"
     assert np.isnan(caps[:, :8, :8]).all() and ((caps[:, 8:, 8:] >= 0) & (caps[:, 8:, 8:] < 1)).all()
     assert (caps[:, 8:, 8:].argmax(0) == cls[8:, 8:]).mean() > 0.99 and np.isfinite(attr[:, 8:, 8:]).all()
+    with rasterio.open(tmp_path / "out" / "map_frequency.tif") as fq:
+        freq = fq.read()
+        assert fq.count == 10 // 2 + 1 and fq.descriptions[1] == "attribution mode 1 (period 120 d)"
+    assert np.isnan(freq[:, :8, :8]).all() and np.isfinite(freq[:, 8:, 8:]).all()
     rows = list(csv.DictReader(open(tmp_path / "out" / "map_fields.csv")))
     with rasterio.open(scene.fields) as f:
         fid = f.read(1)
@@ -280,3 +285,14 @@ def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
     assert main(["predict", img, "-m", str(ffdnn_file), "-o", o, "--fields", str(wrong)]) == 2
     assert "fid.tif: CRS mismatch" in _err(capsys)
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_models_command_prints_both_parameter_counts(capsys):
+    assert main(["models", "--channels", "16", "--depth", "3"]) == 0
+    out = capsys.readouterr().out
+    counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}
+    ffdnn = create_model("ffdnn", channels=16, depth=3)
+    cnn = create_model("cnn1d", channels=16, depth=3)
+    assert counts["ffdnn"] == sum(p.numel() for p in ffdnn.parameters())
+    assert counts["cnn1d"] == sum(p.numel() for p in cnn.parameters()) and counts["ffdnn"] < counts["cnn1d"]
+    assert "3 Fourier blocks" in out and "3 conv blocks" in out

@@ -10,7 +10,7 @@ import rasterio
 from rasterio.windows import Window
 
 from remote.cli import main
-from remote.io import open_series, parse_band, parse_date, resolve_offset
+from remote.io import open_series, parse_band, parse_date, read_date_list, resolve_offset
 from shared_backbones.errors import InputError
 
 from remote_testutil import write_tif
@@ -156,3 +156,57 @@ def test_indices_cli_writes_described_georeferenced_stack(tmp_path, capsys):
     assert "unknown index 'FOO'" in capsys.readouterr().err
     assert main(["indices", str(tmp_path / "S2_20240501.tif"), "-o", str(tmp_path / "y.tif"), "--indices", "PSRI"]) == 2
     assert "missing band(s) B02, B06" in capsys.readouterr().err
+
+
+def test_stack_with_repeated_band_names_and_a_date_list(tmp_path, capsys):
+    a = np.arange(6 * 16, dtype=np.uint16).reshape(6, 4, 4) + 1001
+    write_tif(tmp_path / "stack.tif", a, ["B04", "B08"] * 3)            # band names only, date-major
+    (tmp_path / "dates.txt").write_text("2024-05-01\n2024-05-11\n2024-05-21\n")
+    s = open_series([tmp_path / "stack.tif"], dates=read_date_list([str(tmp_path / "dates.txt")]))
+    assert s.dates == [dt.date(2024, 5, d) for d in (1, 11, 21)] and s.bands == ["B04", "B08"]
+    with s:
+        r = s.read(FULL, ["B08", "B04"])
+    assert np.allclose(r * 10000 + 1000, a.reshape(3, 2, 4, 4)[:, ::-1])
+    # the same stack with a DATES tag needs no date list
+    write_tif(tmp_path / "tagged.tif", a, ["B04", "B08"] * 3, tags={"DATES": "2024-05-01,2024-05-11,2024-05-21"})
+    assert open_series([tmp_path / "tagged.tif"]).dates == s.dates
+    with pytest.raises(InputError, match=r"stack.tif: stack has 6 bands, but 2 band\(s\) per date x 2 date"):
+        open_series([tmp_path / "stack.tif"], dates=[dt.date(2024, 5, 1), dt.date(2024, 5, 11)])
+    with pytest.raises(InputError, match="6 bands repeat 2 band names: a stack of 3 dates needs --dates"):
+        open_series([tmp_path / "stack.tif"])
+    (tmp_path / "bad_dates.txt").write_text("2024-05-01\nsoon\n")
+    with pytest.raises(InputError, match="bad_dates.txt: not a date: 'soon'"):
+        read_date_list([str(tmp_path / "bad_dates.txt")])
+    # through the CLI: --dates FILE
+    out = tmp_path / "ndvi.tif"
+    assert main(["indices", str(tmp_path / "stack.tif"), "--dates", str(tmp_path / "dates.txt"), "-o", str(out),
+                 "--quiet"]) == 0
+    with rasterio.open(out) as ds:
+        assert ds.descriptions == ("NDVI 2024-05-01", "NDVI 2024-05-11", "NDVI 2024-05-21")
+
+
+def test_20m_resampling_matches_gdal_warped_vrt(tmp_path):
+    """The fast aligned-grid resampler gives GDAL's WarpedVRT values (bilinear for bands, nearest for SCL), also
+    for a 20 m grid whose origin is shifted by one 10 m pixel."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    from remote.io import AlignedResampler
+
+    rng = np.random.default_rng(0)
+    write_tif(tmp_path / "x_B04_20240501.tif", rng.integers(1000, 5000, (16, 16)).astype(np.uint16))
+    write_tif(tmp_path / "x_B05_20240501.tif", rng.integers(1000, 5000, (8, 8)).astype(np.uint16), res=20.0)
+    write_tif(tmp_path / "x_B06_20240501.tif", rng.integers(1000, 5000, (8, 8)).astype(np.uint16), res=20.0,
+              origin=(600010.0, 5299990.0))
+    write_tif(tmp_path / "x_SCL_20240501.tif", rng.integers(0, 12, (8, 8)).astype(np.uint8), res=20.0,
+              origin=(600010.0, 5299990.0), nodata=None)
+    g = open_series([tmp_path]).grid
+    for name, categorical in (("B05", False), ("B06", False), ("SCL", True)):
+        with rasterio.open(tmp_path / f"x_{name}_20240501.tif") as src:
+            ours = AlignedResampler(src, g, categorical).read([1], Window(0, 0, 16, 16))[0]
+            with WarpedVRT(src, crs=g.crs, transform=g.transform, width=16, height=16,
+                           resampling=Resampling.nearest if categorical else Resampling.bilinear) as vrt:
+                ref = vrt.read(1).astype(np.float32)
+        inside = ref > 0          # both leave the pixels outside the shifted source as nodata (0)
+        assert ((ours > 0) == inside)[1:-1, 1:-1].all()
+        assert np.abs(ours - ref)[inside].max() <= (0 if categorical else 0.5)   # GDAL rounds to integer DN

@@ -12,7 +12,7 @@ import torch
 
 from remote.io import open_series
 from remote.models import (CNN1d, FFDNN, DynamicRouting, PhotochemicalFilter, UNet2d, class_probabilities,
-                           date_attribution, margin_loss, squash)
+                           date_attribution, frequency_attribution, margin_loss, squash)
 from remote.predict import PredictOutputs, RemoteModel, predict_series
 from shared_backbones.blocks import FourierBlock1d, SpectralConv1d
 from shared_backbones.registry import create_model, list_models
@@ -148,3 +148,21 @@ def test_tiled_prediction_equals_whole_raster_unet_with_halo(tmp_path, scene, un
     assert s1["tiles"] == 4 and s1["halo"] == 32 and s2["tiles"] == 1
     assert np.abs(p1 - p2).max() < 1e-5 and (c1 == c2).all()
     assert np.abs(p3 - p2).max() > 1e-3          # without the halo the tile borders do differ
+
+
+@pytest.mark.parametrize("arch", ["ffdnn", "cnn1d"])
+def test_frequency_attribution_sums_to_the_time_domain_attribution(arch):
+    torch.manual_seed(0)
+    m = create_model(arch).eval()
+    x = torch.rand(6, 13, 10) * 0.4
+    fa = frequency_attribution(m, x)
+    assert fa.shape == (6, 13 // 2 + 1)
+    traits = m.filter(x).detach().requires_grad_(True)
+    scores = m.scores_from_traits(traits)
+    assert torch.allclose(scores, m(x), atol=1e-6)
+    (g,) = torch.autograd.grad(scores.gather(1, scores.argmax(1, keepdim=True)).sum(), traits)
+    assert torch.allclose(fa.sum(1), (g * traits).sum((1, 2)), atol=1e-5)    # completeness over the modes
+    assert (fa[:, 1:].abs().sum(1) > 0).all()                                   # not only the mean carries weight
+    # a target class other than the predicted one gives another attribution
+    other = (scores.argmax(1) + 1) % 3
+    assert not torch.allclose(frequency_attribution(m, x, other), fa)
