@@ -296,3 +296,24 @@ def test_models_command_prints_both_parameter_counts(capsys):
     assert counts["ffdnn"] == sum(p.numel() for p in ffdnn.parameters())
     assert counts["cnn1d"] == sum(p.numel() for p in cnn.parameters()) and counts["ffdnn"] < counts["cnn1d"]
     assert "3 Fourier blocks" in out and "3 conv blocks" in out
+
+
+def test_train_unet2d_on_chips_then_predict_with_halo(tmp_path, scene, capsys):
+    out = tmp_path / "u.pt"
+    assert main(["train", str(scene.images), "--labels", str(scene.labels), "-o", str(out), "--arch", "unet2d",
+                 "--bands", "B03,B04,B05,B08", "--chip", "32", "--folds", "2", "--epochs", "1", "--batch-size", "2",
+                 "--device", "cpu", "--precision", "fp32", "--quiet"]) == 0
+    assert "unet2d" in capsys.readouterr().out
+    mf = load_model_file(out, task="remote")
+    pre = mf.preprocessing
+    assert mf.arch == "unet2d" and mf.arch_kwargs["in_channels"] == 10 * 4 and pre["input"] == "spatial"
+    assert len(pre["norm_mean"]) == len(pre["norm_std"]) == 4 and min(pre["norm_std"]) > 0
+    assert mf.metrics["n_train"] + mf.metrics["n_test"] == 4 and mf.metrics["block_size"] == 32   # 4 chips of 32
+    pred = tmp_path / "u.tif"
+    assert main(["predict", str(scene.images), "-m", str(out), "-o", str(pred), "--tile", "32", "--quiet"]) == 0
+    with rasterio.open(pred) as p:
+        assert (p.read(1) < 3).mean() > 0.9
+    for extra, msg in ((["--explain"], "--explain needs a per-pixel model"),
+                       (["--fields", str(scene.fields), "--per-field"], "--per-field needs a per-pixel model")):
+        assert main(["predict", str(scene.images), "-m", str(out), "-o", str(tmp_path / "x.tif")] + extra) == 2
+        assert msg in _err(capsys)
