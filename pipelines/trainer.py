@@ -51,8 +51,12 @@ def build_trainer(out_dir: str | Path, *, max_epochs: int | None = None, max_ste
         for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
             logging.getLogger(name).setLevel(logging.ERROR)
     policy = PrecisionPolicy.resolve(precision, _accelerator_device(accelerator))
+    # Best by ``monitor`` (first: ``trainer.checkpoint_callback``), and ``last.ckpt`` rewritten after every
+    # validation (Lightning >= 2.5's ``save_last`` only writes when the best one changed, which breaks resuming).
     callbacks: list[Any] = [ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best-{epoch}-{step}",
-                                            monitor=monitor, mode=mode, save_top_k=1, save_last=True)]
+                                            monitor=monitor, mode=mode, save_top_k=1),
+                            ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", monitor=None,
+                                            save_top_k=1, enable_version_counter=False)]
     if patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     if not quiet:
@@ -73,8 +77,9 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, tra
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    if best is None and ckpt_cb is not None and ckpt_cb.last_model_path:
-        best = Path(ckpt_cb.last_model_path)
+    if best is None:  # nothing monitored was logged: fall back to the latest checkpoint
+        latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks[1:] if cb.best_model_path]
+        best = Path(latest[0]) if latest else None
     score = float(ckpt_cb.best_model_score) if ckpt_cb is not None and ckpt_cb.best_model_score is not None else None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     model_file = None

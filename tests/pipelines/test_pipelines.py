@@ -53,6 +53,17 @@ def test_fit_resume_export_reload(tmp_path):
     assert trainer2.global_step == steps_before + 2 * 4
 
 
+def test_last_checkpoint_follows_training_when_best_stays(tmp_path):
+    """last.ckpt is rewritten every epoch even when the monitored best does not change (here: the highest
+    validation loss, reached in the first epoch)."""
+    dm = ExampleDataModule(n_train=64, n_val=32, batch_size=32)
+    trainer = build_trainer(tmp_path / "run", max_epochs=3, quiet=True, seed=0, accelerator="cpu", mode="max")
+    res = fit(ExampleModule(arch_kwargs={"channels": 8, "depth": 2}), dm, trainer)
+    assert "epoch=0" in res.best_checkpoint.name
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == trainer.global_step == 3 * 2
+
+
 def test_export_errors(tmp_path):
     from shared_backbones.errors import ModelFileError
 
