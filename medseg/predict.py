@@ -255,8 +255,8 @@ def write_preview(path: str | Path, case: Case, labels: np.ndarray, classes: Seq
     cz, cy, cx = (fg.mean(0).round().astype(int) if len(fg) else np.array(lab.shape) // 2)
     sz, sy, sx = geom.spacing
     lo, hi = np.percentile(img, [0.5, 99.5])
-    colours = plt.get_cmap("tab20", 20)
-    cmap = ListedColormap([(0, 0, 0, 0)] + [colours(i % 20) for i in range(max(1, len(classes) - 1))])
+    colours = plt.get_cmap("tab10", 10)
+    cmap = ListedColormap([(0, 0, 0, 0)] + [colours(i % 10) for i in range(max(1, len(classes) - 1))])
     views = [("axial", img[cz], lab[cz], sy / sx), ("coronal", img[:, cy], lab[:, cy], sz / sx),
              ("sagittal", img[:, :, cx], lab[:, :, cx], sz / sy)]
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))

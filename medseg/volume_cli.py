@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                    help="target spacing in mm (default: median of the training cases)")
-    t.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate (nnU-Net: 0.01, poly decay)")
+    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw", "adam"],
+                   help="sgd (nnU-Net's: momentum 0.99, Nesterov) or adamw/adam (converge faster on short runs)")
+    t.add_argument("--lr", type=float, default=1e-2, help="learning rate, poly decay (default 0.01)")
     t.add_argument("--base-channels", type=int, help="first-stage channels (unet3d; default 32)")
     t.add_argument("--devices", default="auto", help="GPUs per node or 'auto' (DDP when > 1)")
     t.add_argument("--workers", type=int, default=0, help="data loader workers")
@@ -176,6 +178,7 @@ def _train(args: argparse.Namespace) -> int:
     res = train_medseg(args.dataset, args.output, arch=args.arch, arch_kwargs=arch_kwargs, fold=args.fold,
                        folds=args.folds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                        patch_size=args.patch, batch_size=args.batch_size, spacing=args.spacing, lr=args.lr,
+                       optimizer=args.optimizer,
                        precision=args.precision, device=args.device, devices=args.devices, workers=args.workers,
                        work_dir=args.work_dir, resume=args.resume, seed=args.seed, quiet=args.quiet,
                        overwrite=args.overwrite)

@@ -31,6 +31,7 @@ from medseg import models as _models  # noqa: F401  (registers the architectures
 from medseg.io import Case, is_nifti, model_array, read_case
 from medseg.preprocess import ct_statistics, normalise, resample, target_shape
 from medseg.sliding_window import sliding_window
+from shared_backbones.cliutil import say
 from shared_backbones.errors import InputError
 
 from .base import SuiteModule
@@ -371,10 +372,13 @@ class MedsegModule(SuiteModule):
         pred = logits.argmax(1)
         k = logits.shape[1]
         dices = []
+        names = self.suite_cfg.get("classes") or [f"class_{c}" for c in range(k)]
         for c in range(1, k):
             p, t = pred == c, y == c
             if t.any():
-                dices.append(2 * (p & t).sum().float() / (p.sum() + t.sum()).float())
+                d = 2 * (p & t).sum().float() / (p.sum() + t.sum()).float()
+                dices.append(d)
+                self.log(f"val_dice_{names[c] if c < len(names) else c}", d, batch_size=1, sync_dist=True)
         dice = torch.stack(dices).mean() if dices else torch.tensor(1.0 if not (pred > 0).any() else 0.0)
         self.log("val_dice", dice, prog_bar=True, batch_size=1, sync_dist=True)
         self.log("val_loss", self.loss(logits, y), batch_size=1, sync_dist=True)
@@ -394,6 +398,9 @@ def train_medseg(data_dir: str | Path, out: str | Path, *, arch: str = "unet3d",
     plan = plan_training(info, spacing, patch_size)
     extra = dict(arch_kwargs or {})
     kwargs = arch_kwargs_for(arch, plan, len(info.classes), extra)
+    say(f"plan: {len(info.cases)} cases, {len(info.classes) - 1} classes, spacing "
+        f"{' x '.join(f'{v:.3g}' for v in plan['spacing'])} mm (z, y, x), patch {plan['patch_size']}, "
+        f"strides {plan['strides']}, normalisation {'/'.join(n['scheme'] for n in plan['normalization'])}", quiet)
     preprocessing = {k: v for k, v in plan.items() if k != "strides"}
     preprocessing.update({"dataset": info.root.name, "fold": fold, "folds": folds})
     module = MedsegModule(arch=arch, arch_kwargs=kwargs, classes=info.classes, preprocessing=preprocessing,
