@@ -9,6 +9,7 @@
 - MONAI augmentations: rotation/scaling, mirroring, intensity scaling, gamma, Gaussian noise;
 - Dice + cross-entropy on every deep-supervision output (weights 1/2^i, coarsest dropped, normalised);
 - validation: Gaussian sliding window over the whole held-out volumes, mean foreground Dice (``val_dice``);
+- preprocessed cases cached as ``.npy`` under the work folder and memory-mapped (RAM does not grow with the dataset);
 - k-fold splits from :mod:`pipelines.kfold`; the best checkpoint is exported with all its preprocessing.
 """
 
@@ -31,7 +32,7 @@ from medseg import models as _models  # noqa: F401  (registers the architectures
 from medseg.io import Case, is_nifti, model_array, read_case
 from medseg.preprocess import ct_statistics, normalise, resample, target_shape
 from medseg.sliding_window import sliding_window
-from shared_backbones.cliutil import say
+from shared_backbones.cliutil import progress, say
 from shared_backbones.errors import InputError
 
 from .base import SuiteModule
@@ -179,12 +180,16 @@ def arch_kwargs_for(arch: str, plan: dict[str, Any], num_classes: int, extra: di
 # ------------------------------------------------------------------------------------------------------- data
 @dataclass
 class Volume:
-    """A preprocessed training case in the model frame."""
+    """A preprocessed training case in the model frame (arrays may be memory-mapped ``.npy`` files)."""
 
     name: str
-    image: torch.Tensor          # [C, z, y, x] float32, normalised, resampled
-    label: torch.Tensor          # [z, y, x] uint8
-    foreground: list[torch.Tensor]  # per present class: [n, 3] voxel coordinates (subsampled)
+    image: np.ndarray | torch.Tensor     # [C, z, y, x] float32, normalised, resampled
+    label: np.ndarray | torch.Tensor     # [z, y, x] uint8
+    foreground: list[torch.Tensor]       # per present class: [n, 3] voxel coordinates (subsampled)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.label.shape)  # type: ignore[return-value]
 
 
 def preprocess_case(files: list[Path], label_file: Path | None, plan: dict[str, Any], name: str = "") -> Volume:
@@ -210,6 +215,51 @@ def preprocess_case(files: list[Path], label_file: Path | None, plan: dict[str, 
                 idx = torch.nonzero(label == k)
                 fg.append(idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(k))[:5000]])
     return Volume(name, image, label, fg)
+
+
+def plan_key(plan: dict[str, Any]) -> str:
+    """A short hash of everything that changes the preprocessed arrays (cache folders are keyed by it)."""
+    import hashlib
+
+    keep = {k: plan[k] for k in ("orientation", "spacing", "normalization") if k in plan}
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=float).encode()).hexdigest()[:12]
+
+
+def cached_case(cache: Path, files: list[Path], label_file: Path | None, plan: dict[str, Any],
+                name: str) -> Volume:
+    """The preprocessed case from ``cache`` (memory-mapped), preprocessing and saving it first if needed. Files are
+    written under temporary names and renamed, so an interrupted run never leaves a half-written case."""
+    cache.mkdir(parents=True, exist_ok=True)
+    img_p, lab_p, fg_p = cache / f"{name}.npy", cache / f"{name}_seg.npy", cache / f"{name}_fg.pt"
+    sources = [*files, *([label_file] if label_file else [])]
+    fresh = all(p.is_file() for p in (img_p, lab_p, fg_p)) and \
+        min(p.stat().st_mtime for p in (img_p, lab_p, fg_p)) >= max(p.stat().st_mtime for p in sources)
+    if not fresh:
+        vol = preprocess_case(files, label_file, plan, name)
+        for path, arr in ((img_p, vol.image), (lab_p, vol.label)):
+            tmp = path.with_name(f".{path.stem}.tmp.npy")
+            np.save(tmp, np.asarray(arr))
+            tmp.replace(path)
+        tmp = fg_p.with_name(f".{fg_p.name}.tmp")
+        torch.save([t.to(torch.int32) for t in vol.foreground], tmp)
+        tmp.replace(fg_p)
+    fg = [t.long() for t in torch.load(fg_p, weights_only=True)]
+    return Volume(name, np.load(img_p, mmap_mode="r"), np.load(lab_p, mmap_mode="r"), fg)
+
+
+def crop_patch(vol: Volume, start: list[int], patch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patch at ``start`` (may lie partly outside the volume: zero padding there), read without loading the
+    rest of a memory-mapped volume."""
+    shape = vol.shape
+    src = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, patch, shape))
+    img = torch.as_tensor(np.ascontiguousarray(vol.image[(slice(None), *src)]), dtype=torch.float32)
+    lab = torch.as_tensor(np.ascontiguousarray(vol.label[src])).long()
+    if tuple(lab.shape) != tuple(patch):
+        before = [sl.start - s for sl, s in zip(src, start)]
+        after = [p - b - (sl.stop - sl.start) for p, b, sl in zip(patch, before, src)]
+        flat = [v for b, a in zip(reversed(before), reversed(after)) for v in (b, a)]
+        img, lab = F.pad(img, flat), F.pad(lab, flat)
+    return img, lab
 
 
 def _augment(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,20 +298,17 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         vol = self.volumes[random.randrange(len(self.volumes))]
-        image, label = vol.image, vol.label
-        pads = [max(0, p - s) for p, s in zip(self.patch, label.shape)]
-        if any(pads):
-            flat = [v for p in reversed(pads) for v in (p // 2, p - p // 2)]
-            image, label = F.pad(image, flat), F.pad(label, flat)
-        shape = label.shape
+        shape = vol.shape
+        # a volume smaller than the patch is centred in it (zero padding); otherwise patches lie inside
+        lo = [min(0, (n - p) // 2) for n, p in zip(shape, self.patch)]
+        hi = [max(l0, n - p) for l0, n, p in zip(lo, shape, self.patch)]
         if vol.foreground and random.random() < self.fg:
             coords = vol.foreground[random.randrange(len(vol.foreground))]
-            c = coords[random.randrange(len(coords))] + torch.tensor([p // 2 for p in pads])
-            start = [int(min(max(int(c[a]) - self.patch[a] // 2, 0), shape[a] - self.patch[a])) for a in range(3)]
+            c = coords[random.randrange(len(coords))]
+            start = [min(max(int(c[a]) - self.patch[a] // 2, lo[a]), hi[a]) for a in range(3)]
         else:
-            start = [random.randint(0, shape[a] - self.patch[a]) for a in range(3)]
-        sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
-        x, y = image[(slice(None), *sl)], label[sl].long()
+            start = [random.randint(lo[a], hi[a]) for a in range(3)]
+        x, y = crop_patch(vol, start, self.patch)
         if self.augment:
             x, y = _augment(x, y)
         return x, y
@@ -277,17 +324,24 @@ class VolumeDataset(Dataset):
         return len(self.volumes)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.volumes[i].image, self.volumes[i].label.long()
+        v = self.volumes[i]
+        return torch.as_tensor(np.asarray(v.image), dtype=torch.float32), torch.as_tensor(np.asarray(v.label)).long()
 
 
 class MedsegDataModule(L.LightningDataModule):
-    """Preprocesses the dataset once (in memory) and serves patches (train) and volumes (validation) of a fold."""
+    """Preprocesses the dataset once and serves patches (train) and volumes (validation) of a fold.
+
+    With ``cache_dir`` the preprocessed cases are saved there as ``.npy`` files and memory-mapped, so RAM use does
+    not grow with the dataset (each patch reads only its own voxels) and later runs with the same plan skip the
+    preprocessing; without it they are kept in memory."""
 
     def __init__(self, data_dir: str, plan: dict[str, Any], fold: int = 0, folds: int = 5, batch_size: int = 2,
-                 steps_per_epoch: int = 50, workers: int = 0, seed: int = 0) -> None:
+                 steps_per_epoch: int = 50, workers: int = 0, seed: int = 0, cache_dir: str | None = None,
+                 quiet: bool = True) -> None:
         super().__init__()
         self.data_dir, self.plan, self.fold, self.folds = data_dir, plan, fold, folds
         self.batch_size, self.steps, self.workers, self.seed = batch_size, steps_per_epoch, workers, seed
+        self.cache_dir, self.quiet = cache_dir, quiet
         self.train_vols: list[Volume] = []
         self.val_vols: list[Volume] = []
 
@@ -298,12 +352,23 @@ class MedsegDataModule(L.LightningDataModule):
             raise InputError(f"--fold {self.fold} is out of range for {folds} folds")
         return kfold_splits(n, folds, seed=self.seed)[self.fold]
 
+    def prepare_data(self) -> None:
+        """Fill the cache once per node (Lightning runs this on one process; ``setup`` then only maps files)."""
+        if self.cache_dir:
+            info = read_dataset(self.data_dir)
+            bar = progress(total=len(info.cases), desc="preprocess", unit="case", quiet=self.quiet)
+            for name, f, lab in info.cases:
+                cached_case(Path(self.cache_dir), f, lab, self.plan, name)
+                bar.update(1)
+            bar.close()
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_vols:
             return
         info = read_dataset(self.data_dir)
         tr, va = self.split(len(info.cases))
-        vols = [preprocess_case(f, lab, self.plan, name) for name, f, lab in info.cases]
+        vols = [cached_case(Path(self.cache_dir), f, lab, self.plan, name) if self.cache_dir
+                else preprocess_case(f, lab, self.plan, name) for name, f, lab in info.cases]
         self.train_vols = [vols[i] for i in tr]
         self.val_vols = [vols[i] for i in va]
 
@@ -405,12 +470,13 @@ def train_medseg(data_dir: str | Path, out: str | Path, *, arch: str = "unet3d",
     preprocessing.update({"dataset": info.root.name, "fold": fold, "folds": folds})
     module = MedsegModule(arch=arch, arch_kwargs=kwargs, classes=info.classes, preprocessing=preprocessing,
                           optimizer=optimizer, lr=lr, scheduler=scheduler)
-    dm = MedsegDataModule(str(data_dir), plan, fold=fold, folds=folds, batch_size=batch_size,
-                          steps_per_epoch=steps_per_epoch, workers=workers, seed=seed)
     accelerator = {"auto": "auto", "cpu": "cpu"}.get(device, "gpu")
     if devices not in ("auto", None) and str(devices).isdigit():
         devices = int(devices)
     work_dir = Path(work_dir) if work_dir else Path(out).with_name(Path(out).name + ".train")
+    dm = MedsegDataModule(str(data_dir), plan, fold=fold, folds=folds, batch_size=batch_size,
+                          steps_per_epoch=steps_per_epoch, workers=workers, seed=seed,
+                          cache_dir=str(work_dir / "preprocessed" / plan_key(plan)), quiet=quiet)
     trainer = build_trainer(work_dir, max_epochs=epochs, max_time=max_time, precision=precision,
                             accelerator=accelerator, devices=devices, monitor="val_dice", mode="max",
                             gradient_clip_val=12.0, quiet=quiet, seed=seed, log_every_n_steps=min(10, steps_per_epoch),

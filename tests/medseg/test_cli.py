@@ -149,3 +149,33 @@ def test_evaluate_errors(tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.full((6, 6, 6), 0.5, np.float32), np.eye(4)), str(pred / "a.nii.gz"))
     assert main(["evaluate", str(pred), str(ref)]) == 2
     assert "not a label map" in capsys.readouterr().err
+
+
+def test_cached_cases_are_memory_mapped_and_equal_fresh_preprocessing(tmp_path):
+    from pipelines.medseg import PatchDataset, cached_case, crop_patch, plan_training, preprocess_case
+
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--train", "2", "--test", "0", "--quiet"]) == 0
+    info = read_dataset(data)
+    plan = plan_training(info)
+    name, files, lab = info.cases[0]
+    fresh = preprocess_case(files, lab, plan, name)
+    cache = tmp_path / "cache"
+    first = cached_case(cache, files, lab, plan, name)
+    again = cached_case(cache, files, lab, plan, name)      # read back, not recomputed
+    assert isinstance(again.image, np.memmap) and sorted(p.name for p in cache.iterdir()) == \
+        [f"{name}.npy", f"{name}_fg.pt", f"{name}_seg.npy"]
+    for v in (first, again):
+        assert np.array_equal(np.asarray(v.image), fresh.image.numpy())
+        assert np.array_equal(np.asarray(v.label), fresh.label.numpy())
+        assert all(torch.equal(a, b) for a, b in zip(v.foreground, fresh.foreground))
+    # patches partly outside the volume are zero padded, equal to padding the whole volume first
+    z, y, x = again.shape
+    img, lbl = crop_patch(again, [-3, y - 5, 2], [8, 16, 16])
+    full_img = torch.nn.functional.pad(fresh.image, (0, 16, 0, 16, 3, 8))
+    full_lab = torch.nn.functional.pad(fresh.label, (0, 16, 0, 16, 3, 8)).long()
+    assert torch.equal(img, full_img[:, 0:8, y - 5:y + 11, 2:18]) and torch.equal(lbl, full_lab[0:8, y - 5:y + 11, 2:18])
+    big = [z + 5, y + 2, x]                                   # larger than the volume: centred, exact shape
+    ds = PatchDataset([again], big, 3, augment=False)
+    xs, ys = ds[0]
+    assert xs.shape == (1, *big) and ys.shape == tuple(big) and int(ys.sum()) == int(fresh.label.long().sum())
