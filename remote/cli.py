@@ -145,14 +145,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda")
     q.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
-    q.add_argument("--dates", type=_str_list, default=None)
-    q.add_argument("--band-order", type=_str_list, default=None)
-    q.add_argument("--offset", type=float, default=None)
+    q.add_argument("--dates", type=_str_list, default=None,
+                   help="acquisition dates (comma-separated or a text file) for undated files or a stack")
+    q.add_argument("--band-order", type=_str_list, default=None,
+                   help="band names of files without band descriptions (the bands of one date for a stack)")
+    q.add_argument("--offset", type=float, default=None,
+                   help="DN offset added before /10000 (overrides metadata; stored in the model file)")
     g = q.add_mutually_exclusive_group()
-    g.add_argument("--scl-invalid", type=_int_list, default=None)
-    g.add_argument("--no-cloud-mask", action="store_true")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--quiet", action="store_true")
+    g.add_argument("--scl-invalid", type=_int_list, default=None,
+                   help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})")
+    g.add_argument("--no-cloud-mask", action="store_true", help="ignore the SCL band")
+    q.add_argument("--seed", type=int, default=0, help="seed of the folds, sampling and initialisation")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_out(q)
 
     q = sub.add_parser("evaluate", help="accuracy, per-class F1, confusion matrix and kappa of a class map")
