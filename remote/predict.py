@@ -377,6 +377,11 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                     ds.write(arr, window=window)
                 if stats is not None:
                     stats.add(fid, cls, prob, valid)
+        if n_valid == 0:   # raised inside the atomic outputs: nothing is left behind
+            where = "field " if per_field else ""
+            masked = f" or masked by SCL classes {','.join(map(str, scl))}" if scl else ""
+            raise InputError(f"no valid dates: every {where}pixel is nodata{masked} on every date "
+                             "(check the inputs, --scl-invalid, --offset)")
         if per_field:
             _write_field_table(outputs.fields_csv, fs, fprob, rm.classes, field_src.label, overwrite)
         elif stats is not None:

@@ -269,6 +269,11 @@ def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
         (late / f.name.replace("2024032", "2024092").replace("2024040", "2024100")).write_bytes(f.read_bytes())
     assert main(["predict", str(late), "-m", str(ffdnn_file), "-o", o]) == 2
     assert "no valid dates" in _err(capsys)
+    # no valid dates: every observation masked as cloud; no output is left behind
+    assert main(["predict", img, "-m", str(ffdnn_file), "-o", o, "--scl-invalid", "0,1,2,3,4,5,6,7,8,9,10,11",
+                 "--quiet"]) == 2
+    assert "no valid dates: every pixel is nodata or masked by SCL classes 0,1,2" in _err(capsys)
+    assert not list(tmp_path.glob("o*.tif")) and not list(tmp_path.glob(".o*"))
     # CRS mismatch between dates
     bad = tmp_path / "crs"
     bad.mkdir()
