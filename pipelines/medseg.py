@@ -252,8 +252,8 @@ def crop_patch(vol: Volume, start: list[int], patch: list[int]) -> tuple[torch.T
     rest of a memory-mapped volume."""
     shape = vol.shape
     src = tuple(slice(max(s, 0), min(s + p, n)) for s, p, n in zip(start, patch, shape))
-    img = torch.as_tensor(np.ascontiguousarray(vol.image[(slice(None), *src)]), dtype=torch.float32)
-    lab = torch.as_tensor(np.ascontiguousarray(vol.label[src])).long()
+    img = torch.from_numpy(np.array(vol.image[(slice(None), *src)], dtype=np.float32))  # copies out of the map
+    lab = torch.from_numpy(np.array(vol.label[src])).long()
     if tuple(lab.shape) != tuple(patch):
         before = [sl.start - s for sl, s in zip(src, start)]
         after = [p - b - (sl.stop - sl.start) for p, b, sl in zip(patch, before, src)]
@@ -325,7 +325,7 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.volumes[i]
-        return torch.as_tensor(np.asarray(v.image), dtype=torch.float32), torch.as_tensor(np.asarray(v.label)).long()
+        return torch.from_numpy(np.array(v.image, dtype=np.float32)), torch.from_numpy(np.array(v.label)).long()
 
 
 class MedsegDataModule(L.LightningDataModule):

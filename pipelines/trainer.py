@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def build_trainer(out_dir: str | Path, *, max_epochs: int | None = None, max_ste
     if seed is not None:
         L.seed_everything(seed, workers=True, verbose=False)
     if quiet:
+        # Lightning 2.6 on torch 2.14 warns about its own pytree use on every run; nothing a user can act on
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
         for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
             logging.getLogger(name).setLevel(logging.ERROR)
     policy = PrecisionPolicy.resolve(precision, _accelerator_device(accelerator))
