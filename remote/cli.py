@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--grid-days", type=int, default=None, help="time-grid step in days (default: median spacing)")
     q.add_argument("--folds", type=int, default=5, help="spatially blocked folds (default 5)")
     q.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
-    q.add_argument("--block-size", type=int, default=32, help="spatial block size in pixels (default 32)")
+    q.add_argument("--block-size", type=int, default=32,
+                   help="spatial block size in pixels (default 32; in map units for a table with x/y columns)")
     q.add_argument("--buffer", type=int, default=2,
                    help="training pixels closer than this to a test block are dropped (default 2)")
     q.add_argument("--chip", type=int, default=64, help="chip size for unet2d (multiple of 32; default 64)")
