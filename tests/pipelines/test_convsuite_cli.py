@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pipelines.convsuite_cli import format_table, main
 from pipelines.demos import DEMO_PARTS, DemoResult, available_parts
@@ -31,3 +32,14 @@ def test_quick_backbones_demo_writes_summary(tmp_path, capsys):
     assert summary[0]["pipeline"] == "backbones" and summary[0]["figures"]["mem_ratio_depth8"] > 4
     assert (tmp_path / "backbones" / "example_model.pt").is_file()
     assert "convsuite demo summary" in capsys.readouterr().out
+
+
+def test_quick_medseg_and_remote_demo_parts_run(tmp_path):
+    """Every task part is installed; the quick medseg and remote parts run end to end and write their outputs."""
+    assert set(available_parts()) == set(DEMO_PARTS)
+    assert main(["demo", "--only", "medseg,remote", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    summary = {r["pipeline"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert set(summary) == {"medseg", "remote"}
+    assert 0 <= summary["medseg"]["figures"]["mean_dice"] <= 1
+    assert len(list((tmp_path / "medseg" / "predictions").glob("*.nii.gz"))) == 1
+    assert all(Path(o).exists() for r in summary.values() for o in r["outputs"])
