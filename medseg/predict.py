@@ -26,7 +26,7 @@ from shared_backbones.precision import PrecisionPolicy
 from . import models as _models  # noqa: F401  (registers the architectures)
 from .io import Case, Geometry, model_array
 from .models import network_stride
-from .preprocess import normalise, resample, resample_slabs, target_shape
+from .preprocess import class_labels, normalise, resample, resample_slabs, target_shape
 from .sliding_window import mirror_axes, sliding_window, window_slices
 
 TASK = "medseg"
@@ -162,7 +162,7 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False
         acc.div_(len(models))
     with timer("resample back"):
         model_shape = geom0.model_shape
-        slabs = resample_slabs(acc, model_shape, lambda p: p.argmax(0).to(torch.int32))
+        slabs = resample_slabs(acc, model_shape, class_labels)
         labels_model = torch.cat(slabs, 0).numpy()
         labels = geom0.backward(labels_model)
         probs_out = None

