@@ -26,21 +26,8 @@ import audiosep.models  # noqa: F401  (registers the architectures)
 from audiosep.metrics import si_snr
 from shared_backbones.checkpoint import ModelFile, save_model_file
 from shared_backbones.memory import run_isolated
+from shared_backbones.timing import time_interleaved
 from shared_backbones.registry import create_model
-
-
-def _time_interleaved(fns: dict, repeats: int = 7) -> dict[str, float]:
-    """Fastest of ``repeats`` runs per function (the least disturbed one on a shared machine), runs interleaved
-    after one warm-up each so that load changes hit all alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in times.items()}
 
 
 def separate_in_fresh_process(model_path: str, wav: str, out_dir: str) -> float:
@@ -65,7 +52,7 @@ def main() -> None:
             return ours(x)
 
     with torch.inference_mode():
-        t = _time_interleaved({"ref": lambda: ref(x), "ours": lambda: ours(x), "bf16": bf16})
+        t = time_interleaved({"ref": lambda: ref(x), "ours": lambda: ours(x), "bf16": bf16}, repeats=7)
         t_ref, t_ours, t_bf16 = t["ref"], t["ours"], t["bf16"]
         y32 = ours(x)
         y16 = bf16().float()

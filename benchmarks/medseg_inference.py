@@ -28,28 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from shared_backbones.timing import time_interleaved
+
 CLASSES = ["background", "organ", "lesion", "vessel"]
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Fastest of ``repeats`` runs per function, runs interleaved (after one warm-up each) so that load changes on
-    the shared machine hit all alike."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: min(v) for k, v in times.items()}
 
 
 def build_net(base_channels: int, num_classes: int) -> torch.nn.Module:

@@ -73,3 +73,11 @@ def test_run_isolated_measures_child_peak():
     assert n_big == 400 * 2 ** 20 // 8
     assert rss_big - rss_small > 300 * 2 ** 20
     assert peak_rss_bytes() > 0
+
+
+def test_time_interleaved_runs_warmup_then_alternates():
+    from shared_backbones.timing import time_interleaved
+
+    calls: list[str] = []
+    t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
+    assert calls == ["a", "b"] * 4 and set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
