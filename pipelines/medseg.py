@@ -34,6 +34,7 @@ from medseg.preprocess import ct_statistics, normalise, resample, target_shape
 from medseg.sliding_window import sliding_window
 from shared_backbones.cliutil import progress, say
 from shared_backbones.errors import InputError
+from shared_backbones.registry import create_model
 
 from .base import SuiteModule
 from .kfold import kfold_splits
@@ -331,17 +332,24 @@ class VolumeDataset(Dataset):
 class MedsegDataModule(L.LightningDataModule):
     """Preprocesses the dataset once and serves patches (train) and volumes (validation) of a fold.
 
-    With ``cache_dir`` the preprocessed cases are saved there as ``.npy`` files and memory-mapped, so RAM use does
-    not grow with the dataset (each patch reads only its own voxels) and later runs with the same plan skip the
-    preprocessing; without it they are kept in memory."""
+    With ``cache_dir`` the preprocessed cases are saved in ``cache_dir/<plan hash>/`` as ``.npy`` files and
+    memory-mapped, so RAM use does not grow with the dataset (each patch reads only its own voxels) and later runs
+    with the same plan skip the preprocessing; without it they are kept in memory. Without ``plan`` the dataset is
+    planned here (``spacing`` / ``patch_size`` override), as when the module is configured from a YAML file."""
 
-    def __init__(self, data_dir: str, plan: dict[str, Any], fold: int = 0, folds: int = 5, batch_size: int = 2,
-                 steps_per_epoch: int = 50, workers: int = 0, seed: int = 0, cache_dir: str | None = None,
-                 quiet: bool = True) -> None:
+    def __init__(self, data_dir: str, plan: dict[str, Any] | None = None, fold: int = 0, folds: int = 5,
+                 batch_size: int = 2, steps_per_epoch: int = 50, workers: int = 0, seed: int = 0,
+                 cache_dir: str | None = None, quiet: bool = True, spacing: list[float] | None = None,
+                 patch_size: list[int] | None = None) -> None:
         super().__init__()
+        info = read_dataset(data_dir)
+        self.classes = info.classes
+        plan = plan or plan_training(info, spacing, patch_size)  # planned here when used from a config file
         self.data_dir, self.plan, self.fold, self.folds = data_dir, plan, fold, folds
         self.batch_size, self.steps, self.workers, self.seed = batch_size, steps_per_epoch, workers, seed
-        self.cache_dir, self.quiet = cache_dir, quiet
+        # one cache folder per plan: a changed spacing or normalisation never reuses stale arrays
+        self.cache_dir = str(Path(cache_dir) / plan_key(plan)) if cache_dir else None
+        self.quiet = quiet
         self.train_vols: list[Volume] = []
         self.val_vols: list[Volume] = []
 
@@ -411,6 +419,19 @@ class MedsegModule(SuiteModule):
         self.loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
                                   smooth_nr=1e-5, smooth_dr=1e-5)
 
+    def setup(self, stage: str) -> None:
+        """Without preprocessing given (e.g. ``pipelines fit -c pipelines/configs/medseg.yaml``), take the plan,
+        classes and channels from the datamodule and build the network for them (``arch_kwargs`` from the config
+        are kept: ``base_channels``, ``channels``, ...). Runs before checkpoint weights are restored."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.suite_cfg["preprocessing"] or not isinstance(dm, MedsegDataModule):
+            return
+        cfg = self.suite_cfg
+        kwargs = arch_kwargs_for(cfg["arch"], dm.plan, len(dm.classes), cfg["arch_kwargs"])
+        cfg.update(arch_kwargs=kwargs, classes=list(dm.classes),
+                   preprocessing={k: v for k, v in dm.plan.items() if k != "strides"})
+        self.model = create_model(cfg["arch"], **kwargs)
+
     def loss(self, outputs: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """Weighted Dice+CE over the deep-supervision outputs (target downsampled by nearest neighbour)."""
         outs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -476,7 +497,7 @@ def train_medseg(data_dir: str | Path, out: str | Path, *, arch: str = "unet3d",
     work_dir = Path(work_dir) if work_dir else Path(out).with_name(Path(out).name + ".train")
     dm = MedsegDataModule(str(data_dir), plan, fold=fold, folds=folds, batch_size=batch_size,
                           steps_per_epoch=steps_per_epoch, workers=workers, seed=seed,
-                          cache_dir=str(work_dir / "preprocessed" / plan_key(plan)), quiet=quiet)
+                          cache_dir=str(work_dir / "preprocessed"), quiet=quiet)
     trainer = build_trainer(work_dir, max_epochs=epochs, max_time=max_time, precision=precision,
                             accelerator=accelerator, devices=devices, monitor="val_dice", mode="max",
                             gradient_clip_val=12.0, quiet=quiet, seed=seed, log_every_n_steps=min(10, steps_per_epoch),
