@@ -129,7 +129,10 @@ def _network_scores(m: VolumeModel, image: torch.Tensor, *, tta: bool, overlap: 
     with torch.inference_mode():
         logits = sliding_window(predictor, image[None].to(stitch), window, overlap=overlap, batch_size=batch_size,
                                 tta=tta, device=m.device, stitch_device=stitch, num_classes=k, on_window=on_window)[0]
-        return torch.softmax(logits, dim=0).cpu()
+        # softmax in place: no second class-score volume
+        logits.sub_(logits.amax(0, keepdim=True)).exp_()
+        logits.div_(logits.sum(0, keepdim=True))
+        return logits.cpu()
 
 
 @torch.inference_mode()
@@ -149,9 +152,11 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False
             arr, geom = model_array(case, m.orientation)
             geom0 = geom0 or geom
             image = normalise(torch.from_numpy(arr), m.pre.get("normalization") or [{"scheme": "zscore"}])
-            image = resample(image, target_shape(arr.shape[1:], geom.spacing, m.spacing))
+            del arr  # keep one copy of the image at a time
+            image = resample(image, target_shape(image.shape[1:], geom.spacing, m.spacing))
         with timer("network"):
             probs = _network_scores(m, image, tta=tta, overlap=overlap, batch_size=batch_size, on_window=on_window)
+            del image
         with timer("ensemble"):
             if ref_grid is None:
                 ref_grid, acc = tuple(probs.shape[1:]), probs  # type: ignore[assignment]
@@ -162,7 +167,8 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False
         acc.div_(len(models))
     with timer("resample back"):
         model_shape = geom0.model_shape
-        slabs = resample_slabs(acc, model_shape, class_labels)
+        label_type = torch.uint8 if acc.shape[0] <= 256 else torch.int32
+        slabs = resample_slabs(acc, model_shape, lambda p: class_labels(p, label_type))
         labels_model = torch.cat(slabs, 0).numpy()
         labels = geom0.backward(labels_model)
         probs_out = None
