@@ -361,14 +361,26 @@ class MedsegDataModule(L.LightningDataModule):
         return kfold_splits(n, folds, seed=self.seed)[self.fold]
 
     def prepare_data(self) -> None:
-        """Fill the cache once per node (Lightning runs this on one process; ``setup`` then only maps files)."""
-        if self.cache_dir:
-            info = read_dataset(self.data_dir)
-            bar = progress(total=len(info.cases), desc="preprocess", unit="case", quiet=self.quiet)
-            for name, f, lab in info.cases:
-                cached_case(Path(self.cache_dir), f, lab, self.plan, name)
+        """Fill the cache once per node (Lightning runs this on one process; ``setup`` then only maps files), with
+        ``workers`` processes when there are several cases."""
+        if not self.cache_dir:
+            return
+        info = read_dataset(self.data_dir)
+        jobs = [(self.cache_dir, f, lab, self.plan, name) for name, f, lab in info.cases]
+        bar = progress(total=len(jobs), desc="preprocess", unit="case", quiet=self.quiet)
+        if self.workers > 1 and len(jobs) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=mp.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(1,)) as ex:
+                for _ in ex.map(_cache_job, jobs):
+                    bar.update(1)
+        else:
+            for job in jobs:
+                _cache_job(job)
                 bar.update(1)
-            bar.close()
+        bar.close()
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_vols:
@@ -387,6 +399,12 @@ class MedsegDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(VolumeDataset(self.val_vols), batch_size=1, num_workers=0)
+
+
+def _cache_job(job: tuple[str, list[Path], Path | None, dict[str, Any], str]) -> None:
+    """Preprocess one case into the cache (nothing returned: pool workers send no arrays back)."""
+    cache, files, label, plan, name = job
+    cached_case(Path(cache), files, label, plan, name)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -205,3 +206,20 @@ def test_lightning_cli_config_trains_and_exports(tmp_path, monkeypatch):
     assert mf.classes == ["background", "organ", "lesion", "vessel"] and mf.preprocessing["patch_size"] == [24, 48, 48]
     assert main(["predict", "phantoms/imagesTs", "-m", "unet.pt", "-o", "segs", "--quiet"]) == 0
     assert (tmp_path / "segs" / "phantom_003.nii.gz").is_file()
+
+
+def test_parallel_preprocessing_fills_the_same_cache(tmp_path):
+    from pipelines.medseg import MedsegDataModule
+
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--train", "2", "--test", "0", "--quiet"]) == 0
+    arrays = []
+    for workers in (0, 2):
+        dm = MedsegDataModule(str(data), workers=workers, cache_dir=str(tmp_path / f"cache{workers}"), folds=2)
+        dm.prepare_data()
+        files = sorted(Path(dm.cache_dir).glob("*.npy"))
+        assert [f.name for f in files] == ["phantom_000.npy", "phantom_000_seg.npy", "phantom_001.npy",
+                                           "phantom_001_seg.npy"]
+        arrays.append([np.load(f) for f in files])
+    # labels identical; images equal up to float summation order (one thread per worker)
+    assert all(np.allclose(a, b, atol=1e-5) and (a.dtype != np.uint8 or np.array_equal(a, b)) for a, b in zip(*arrays))
