@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-2, help="learning rate, poly decay (default 0.01)")
     t.add_argument("--base-channels", type=int, help="first-stage channels (unet3d; default 32)")
     t.add_argument("--devices", default="auto", help="GPUs per node or 'auto' (DDP when > 1)")
-    t.add_argument("--workers", type=int, default=0, help="processes for preprocessing and data loading (default 0: in-process)")
+    t.add_argument("--workers", type=int, default=0,
+                   help="processes for preprocessing and data loading (default 0: in-process)")
     t.add_argument("--work-dir", help="logs and checkpoints (default: <output>.train/)")
     t.add_argument("--resume", help="Lightning checkpoint to resume from")
     t.add_argument("--seed", type=int, default=0)
