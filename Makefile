@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-installed
+TEST_STAMP := $(VENV)/.stamp-test
+ASTEROID := asteroid==0.7.0
 
 .PHONY: setup demo test bench clean
 
@@ -12,12 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# Test extras: pytest, ruff and the reference implementations the agreement tests run (nnU-Net, dcm2niix, Asteroid).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,peers]"
+	$(BIN)/python -m pip install --quiet --no-deps $(ASTEROID)
+	touch $(TEST_STAMP)
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/convsuite demo --out demo_output
 
-test: $(STAMP)
+test: $(TEST_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from shared_backbones.cliutil import add_run_options, run_cli, say
 from shared_backbones.errors import UserError
@@ -37,11 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--mask", choices=("relu", "sigmoid"), default="relu")
     add_run_options(i, device=False, precision=False, quiet=False)
     t = sub.add_parser("train", help="train Conv-TasNet (SI-SNR + PIT) through the Lightning pipeline")
-    t.add_argument("data", help="LibriMix-style folder (mix/, s1/, s2/...) or, with --dynamic-mixing, single-speaker files")
+    t.add_argument(
+        "data", help="LibriMix-style folder (mix/, s1/, s2/...) or, with --dynamic-mixing, single-speaker files"
+    )
     t.add_argument("-o", "--output", required=True, help="model file to write (best checkpoint)")
     t.add_argument("--val-dir", help="LibriMix-style validation folder (default: a k-fold split of DATA)")
     t.add_argument("--dynamic-mixing", action="store_true")
-    t.add_argument("--arch", default="convtasnet-small", help="convtasnet-small | convtasnet-base | convtasnet-causal | convtasnet")
+    t.add_argument(
+        "--arch", default="convtasnet-small", help="convtasnet-small | convtasnet-base | convtasnet-causal | convtasnet"
+    )
     t.add_argument("--reversible", action="store_true", help="reversible TCN stack (training memory flat in depth)")
     t.add_argument("--sources", type=int, default=2)
     t.add_argument("--sample-rate", type=int, default=8000)
@@ -65,18 +68,30 @@ def _main(argv: Sequence[str] | None) -> int:
         from .separate import Separator, collect_inputs, separate_file
 
         if not args.model:
-            raise UserError("no model given: pass --model MODEL.pt (a file written by `audiosep train` or "
-                            "`audiosep import`; no weights are bundled)")
+            raise UserError(
+                "no model given: pass --model MODEL.pt (a file written by `audiosep train` or "
+                "`audiosep import`; no weights are bundled)"
+            )
         files = collect_inputs(args.inputs)
         sep = Separator.from_file(args.model, args.device, args.precision)
         start = time.perf_counter()
         for f in files:
-            outs = separate_file(f, sep, args.out_dir, chunk_seconds=args.chunk_seconds,
-                                 overlap_seconds=args.overlap_seconds, per_channel=args.per_channel,
-                                 overwrite=args.overwrite, quiet=args.quiet)
+            outs = separate_file(
+                f,
+                sep,
+                args.out_dir,
+                chunk_seconds=args.chunk_seconds,
+                overlap_seconds=args.overlap_seconds,
+                per_channel=args.per_channel,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+            )
             say(f"{f} -> {', '.join(str(o) for o in outs)}", args.quiet)
-        say(f"separated {len(files)} file(s) in {time.perf_counter() - start:.1f}s "
-            f"({sep.num_sources} sources, model rate {sep.sample_rate} Hz, {sep.device}, {sep.policy.name})", args.quiet)
+        say(
+            f"separated {len(files)} file(s) in {time.perf_counter() - start:.1f}s "
+            f"({sep.num_sources} sources, model rate {sep.sample_rate} Hz, {sep.device}, {sep.policy.name})",
+            args.quiet,
+        )
     elif args.command == "evaluate":
         from .evaluate import evaluate_folder, format_table, write_csv
 
@@ -90,19 +105,36 @@ def _main(argv: Sequence[str] | None) -> int:
         check_output(args.output, args.overwrite)
         from pipelines.audiosep import train_audiosep  # the train command is the one place audiosep uses pipelines
 
-        res = train_audiosep(args.data, args.output, arch=args.arch,
-                             arch_kwargs={"reversible": True} if args.reversible else None, val_dir=args.val_dir,
-                             dynamic_mixing=args.dynamic_mixing, sample_rate=args.sample_rate, num_sources=args.sources,
-                             segment=args.segment, batch_size=args.batch_size, epochs=args.epochs,
-                             max_time=args.max_time, lr=args.lr, precision=args.precision,
-                             accelerator=args.accelerator, devices=args.devices, fold=args.fold, folds=args.folds,
-                             resume=args.resume, quiet=args.quiet, overwrite=args.overwrite)
+        res = train_audiosep(
+            args.data,
+            args.output,
+            arch=args.arch,
+            arch_kwargs={"reversible": True} if args.reversible else None,
+            val_dir=args.val_dir,
+            dynamic_mixing=args.dynamic_mixing,
+            sample_rate=args.sample_rate,
+            num_sources=args.sources,
+            segment=args.segment,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            max_time=args.max_time,
+            lr=args.lr,
+            precision=args.precision,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            fold=args.fold,
+            folds=args.folds,
+            resume=args.resume,
+            quiet=args.quiet,
+            overwrite=args.overwrite,
+        )
         say(f"best val SI-SNR loss {res.best_score:.2f} dB; model file {res.model_file}", args.quiet)
     elif args.command == "import":
         from .importers import import_convtasnet
 
-        out = import_convtasnet(args.weights, args.output, args.format, args.sample_rate, args.mask, args.layers,
-                                args.overwrite)
+        out = import_convtasnet(
+            args.weights, args.output, args.format, args.sample_rate, args.mask, args.layers, args.overwrite
+        )
         say(f"wrote {out}")
     return 0
 

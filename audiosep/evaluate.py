@@ -49,7 +49,9 @@ def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path) -> list[dic
         refs = [_read_mono(d / mix_path.name)[0] for d in srcs]
         ests = [_read_mono(p)[0] for p in output_paths(mix_path, len(srcs), estimates_dir)]
         n = min(len(mix), *(len(r) for r in refs), *(len(e) for e in ests))
-        t = lambda arrs: torch.from_numpy(np.stack([a[:n] for a in arrs]))[None].double()  # noqa: E731
+        def t(arrs: list[np.ndarray], n: int = n) -> torch.Tensor:
+            return torch.from_numpy(np.stack([a[:n] for a in arrs]))[None].double()
+
         s = separation_scores(t(ests), t(refs), torch.from_numpy(mix[:n])[None, None].double())
         rows.append({"file": mix_path.name, **{k: float(s[k][0]) for k in METRICS}})
     if not rows:

@@ -23,11 +23,17 @@ def _infer_kwargs(sd: dict[str, torch.Tensor], num_layers: int) -> dict:
         raise ModelFileError(f"{n_blocks} TCN blocks cannot form repeats of X={num_layers} blocks (give --layers)")
     b = sd["mask_generator.input_conv.weight"].shape[0]
     sc = sd["mask_generator.conv_layers.0.skip_out.weight"].shape[0]
-    return {"num_sources": sd["mask_generator.output_conv.weight"].shape[0] // n, "enc_kernel_size": enc.shape[-1],
-            "enc_num_feats": n, "msk_kernel_size": sd["mask_generator.conv_layers.0.conv_layers.3.weight"].shape[-1],
-            "msk_num_feats": b, "msk_num_hidden_feats": sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0],
-            **({} if sc == b else {"msk_num_skip_feats": sc}),
-            "msk_num_layers": num_layers, "msk_num_stacks": n_blocks // num_layers}
+    return {
+        "num_sources": sd["mask_generator.output_conv.weight"].shape[0] // n,
+        "enc_kernel_size": enc.shape[-1],
+        "enc_num_feats": n,
+        "msk_kernel_size": sd["mask_generator.conv_layers.0.conv_layers.3.weight"].shape[-1],
+        "msk_num_feats": b,
+        "msk_num_hidden_feats": sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0],
+        **({} if sc == b else {"msk_num_skip_feats": sc}),
+        "msk_num_layers": num_layers,
+        "msk_num_stacks": n_blocks // num_layers,
+    }
 
 
 # Asteroid ConvTasNet (asteroid.models.ConvTasNet: FreeFB encoder/decoder, masker = TDConvNet) -> ours.
@@ -65,12 +71,14 @@ def asteroid_to_torchaudio(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def _asteroid_args(args: dict, path: Path) -> None:
     """Refuse Asteroid configurations our Conv-TasNet does not implement (one-line error)."""
-    checks = [(args.get("fb_name", "free") == "free", f"filterbank {args.get('fb_name')!r} (only 'free')"),
-              (args.get("norm_type", "gLN") == "gLN", f"norm {args.get('norm_type')!r} (only 'gLN')"),
-              (args.get("skip_chan", 1) not in (0, None), "no skip connections (skip_chan=0)"),
-              (args.get("encoder_activation") in (None, "linear"), f"encoder activation {args.get('encoder_activation')!r}"),
-              (args.get("causal", False) is False, "causal Asteroid models (channel-wise LN)"),
-              (args.get("mask_act", "relu") in ("relu", "sigmoid"), f"mask activation {args.get('mask_act')!r}")]
+    checks = [
+        (args.get("fb_name", "free") == "free", f"filterbank {args.get('fb_name')!r} (only 'free')"),
+        (args.get("norm_type", "gLN") == "gLN", f"norm {args.get('norm_type')!r} (only 'gLN')"),
+        (args.get("skip_chan", 1) not in (0, None), "no skip connections (skip_chan=0)"),
+        (args.get("encoder_activation") in (None, "linear"), f"encoder activation {args.get('encoder_activation')!r}"),
+        (args.get("causal", False) is False, "causal Asteroid models (channel-wise LN)"),
+        (args.get("mask_act", "relu") in ("relu", "sigmoid"), f"mask activation {args.get('mask_act')!r}"),
+    ]
     stride, kernel = args.get("stride"), args.get("kernel_size")
     checks.append((stride is None or kernel is None or stride * 2 == kernel, f"stride {stride} != kernel_size/2"))
     for ok, what in checks:
@@ -78,8 +86,15 @@ def _asteroid_args(args: dict, path: Path) -> None:
             raise ModelFileError(f"unsupported Asteroid ConvTasNet: {what}", path)
 
 
-def import_convtasnet(path: str | Path, out: str | Path, fmt: str = "torchaudio", sample_rate: int = 8000,
-                      msk_activate: str = "relu", num_layers: int = 8, overwrite: bool = False) -> Path:
+def import_convtasnet(
+    path: str | Path,
+    out: str | Path,
+    fmt: str = "torchaudio",
+    sample_rate: int = 8000,
+    msk_activate: str = "relu",
+    num_layers: int = 8,
+    overwrite: bool = False,
+) -> Path:
     """Read a torchaudio state_dict (or a dict holding one under ``state_dict``/``model``) or an Asteroid package
     (``{"state_dict": ..., "model_args": ...}``), check it against our architecture and save the suite model file."""
     path = Path(path)
@@ -116,7 +131,13 @@ def import_convtasnet(path: str | Path, out: str | Path, fmt: str = "torchaudio"
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(f"weights do not fit Conv-TasNet: {str(exc).splitlines()[1].strip()}", path) from None
-    mf = ModelFile.from_model(model, task="audiosep", arch="convtasnet", arch_kwargs=kwargs,
-                              classes=[f"s{k + 1}" for k in range(kwargs["num_sources"])],
-                              preprocessing={"sample_rate": sample_rate}, extra={"imported_from": fmt})
+    mf = ModelFile.from_model(
+        model,
+        task="audiosep",
+        arch="convtasnet",
+        arch_kwargs=kwargs,
+        classes=[f"s{k + 1}" for k in range(kwargs["num_sources"])],
+        preprocessing={"sample_rate": sample_rate},
+        extra={"imported_from": fmt},
+    )
     return save_model_file(out, mf, overwrite=overwrite)

@@ -24,9 +24,21 @@ TASK = "audiosep"
 class MaskGenerator(nn.Module):
     """TCN separator: norm -> 1x1 <N -> B> -> R repeats of X dilated blocks -> PReLU -> 1x1 <B -> S*N> -> mask."""
 
-    def __init__(self, input_dim: int, num_sources: int, kernel_size: int, num_feats: int, num_hidden: int,
-                 num_layers: int, num_stacks: int, msk_activate: str, norm: str, causal: bool,
-                 reversible: bool, num_skip: int | None = None) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        num_sources: int,
+        kernel_size: int,
+        num_feats: int,
+        num_hidden: int,
+        num_layers: int,
+        num_stacks: int,
+        msk_activate: str,
+        norm: str,
+        causal: bool,
+        reversible: bool,
+        num_skip: int | None = None,
+    ) -> None:
         super().__init__()
         self.input_dim, self.num_sources = input_dim, num_sources
         self.input_norm = get_norm("cln" if causal else "gln", 1, input_dim)
@@ -36,12 +48,23 @@ class MaskGenerator(nn.Module):
             half, hid = num_feats // 2, num_hidden // 2
             body = lambda d: TCNResidualBody(half, hid, kernel_size, d, norm, causal)  # noqa: E731
             self.conv_layers = ReversibleSequence(
-                [ReversibleBlock(body(2 ** l), body(2 ** l)) for _ in range(num_stacks) for l in range(num_layers)])
+                [ReversibleBlock(body(2**j), body(2**j)) for _ in range(num_stacks) for j in range(num_layers)]
+            )
         else:
             self.conv_layers = nn.ModuleList(
-                TCNBlock(num_feats, num_hidden, kernel_size, 2 ** l, norm, causal,
-                         no_residual=(s == num_stacks - 1 and l == num_layers - 1), skip_channels=num_skip)
-                for s in range(num_stacks) for l in range(num_layers))
+                TCNBlock(
+                    num_feats,
+                    num_hidden,
+                    kernel_size,
+                    2**j,
+                    norm,
+                    causal,
+                    no_residual=(s == num_stacks - 1 and j == num_layers - 1),
+                    skip_channels=num_skip,
+                )
+                for s in range(num_stacks)
+                for j in range(num_layers)
+            )
         self.output_prelu = nn.PReLU()
         out_in = num_feats if reversible or num_skip is None else num_skip
         self.output_conv = nn.Conv1d(out_in, input_dim * num_sources, 1)
@@ -86,11 +109,23 @@ class ConvTasNet(nn.Module):
             the decoded signal is zero-padded to the input length.
     """
 
-    def __init__(self, num_sources: int = 2, enc_kernel_size: int = 16, enc_num_feats: int = 512,
-                 msk_kernel_size: int = 3, msk_num_feats: int = 128, msk_num_hidden_feats: int = 512,
-                 msk_num_layers: int = 8, msk_num_stacks: int = 3, msk_activate: str = "sigmoid",
-                 norm: str = "gln", causal: bool = False, reversible: bool = False,
-                 msk_num_skip_feats: int | None = None, encoder_padding: bool = True) -> None:
+    def __init__(
+        self,
+        num_sources: int = 2,
+        enc_kernel_size: int = 16,
+        enc_num_feats: int = 512,
+        msk_kernel_size: int = 3,
+        msk_num_feats: int = 128,
+        msk_num_hidden_feats: int = 512,
+        msk_num_layers: int = 8,
+        msk_num_stacks: int = 3,
+        msk_activate: str = "sigmoid",
+        norm: str = "gln",
+        causal: bool = False,
+        reversible: bool = False,
+        msk_num_skip_feats: int | None = None,
+        encoder_padding: bool = True,
+    ) -> None:
         super().__init__()
         if enc_kernel_size % 2:
             raise ValueError("enc_kernel_size <L> must be even (hop = L/2)")
@@ -100,11 +135,23 @@ class ConvTasNet(nn.Module):
         self.encoder_padding = encoder_padding
         pad = self.enc_stride if encoder_padding else 0
         self.encoder = nn.Conv1d(1, enc_num_feats, enc_kernel_size, stride=self.enc_stride, padding=pad, bias=False)
-        self.mask_generator = MaskGenerator(enc_num_feats, num_sources, msk_kernel_size, msk_num_feats,
-                                            msk_num_hidden_feats, msk_num_layers, msk_num_stacks, msk_activate,
-                                            norm, causal, reversible, msk_num_skip_feats)
-        self.decoder = nn.ConvTranspose1d(enc_num_feats, 1, enc_kernel_size, stride=self.enc_stride, padding=pad,
-                                          bias=False)
+        self.mask_generator = MaskGenerator(
+            enc_num_feats,
+            num_sources,
+            msk_kernel_size,
+            msk_num_feats,
+            msk_num_hidden_feats,
+            msk_num_layers,
+            msk_num_stacks,
+            msk_activate,
+            norm,
+            causal,
+            reversible,
+            msk_num_skip_feats,
+        )
+        self.decoder = nn.ConvTranspose1d(
+            enc_num_feats, 1, enc_kernel_size, stride=self.enc_stride, padding=pad, bias=False
+        )
 
     def _pad_to_stride(self, x: torch.Tensor) -> torch.Tensor:
         """Right-pad so the last encoder window ends on the signal (even L: T must be a multiple of the hop)."""
@@ -144,8 +191,16 @@ def convtasnet_causal(num_sources: int = 2, **kwargs) -> ConvTasNet:
     return ConvTasNet(num_sources=num_sources, **kwargs)
 
 
-@register_model("convtasnet-small", task=TASK, msk_activate="relu", enc_num_feats=64, msk_num_feats=32, msk_num_hidden_feats=64,
-                msk_num_layers=4, msk_num_stacks=2)
+@register_model(
+    "convtasnet-small",
+    task=TASK,
+    msk_activate="relu",
+    enc_num_feats=64,
+    msk_num_feats=32,
+    msk_num_hidden_feats=64,
+    msk_num_layers=4,
+    msk_num_stacks=2,
+)
 def convtasnet_small(num_sources: int = 2, **kwargs) -> ConvTasNet:
     """A small Conv-TasNet for CPU training and tests (N=64 B=32 H=64 X=4 R=2)."""
     return ConvTasNet(num_sources=num_sources, **kwargs)

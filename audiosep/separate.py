@@ -11,7 +11,6 @@ whole (peak at -0.1 dBFS). Memory is O(chunk), independent of the file's length.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from shared_backbones.cliutil import atomic_output, check_output, progress
 from shared_backbones.errors import InputError
 from shared_backbones.precision import PrecisionPolicy
 
-from .metrics import best_permutation
 from . import models  # noqa: F401  (registers the architectures)
+from .metrics import best_permutation
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
 PEAK = 10 ** (-0.1 / 20)
@@ -44,7 +43,7 @@ class Separator:
     policy: PrecisionPolicy
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> "Separator":
+    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> Separator:
         """Load a suite model file of task ``audiosep``."""
         mf, model, dev, policy = load_for_inference(path, "audiosep", device, precision)
         rate = int(mf.preprocessing.get("sample_rate", 8000))
@@ -77,8 +76,17 @@ def _resample(x: torch.Tensor, src: int, dst: int, length: int | None = None) ->
     return x
 
 
-def separate_chunks(read, total: int, rate: int, separator: Separator, chunk: int, overlap: int, channels: int,
-                    write, quiet: bool = True) -> None:
+def separate_chunks(
+    read,
+    total: int,
+    rate: int,
+    separator: Separator,
+    chunk: int,
+    overlap: int,
+    channels: int,
+    write,
+    quiet: bool = True,
+) -> None:
     """Core loop. ``read(start, n) -> [C, n]`` float32 tensor at ``rate``; ``write(block [C, S, n])`` receives the
     separated signal in order, ``total`` samples in all."""
     if chunk <= overlap:
@@ -87,8 +95,13 @@ def separate_chunks(read, total: int, rate: int, separator: Separator, chunk: in
     starts = list(range(0, max(total - overlap, 1), hop))
     fade = torch.linspace(0.0, 1.0, overlap + 2)[1:-1] if overlap else torch.zeros(0)
     tail: torch.Tensor | None = None
-    bar = progress(total=total / rate, desc="separating", unit="s", quiet=quiet,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+    bar = progress(
+        total=total / rate,
+        desc="separating",
+        unit="s",
+        quiet=quiet,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]",
+    )
     with bar:
         for i, start in enumerate(starts):
             n = min(chunk, total - start)
@@ -114,7 +127,9 @@ def _info(path: Path) -> sf._SoundFileInfo:
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as exc:
-        raise InputError(f"not a readable audio file ({str(exc).split(':')[-1].strip() or 'unknown format'})", path) from None
+        raise InputError(
+            f"not a readable audio file ({str(exc).split(':')[-1].strip() or 'unknown format'})", path
+        ) from None
     if info.frames == 0:
         raise InputError("audio is empty (0 samples)", path)
     return info
@@ -127,9 +142,17 @@ def output_paths(path: str | Path, num_sources: int, out_dir: str | Path | None 
     return [folder / f"{path.stem}_s{k + 1}.wav" for k in range(num_sources)]
 
 
-def separate_file(path: str | Path, separator: Separator, out_dir: str | Path | None = None, *,
-                  chunk_seconds: float = 10.0, overlap_seconds: float = 1.0, per_channel: bool = False,
-                  overwrite: bool = False, quiet: bool = True) -> list[Path]:
+def separate_file(
+    path: str | Path,
+    separator: Separator,
+    out_dir: str | Path | None = None,
+    *,
+    chunk_seconds: float = 10.0,
+    overlap_seconds: float = 1.0,
+    per_channel: bool = False,
+    overwrite: bool = False,
+    quiet: bool = True,
+) -> list[Path]:
     """Separate one file; returns the written paths. Stereo/multichannel is downmixed unless ``per_channel``."""
     path = Path(path)
     info = _info(path)
@@ -144,8 +167,10 @@ def separate_file(path: str | Path, separator: Separator, out_dir: str | Path | 
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(sf.SoundFile(str(path)))
         tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".audiosep-", dir=outs[0].parent)))
-        tmps = [stack.enter_context(sf.SoundFile(str(tmpdir / f"s{k}.wav"), "w", rate, channels, "FLOAT"))
-                for k in range(separator.num_sources)]
+        tmps = [
+            stack.enter_context(sf.SoundFile(str(tmpdir / f"s{k}.wav"), "w", rate, channels, "FLOAT"))
+            for k in range(separator.num_sources)
+        ]
         peaks = np.zeros(separator.num_sources)
 
         def read(start: int, n: int) -> torch.Tensor:
@@ -165,8 +190,11 @@ def separate_file(path: str | Path, separator: Separator, out_dir: str | Path | 
             f.close()
         for k, out in enumerate(outs):
             gain = min(1.0, PEAK / peaks[k]) if peaks[k] > 0 else 1.0
-            with atomic_output(out, overwrite) as tmp, sf.SoundFile(str(tmpdir / f"s{k}.wav")) as r, \
-                    sf.SoundFile(str(tmp), "w", rate, channels, subtype, format="WAV") as w:
+            with (
+                atomic_output(out, overwrite) as tmp,
+                sf.SoundFile(str(tmpdir / f"s{k}.wav")) as r,
+                sf.SoundFile(str(tmp), "w", rate, channels, subtype, format="WAV") as w,
+            ):
                 for block in r.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                     w.write(np.clip(block * gain, -1.0, 1.0))
     return outs

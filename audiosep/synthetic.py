@@ -22,12 +22,13 @@ def _resonator(x: np.ndarray, freq: np.ndarray, bw: float, rate: int, block: int
     for s in range(0, len(x), block):
         f = float(freq[min(s, len(freq) - 1)])
         a = [1.0, -2 * r * np.cos(2 * np.pi * f / rate), r * r]
-        out[s:s + block], zi = lfilter([1 - r], a, x[s:s + block], zi=zi)
+        out[s : s + block], zi = lfilter([1 - r], a, x[s : s + block], zi=zi)
     return out
 
 
-def speech_like(seconds: float, rate: int, rng: np.random.Generator, f0_range: tuple[float, float] = (90, 220),
-                tract: float = 1.0) -> np.ndarray:
+def speech_like(
+    seconds: float, rate: int, rng: np.random.Generator, f0_range: tuple[float, float] = (90, 220), tract: float = 1.0
+) -> np.ndarray:
     """One speech-like utterance of ``seconds`` at ``rate`` (float32, peak-normalised to 0.5)."""
     n = int(seconds * rate)
     t = np.arange(n) / rate
@@ -45,10 +46,12 @@ def speech_like(seconds: float, rate: int, rng: np.random.Generator, f0_range: t
         kind = rng.random()
         w = np.hanning(dur)[: max(0, min(dur, n - pos))]
         if kind < 0.7:
-            env[pos:pos + len(w)] += w
+            env[pos : pos + len(w)] += w
         elif kind < 0.85:
-            noise_env[pos:pos + len(w)] += 0.5 * w
-        pos += dur + int(rng.exponential(0.08) * rate) + (int(rng.uniform(0.2, 0.5) * rate) if rng.random() < 0.1 else 0)
+            noise_env[pos : pos + len(w)] += 0.5 * w
+        pos += (
+            dur + int(rng.exponential(0.08) * rate) + (int(rng.uniform(0.2, 0.5) * rate) if rng.random() < 0.1 else 0)
+        )
     src = voiced * env + rng.standard_normal(n) * noise_env
     # three moving formants scaled by the speaker's tract length
     y = np.zeros(n)
@@ -65,17 +68,19 @@ def make_speaker(rng: np.random.Generator) -> dict:
     return {"f0_range": (low, low * rng.uniform(1.4, 1.9)), "tract": rng.uniform(0.85, 1.2)}
 
 
-def make_mixture(seconds: float, rate: int, rng: np.random.Generator, num_sources: int = 2,
-                 snr_db: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def make_mixture(
+    seconds: float, rate: int, rng: np.random.Generator, num_sources: int = 2, snr_db: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(mixture [T], sources [S, T]) with the sources' relative levels drawn within +-``snr_db`` dB."""
     srcs = np.stack([speech_like(seconds, rate, rng, **make_speaker(rng)) for _ in range(num_sources)])
     gains = 10 ** (rng.uniform(-snr_db, snr_db, size=num_sources) / 20)
-    srcs = srcs / (np.sqrt((srcs ** 2).mean(1, keepdims=True)) + 1e-9) * 0.05 * gains[:, None]
+    srcs = srcs / (np.sqrt((srcs**2).mean(1, keepdims=True)) + 1e-9) * 0.05 * gains[:, None]
     return srcs.sum(0).astype(np.float32), srcs.astype(np.float32)
 
 
-def write_librimix(out_dir: str | Path, n: int, seconds: float = 4.0, rate: int = 8000, num_sources: int = 2,
-                   seed: int = 0) -> Path:
+def write_librimix(
+    out_dir: str | Path, n: int, seconds: float = 4.0, rate: int = 8000, num_sources: int = 2, seed: int = 0
+) -> Path:
     """Write ``n`` mixtures as a LibriMix-style folder: ``mix/``, ``s1/``, ``s2/`` ... (16-bit WAV)."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)

@@ -41,15 +41,29 @@ def main() -> None:
     standard = activation_bytes(ConvTasNet(num_sources=2), mix, loss_fn=loss)  # the torchaudio-layout network
     ratio = res["plain"] / res["reversible"]
     print(f"Conv-TasNet (reversible TCN, paper sizes), batch {args.batch} x {args.seconds:g} s at 8 kHz")
-    print(f"whole training step: plain {res['plain'] / 2**20:.1f} MB, reversible {res['reversible'] / 2**20:.1f} MB "
-          f"-> {ratio:.2f}x")
-    print(f"standard (skip-connected, torchaudio layout) Conv-TasNet: {standard / 2**20:.1f} MB "
-          f"-> {standard / res['reversible']:.2f}x the reversible one")
-    print(f"TCN stack alone:     plain {tcn_plain / 2**20:.1f} MB, reversible {tcn_rev / 2**20:.1f} MB "
-          f"-> {tcn_plain / tcn_rev:.1f}x")
-    print(json.dumps({"activation_ratio": round(ratio, 2), "tcn_stack_ratio": round(tcn_plain / tcn_rev, 2),
-                      "ratio_vs_standard_convtasnet": round(standard / res["reversible"], 2),
-                      "plain_mb": round(res["plain"] / 2**20, 1), "reversible_mb": round(res["reversible"] / 2**20, 1)}))
+    print(
+        f"whole training step: plain {res['plain'] / 2**20:.1f} MB, reversible {res['reversible'] / 2**20:.1f} MB "
+        f"-> {ratio:.2f}x"
+    )
+    print(
+        f"standard (skip-connected, torchaudio layout) Conv-TasNet: {standard / 2**20:.1f} MB "
+        f"-> {standard / res['reversible']:.2f}x the reversible one"
+    )
+    print(
+        f"TCN stack alone:     plain {tcn_plain / 2**20:.1f} MB, reversible {tcn_rev / 2**20:.1f} MB "
+        f"-> {tcn_plain / tcn_rev:.1f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "activation_ratio": round(ratio, 2),
+                "tcn_stack_ratio": round(tcn_plain / tcn_rev, 2),
+                "ratio_vs_standard_convtasnet": round(standard / res["reversible"], 2),
+                "plain_mb": round(res["plain"] / 2**20, 1),
+                "reversible_mb": round(res["reversible"] / 2**20, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,10 @@ def main() -> None:
 
     secs, rss = run_isolated(infer_100k)
     feats_mb = 100_000 * 2048 * 4 / 2**20
-    print(f"ColonTCN N=12, 100,000 frames x 2048: {secs:.1f} s, peak RSS {rss / 2**20:.0f} MB "
-          f"(features alone {feats_mb:.0f} MB, held twice: numpy + the [D, T] tensor)")
+    print(
+        f"ColonTCN N=12, 100,000 frames x 2048: {secs:.1f} s, peak RSS {rss / 2**20:.0f} MB "
+        f"(features alone {feats_mb:.0f} MB, held twice: numpy + the [D, T] tensor)"
+    )
     torch.manual_seed(0)
     model = ColonTCN(2048, 9, num_blocks=12, reversible=True).train()
     x = torch.randn(1, 2048, 20_000)
@@ -50,12 +52,23 @@ def main() -> None:
         res[mode] = activation_bytes(model, x, loss_fn=loss)
     ratio_all = res["plain"] / res["reversible"]
     ratio = (res["plain"] - x_bytes) / (res["reversible"] - x_bytes)
-    print(f"training step at T=20,000: plain {res['plain'] / 2**20:.0f} MB, reversible {res['reversible'] / 2**20:.0f} MB"
-          f" ({ratio_all:.2f}x); beyond the {x_bytes / 2**20:.0f} MB input features: "
-          f"{(res['plain'] - x_bytes) / 2**20:.0f} MB vs {(res['reversible'] - x_bytes) / 2**20:.0f} MB -> {ratio:.2f}x")
-    print(json.dumps({"seconds_100k_frames": round(secs, 2), "peak_ram_mb": round(rss / 2**20),
-                      "activation_ratio": round(ratio, 2), "ratio_including_input": round(ratio_all, 2),
-                      "plain_mb": round(res["plain"] / 2**20), "reversible_mb": round(res["reversible"] / 2**20)}))
+    print(
+        f"training step at T=20,000: plain {res['plain'] / 2**20:.0f} MB, reversible {res['reversible'] / 2**20:.0f} MB"
+        f" ({ratio_all:.2f}x); beyond the {x_bytes / 2**20:.0f} MB input features: "
+        f"{(res['plain'] - x_bytes) / 2**20:.0f} MB vs {(res['reversible'] - x_bytes) / 2**20:.0f} MB -> {ratio:.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "seconds_100k_frames": round(secs, 2),
+                "peak_ram_mb": round(rss / 2**20),
+                "activation_ratio": round(ratio, 2),
+                "ratio_including_input": round(ratio_all, 2),
+                "plain_mb": round(res["plain"] / 2**20),
+                "reversible_mb": round(res["reversible"] / 2**20),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ from shared_backbones.reversible import ReversibleBlock, ReversibleSequence
 
 def tcn_stack(channels: int, hidden: int, depth: int) -> ReversibleSequence:
     half = channels // 2
-    return ReversibleSequence([ReversibleBlock(TCNResidualBody(half, hidden, 3, 2 ** (i % 8)),
-                                               TCNResidualBody(half, hidden, 3, 2 ** (i % 8))) for i in range(depth)])
+    return ReversibleSequence(
+        [
+            ReversibleBlock(
+                TCNResidualBody(half, hidden, 3, 2 ** (i % 8)), TCNResidualBody(half, hidden, 3, 2 ** (i % 8))
+            )
+            for i in range(depth)
+        ]
+    )
 
 
 def step_time(seq: ReversibleSequence, x: torch.Tensor, repeats: int) -> float:
@@ -68,18 +74,26 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict[str, dict[int, dict[str, float]]] = {"mbconv3d": {}, "tcn1d": {}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
-    print(f"{'stack':<9} {'depth':>5} {'plain MB':>9} {'rev MB':>8} {'mem x':>7} {'plain s':>8} {'rev s':>7} {'time x':>7}")
+    print(
+        f"{'stack':<9} {'depth':>5} {'plain MB':>9} {'rev MB':>8} {'mem x':>7} "
+        f"{'plain s':>8} {'rev s':>7} {'time x':>7}"
+    )
     frames = int(args.seconds * 8000 / 8)
     for depth in (4, 8, 16):
         for name, seq, x in (
-            ("mbconv3d", reversible_mbconv_sequence(3, 32, depth, expand_ratio=4, norm="group"),
-             torch.randn(1, 32, args.size, args.size, args.size)),
+            (
+                "mbconv3d",
+                reversible_mbconv_sequence(3, 32, depth, expand_ratio=4, norm="group"),
+                torch.randn(1, 32, args.size, args.size, args.size),
+            ),
             ("tcn1d", tcn_stack(128, 256, depth), torch.randn(1, 128, frames)),
         ):
             r = measure(seq, x, args.repeats)
             results[name][depth] = r
-            print(f"{name:<9} {depth:>5} {r['bytes_plain'] / 2**20:>9.1f} {r['bytes_rev'] / 2**20:>8.1f} "
-                  f"{r['mem_ratio']:>7.1f} {r['time_plain']:>8.3f} {r['time_rev']:>7.3f} {r['time_ratio']:>7.2f}")
+            print(
+                f"{name:<9} {depth:>5} {r['bytes_plain'] / 2**20:>9.1f} {r['bytes_rev'] / 2**20:>8.1f} "
+                f"{r['mem_ratio']:>7.1f} {r['time_plain']:>8.3f} {r['time_rev']:>7.3f} {r['time_ratio']:>7.2f}"
+            )
     summary = {
         "mem_ratio_depth8": round(results["mbconv3d"][8]["mem_ratio"], 2),
         "time_ratio_depth8": round(results["mbconv3d"][8]["time_ratio"], 3),

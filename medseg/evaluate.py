@@ -58,8 +58,9 @@ def _labels(case: Case) -> np.ndarray:
     return data.astype(np.int64)
 
 
-def case_metrics(pred: np.ndarray, ref: np.ndarray, n_classes: int, spacing: tuple[float, ...],
-                 tolerance_mm: float = 2.0) -> dict[str, np.ndarray]:
+def case_metrics(
+    pred: np.ndarray, ref: np.ndarray, n_classes: int, spacing: tuple[float, ...], tolerance_mm: float = 2.0
+) -> dict[str, np.ndarray]:
     """Dice, HD95 (mm) and NSD for labels 1..n_classes-1 of one case (arrays of length n_classes-1)."""
     from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
     from monai.networks.utils import one_hot
@@ -72,9 +73,11 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, n_classes: int, spacing: tup
         warnings.simplefilter("ignore")
         dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(p, r)[0].numpy()
         hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-            p, r, spacing=list(spacing))[0].numpy()
+            p, r, spacing=list(spacing)
+        )[0].numpy()
         nsd = SurfaceDiceMetric([tolerance_mm] * (n_classes - 1), include_background=False, reduction="none")(
-            p, r, spacing=list(spacing))[0].numpy()
+            p, r, spacing=list(spacing)
+        )[0].numpy()
     hd = np.where(present_ref & present_pred, hd, np.nan)
     nsd = np.where(present_ref, np.where(present_pred, nsd, 0.0), np.nan)
     dice = np.where(present_ref, dice, np.nan)
@@ -85,7 +88,9 @@ def _pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
     for d in (pred_dir, ref_dir):
         if not d.is_dir():
             raise InputError("not a folder", d)
-    preds = {case_name(p): p for p in pred_dir.iterdir() if is_nifti(p) and not p.name.endswith("_probabilities.nii.gz")}
+    preds = {
+        case_name(p): p for p in pred_dir.iterdir() if is_nifti(p) and not p.name.endswith("_probabilities.nii.gz")
+    }
     refs = sorted((case_name(p), p) for p in ref_dir.iterdir() if is_nifti(p))
     if not refs:
         raise InputError("no reference .nii/.nii.gz files", ref_dir)
@@ -103,16 +108,24 @@ def class_names_from(dataset_json: str | Path | None, n_classes: int) -> list[st
     if dataset_json and Path(dataset_json).is_file():
         try:
             raw = json.loads(Path(dataset_json).read_text()).get("labels", {})
-            labels = {(int(k) if str(k).isdigit() else int(v)): (str(v) if str(k).isdigit() else str(k))
-                      for k, v in raw.items()}
+            labels = {
+                (int(k) if str(k).isdigit() else int(v)): (str(v) if str(k).isdigit() else str(k))
+                for k, v in raw.items()
+            }
         except (ValueError, AttributeError, TypeError):
             raise InputError("unreadable 'labels' in dataset.json", dataset_json) from None
     n = max(n_classes, max(labels, default=0) + 1)
     return [labels.get(i, "background" if i == 0 else f"class_{i}") for i in range(n)]
 
 
-def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, *, tolerance_mm: float = 2.0,
-                     dataset_json: str | Path | None = None, on_case: Any = None) -> Evaluation:
+def evaluate_folders(
+    pred_dir: str | Path,
+    ref_dir: str | Path,
+    *,
+    tolerance_mm: float = 2.0,
+    dataset_json: str | Path | None = None,
+    on_case: Any = None,
+) -> Evaluation:
     """Compare every reference in ``ref_dir`` with the same-named prediction in ``pred_dir``."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     pairs = _pairs(pred_dir, ref_dir)
@@ -133,8 +146,9 @@ def evaluate_folders(pred_dir: str | Path, ref_dir: str | Path, *, tolerance_mm:
             raise InputError("affine differs from the reference's (prediction not on the reference grid)", p)
         m = case_metrics(_labels(pc), _labels(rc), len(classes), tuple(float(v) for v in rc.voxel_sizes), tolerance_mm)
         for k in range(1, len(classes)):
-            ev.rows.append({"case": name, "class": classes[k], "label": k,
-                            **{key: float(m[key][k - 1]) for key in METRICS}})
+            ev.rows.append(
+                {"case": name, "class": classes[k], "label": k, **{key: float(m[key][k - 1]) for key in METRICS}}
+            )
         if on_case is not None:
             on_case(name)
     return ev

@@ -32,9 +32,14 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): __import__("collections").OrderedDict,
     ("_codecs", "encode"): __import__("codecs").encode,
-    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "tuple"): tuple,
-    ("builtins", "list"): list, ("builtins", "dict"): dict, ("builtins", "slice"): slice,
-    ("builtins", "complex"): complex, ("__builtin__", "set"): set,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "list"): list,
+    ("builtins", "dict"): dict,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+    ("__builtin__", "set"): set,
 }
 for _name in dir(np.dtypes):  # numpy >= 1.25 dtype classes, pickled by some versions
     if _name.endswith("DType"):
@@ -61,8 +66,11 @@ def read_plans(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if msg.startswith("refused global"):
-            raise ModelFileError(f"refused: plans pickle references {msg[len('refused global '):]} "
-                                 f"(not executed; only plain data is accepted)", path) from None
+            raise ModelFileError(
+                f"refused: plans pickle references {msg[len('refused global ') :]} "
+                f"(not executed; only plain data is accepted)",
+                path,
+            ) from None
         raise ModelFileError("not a readable plans pickle", path) from None
     except Exception:
         raise ModelFileError("not a readable plans pickle", path) from None
@@ -73,10 +81,14 @@ def read_plans(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-_NP_SAFE = [np._core.multiarray.scalar, np._core.multiarray._reconstruct, np.ndarray, np.dtype,
-            (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-            (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")] + \
-    [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+_NP_SAFE = [
+    np._core.multiarray.scalar,
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+] + [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
@@ -88,8 +100,9 @@ def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_NP_SAFE):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ModelFileError("refused: the checkpoint contains pickled objects that are not plain data "
-                             "(not executed)", path) from None
+        raise ModelFileError(
+            "refused: the checkpoint contains pickled objects that are not plain data (not executed)", path
+        ) from None
     except Exception:
         raise ModelFileError("not a readable PyTorch checkpoint", path) from None
     sd = ckpt.get("state_dict", ckpt.get("network_weights")) if isinstance(ckpt, dict) else None
@@ -97,14 +110,14 @@ def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         sd = ckpt
     if not isinstance(sd, dict) or not sd:
         raise ModelFileError("checkpoint has no state_dict", path)
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
 def _stage_blocks(sd: dict[str, torch.Tensor], prefix: str) -> list[int]:
     counts: dict[int, int] = {}
     for k in sd:
         if k.startswith(prefix) and k.endswith(".conv1.weight"):
-            stage, block = (int(v) for v in k[len(prefix):].split(".")[:2])
+            stage, block = (int(v) for v in k[len(prefix) :].split(".")[:2])
             counts[stage] = max(counts.get(stage, 0), block + 1)
     return [counts[s] for s in sorted(counts)]
 
@@ -122,8 +135,13 @@ def stunet_config(sd: dict[str, torch.Tensor], plans: dict[str, Any] | None, pat
         stage = plans["plans_per_stage"][max(plans["plans_per_stage"].keys())]
         pools = [[int(v) for v in p] for p in stage.get("pool_op_kernel_sizes", STUNET_POOL)]
     name = next((f"stunet-{k}" for k, (d, c) in STUNET_SIZES.items() if d == depth and c == dims), "stunet-b")
-    return name, {"in_channels": in_ch, "num_classes": n_cls, "depth": depth, "dims": dims,
-                  "pool_op_kernel_sizes": pools}
+    return name, {
+        "in_channels": in_ch,
+        "num_classes": n_cls,
+        "depth": depth,
+        "dims": dims,
+        "pool_op_kernel_sizes": pools,
+    }
 
 
 def plans_preprocessing(plans: dict[str, Any], in_channels: int) -> dict[str, Any]:
@@ -136,17 +154,30 @@ def plans_preprocessing(plans: dict[str, Any], in_channels: int) -> dict[str, An
         kind = schemes.get(c, "nonCT")
         if kind == "CT" and c in props:
             p = props[c]
-            norm.append({"scheme": "ct", "lower": float(p["percentile_00_5"]), "upper": float(p["percentile_99_5"]),
-                         "mean": float(p["mean"]), "std": float(p["sd"])})
+            norm.append(
+                {
+                    "scheme": "ct",
+                    "lower": float(p["percentile_00_5"]),
+                    "upper": float(p["percentile_99_5"]),
+                    "mean": float(p["mean"]),
+                    "std": float(p["sd"]),
+                }
+            )
         elif kind == "noNorm":
             norm.append({"scheme": "none"})
         else:
             norm.append({"scheme": "zscore"})
     transpose = [int(v) for v in plans.get("transpose_forward", [0, 1, 2])]
     spacing = np.asarray(stage["current_spacing"], dtype=float)[transpose]
-    return {"orientation": "RAS", "axis_order": "zyx", "spacing": [float(s) for s in spacing],
-            "patch_size": [int(v) for v in np.asarray(stage["patch_size"])], "normalization": norm,
-            "in_channels": in_channels, "source": "nnU-Net v1 plans"}
+    return {
+        "orientation": "RAS",
+        "axis_order": "zyx",
+        "spacing": [float(s) for s in spacing],
+        "patch_size": [int(v) for v in np.asarray(stage["patch_size"])],
+        "normalization": norm,
+        "in_channels": in_channels,
+        "source": "nnU-Net v1 plans",
+    }
 
 
 def check_state_dict(mf: ModelFile, path: Path) -> None:
@@ -162,11 +193,19 @@ def check_state_dict(mf: ModelFile, path: Path) -> None:
         raise ModelFileError(f"weights do not fit {mf.arch}: missing {missing[:2]}, unexpected {unexpected[:2]}", path)
     bad = next((k for k in expected if expected[k] != got[k]), None)
     if bad:
-        raise ModelFileError(f"weights do not fit {mf.arch}: {bad} has shape {got[bad]}, expected {expected[bad]}", path)
+        raise ModelFileError(
+            f"weights do not fit {mf.arch}: {bad} has shape {got[bad]}, expected {expected[bad]}", path
+        )
 
 
-def import_stunet(model_path: str | Path, out_path: str | Path | None = None, *, plans_path: str | Path | None = None,
-                  classes: list[str] | None = None, overwrite: bool = False) -> ModelFile:
+def import_stunet(
+    model_path: str | Path,
+    out_path: str | Path | None = None,
+    *,
+    plans_path: str | Path | None = None,
+    classes: list[str] | None = None,
+    overwrite: bool = False,
+) -> ModelFile:
     """Convert an official STU-Net checkpoint (+ plans) to a suite model file; the weights load strictly."""
     model_path = Path(model_path)
     if out_path is not None:
@@ -179,9 +218,15 @@ def import_stunet(model_path: str | Path, out_path: str | Path | None = None, *,
     if classes is not None and len(classes) != n_cls:
         raise ModelFileError(f"{len(classes)} class names given for a {n_cls}-class network", model_path)
     names = classes or ["background"] + [f"class_{i}" for i in range(1, n_cls)]
-    mf = ModelFile(task=TASK, arch=arch, arch_kwargs=kwargs, state_dict=sd, classes=names,
-                   preprocessing=plans_preprocessing(plans, kwargs["in_channels"]),
-                   extra={"imported_from": model_path.name})
+    mf = ModelFile(
+        task=TASK,
+        arch=arch,
+        arch_kwargs=kwargs,
+        state_dict=sd,
+        classes=names,
+        preprocessing=plans_preprocessing(plans, kwargs["in_channels"]),
+        extra={"imported_from": model_path.name},
+    )
     check_state_dict(mf, model_path)
     if out_path is not None:
         save_model_file(out_path, mf, overwrite=overwrite)

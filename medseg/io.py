@@ -24,8 +24,20 @@ from shared_backbones.errors import InputError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})\.nii(\.gz)?$")
 # Header fields that carry the geometry; copied verbatim from the input onto every output.
-_GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
-                    "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units")
+_GEOMETRY_FIELDS = (
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "xyzt_units",
+)
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -80,8 +92,10 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises ImageFileError, gzip/zlib/OSError, ValueError on garbage
-        raise InputError(f"not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})",
-                         path) from None
+        raise InputError(
+            f"not a readable NIfTI file ({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})",
+            path,
+        ) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"not a NIfTI file ({type(img).__name__})", path)
     return img
@@ -125,8 +139,13 @@ def read_case(paths: list[str | Path] | str | Path, name: str | None = None) -> 
         arrays.append(arr)
     img0, p0 = ref  # type: ignore[misc]
     data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-    return Case(data=data, affine=np.asarray(img0.affine, dtype=np.float64), header=img0.header.copy(), paths=paths,
-                name=name or case_name(p0))
+    return Case(
+        data=data,
+        affine=np.asarray(img0.affine, dtype=np.float64),
+        header=img0.header.copy(),
+        paths=paths,
+        name=name or case_name(p0),
+    )
 
 
 def check_channels(case: Case, expected: int) -> None:
@@ -137,8 +156,11 @@ def check_channels(case: Case, expected: int) -> None:
     first = case.paths[0]
     if len(case.paths) == 1 and c > 1:
         raise InputError(f"4-D image with {c} channels; the model expects {expected}", first)
-    raise InputError(f"{c} input channel(s) given ({len(case.paths)} file(s)); the model expects {expected} "
-                     f"(pass one file per channel, or name them <case>_0000.nii.gz ...)", first)
+    raise InputError(
+        f"{c} input channel(s) given ({len(case.paths)} file(s)); the model expects {expected} "
+        f"(pass one file per channel, or name them <case>_0000.nii.gz ...)",
+        first,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- geometry
@@ -153,15 +175,19 @@ class Geometry:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     @classmethod
-    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...], orientation: str = "RAS") -> "Geometry":
+    def from_affine(cls, affine: np.ndarray, shape: tuple[int, ...], orientation: str = "RAS") -> Geometry:
         ornt = io_orientation(np.asarray(affine))
         fwd = ornt_transform(ornt, axcodes2ornt(tuple(orientation)))
         vs = voxel_sizes(affine)
         canon = np.empty(3)
         for i in range(3):
             canon[int(fwd[i, 0])] = vs[i]
-        return cls(tuple(int(s) for s in shape[:3]), ornt, orientation,  # type: ignore[arg-type]
-                   tuple(float(v) for v in canon[::-1]))  # type: ignore[arg-type]
+        return cls(
+            tuple(int(s) for s in shape[:3]),
+            ornt,
+            orientation,  # type: ignore[arg-type]
+            tuple(float(v) for v in canon[::-1]),
+        )  # type: ignore[arg-type]
 
     @property
     def _fwd(self) -> np.ndarray:
@@ -235,7 +261,7 @@ def write_labels(path: str | Path, labels: np.ndarray, ref: Case, overwrite: boo
 
 
 # ---------------------------------------------------------------------------------------------- case discovery
-def discover_cases(folder: str | Path, channels: int) -> "OrderedDict[str, list[Path]]":
+def discover_cases(folder: str | Path, channels: int) -> OrderedDict[str, list[Path]]:
     """Cases of a folder: nnU-Net channel naming (``<case>_0000.nii.gz`` ...) groups files into one case when the
     model needs several channels; otherwise each NIfTI file is a case (``_0000`` is stripped from its name)."""
     folder = Path(folder)

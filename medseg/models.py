@@ -42,7 +42,8 @@ def _tuple3(k: Kernel) -> tuple[int, int, int]:
 
 
 def _outputs(self: nn.Module, seg: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-    """``seg`` is coarse-to-fine; return the full-resolution logits, or all of them (fine first) for deep supervision."""
+    """``seg`` is coarse-to-fine; return the full-resolution logits, or all of them (fine first) for deep
+    supervision."""
     if self.deep_supervision and self.training:
         return seg[::-1]
     return seg[-1]
@@ -73,9 +74,15 @@ class STUNet(nn.Module):
         deep_supervision: return every decoder level's logits in training mode.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 105, depth: Sequence[int] = (1,) * 6,
-                 dims: Sequence[int] = (32, 64, 128, 256, 512, 512),
-                 pool_op_kernel_sizes: Sequence[Kernel] = STUNET_POOL, deep_supervision: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 105,
+        depth: Sequence[int] = (1,) * 6,
+        dims: Sequence[int] = (32, 64, 128, 256, 512, 512),
+        pool_op_kernel_sizes: Sequence[Kernel] = STUNET_POOL,
+        deep_supervision: bool = True,
+    ) -> None:
         super().__init__()
         depth, dims = list(depth), list(dims)
         pools = [_tuple3(p) for p in pool_op_kernel_sizes]
@@ -83,19 +90,31 @@ class STUNet(nn.Module):
             raise ValueError("STU-Net needs len(depth) == len(dims) == len(pool_op_kernel_sizes) + 1")
         self.in_channels, self.num_classes, self.deep_supervision = in_channels, num_classes, deep_supervision
         self.pool_op_kernel_sizes = pools
-        ctx = [nn.Sequential(STUResidualBlock(in_channels, dims[0], use_1x1conv=True),
-                             *[STUResidualBlock(dims[0], dims[0]) for _ in range(depth[0] - 1)])]
+        ctx = [
+            nn.Sequential(
+                STUResidualBlock(in_channels, dims[0], use_1x1conv=True),
+                *[STUResidualBlock(dims[0], dims[0]) for _ in range(depth[0] - 1)],
+            )
+        ]
         for d in range(1, len(dims)):
-            ctx.append(nn.Sequential(STUResidualBlock(dims[d - 1], dims[d], stride=pools[d - 1], use_1x1conv=True),
-                                     *[STUResidualBlock(dims[d], dims[d]) for _ in range(depth[d] - 1)]))
+            ctx.append(
+                nn.Sequential(
+                    STUResidualBlock(dims[d - 1], dims[d], stride=pools[d - 1], use_1x1conv=True),
+                    *[STUResidualBlock(dims[d], dims[d]) for _ in range(depth[d] - 1)],
+                )
+            )
         self.conv_blocks_context = nn.ModuleList(ctx)
         n_up = len(dims) - 1
         self.upsample_layers = nn.ModuleList(
-            UpsampleLayer(dims[-1 - u], dims[-2 - u], pools[-1 - u]) for u in range(n_up))
+            UpsampleLayer(dims[-1 - u], dims[-2 - u], pools[-1 - u]) for u in range(n_up)
+        )
         self.conv_blocks_localization = nn.ModuleList(
-            nn.Sequential(STUResidualBlock(2 * dims[-2 - u], dims[-2 - u], use_1x1conv=True),
-                          *[STUResidualBlock(dims[-2 - u], dims[-2 - u]) for _ in range(depth[-2 - u] - 1)])
-            for u in range(n_up))
+            nn.Sequential(
+                STUResidualBlock(2 * dims[-2 - u], dims[-2 - u], use_1x1conv=True),
+                *[STUResidualBlock(dims[-2 - u], dims[-2 - u]) for _ in range(depth[-2 - u] - 1)],
+            )
+            for u in range(n_up)
+        )
         self.seg_outputs = nn.ModuleList(nn.Conv3d(dims[-2 - u], num_classes, 1) for u in range(n_up))
 
     @property
@@ -160,18 +179,26 @@ class UNet3D(nn.Module):
         deep_supervision: return every decoder level's logits in training mode.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, base_channels: int = 32, max_channels: int = 320,
-                 strides: Sequence[Kernel] = ((2, 2, 2),) * 4, deep_supervision: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        base_channels: int = 32,
+        max_channels: int = 320,
+        strides: Sequence[Kernel] = ((2, 2, 2),) * 4,
+        deep_supervision: bool = True,
+    ) -> None:
         super().__init__()
         self.in_channels, self.num_classes, self.deep_supervision = in_channels, num_classes, deep_supervision
         self.pool_op_kernel_sizes = [_tuple3(s) for s in strides]
-        ch = [min(base_channels * 2 ** i, max_channels) for i in range(len(strides) + 1)]
+        ch = [min(base_channels * 2**i, max_channels) for i in range(len(strides) + 1)]
         self.encoder = nn.ModuleList()
         prev = in_channels
         for i, c in enumerate(ch):
             stride = self.pool_op_kernel_sizes[i - 1] if i else 1
-            self.encoder.append(nn.Sequential(ConvNormAct(3, prev, c, 3, stride=stride, bias=True),
-                                              ConvNormAct(3, c, c, 3, bias=True)))
+            self.encoder.append(
+                nn.Sequential(ConvNormAct(3, prev, c, 3, stride=stride, bias=True), ConvNormAct(3, c, c, 3, bias=True))
+            )
             prev = c
         self.up = nn.ModuleList()
         self.decoder = nn.ModuleList()
@@ -179,8 +206,12 @@ class UNet3D(nn.Module):
         for i in range(len(ch) - 1, 0, -1):
             s = self.pool_op_kernel_sizes[i - 1]
             self.up.append(nn.ConvTranspose3d(ch[i], ch[i - 1], s, stride=s))
-            self.decoder.append(nn.Sequential(ConvNormAct(3, 2 * ch[i - 1], ch[i - 1], 3, bias=True),
-                                              ConvNormAct(3, ch[i - 1], ch[i - 1], 3, bias=True)))
+            self.decoder.append(
+                nn.Sequential(
+                    ConvNormAct(3, 2 * ch[i - 1], ch[i - 1], 3, bias=True),
+                    ConvNormAct(3, ch[i - 1], ch[i - 1], 3, bias=True),
+                )
+            )
             self.heads.append(nn.Conv3d(ch[i - 1], num_classes, 1))
 
     total_stride = STUNet.total_stride
@@ -220,9 +251,18 @@ class RevUNet3D(nn.Module):
         expand_ratio: MBConv expansion of each coupling function.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 2, channels: Sequence[int] = (16, 32, 64, 128),
-                 depth: int = 2, expand_ratio: float = 2, se_ratio: float | None = None,
-                 strides: Sequence[Kernel] | None = None, deep_supervision: bool = True, reversible: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        depth: int = 2,
+        expand_ratio: float = 2,
+        se_ratio: float | None = None,
+        strides: Sequence[Kernel] | None = None,
+        deep_supervision: bool = True,
+        reversible: bool = True,
+    ) -> None:
         super().__init__()
         ch = list(channels)
         self.in_channels, self.num_classes, self.deep_supervision = in_channels, num_classes, deep_supervision
@@ -236,7 +276,12 @@ class RevUNet3D(nn.Module):
             self.stem.append(ConvNormAct(3, prev, c, 3, stride=stride, norm="group", act="silu"))
             self.encoder.append(reversible_mbconv_sequence(3, c, depth, reversible=reversible, **mb))
             prev = c
-        self.up, self.fuse, self.decoder, self.heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        self.up, self.fuse, self.decoder, self.heads = (
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+        )
         for i in range(len(ch) - 1, 0, -1):
             s = self.pool_op_kernel_sizes[i - 1]
             self.up.append(nn.ConvTranspose3d(ch[i], ch[i - 1], s, stride=s))

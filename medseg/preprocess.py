@@ -38,7 +38,9 @@ def normalise(image: torch.Tensor, schemes: Sequence[dict[str, Any]]) -> torch.T
             mean, std = x.mean(), x.std(unbiased=False)
             out[c] = (x - mean) / (std + 1e-8)
         elif kind == "ct":
-            out[c] = (x.clamp(float(sch["lower"]), float(sch["upper"])) - float(sch["mean"])) / max(float(sch["std"]), 1e-8)
+            out[c] = (x.clamp(float(sch["lower"]), float(sch["upper"])) - float(sch["mean"])) / max(
+                float(sch["std"]), 1e-8
+            )
         elif kind == "none":
             out[c] = x
         else:
@@ -51,8 +53,13 @@ def ct_statistics(foreground_values: np.ndarray) -> dict[str, float]:
     v = np.asarray(foreground_values, dtype=np.float64)
     lo, hi = np.percentile(v, [0.5, 99.5])
     clipped = np.clip(v, lo, hi)
-    return {"scheme": "ct", "lower": float(lo), "upper": float(hi), "mean": float(clipped.mean()),
-            "std": float(clipped.std())}
+    return {
+        "scheme": "ct",
+        "lower": float(lo),
+        "upper": float(hi),
+        "mean": float(clipped.mean()),
+        "std": float(clipped.std()),
+    }
 
 
 def target_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float] | None) -> Shape3:
@@ -66,8 +73,9 @@ def resample(volume: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Trilinear resampling of ``[C, z, y, x]`` to ``shape`` (identity when the shape already matches)."""
     if tuple(volume.shape[1:]) == tuple(shape):
         return volume
-    return F.interpolate(volume[None].float(), size=tuple(int(s) for s in shape), mode="trilinear",
-                         align_corners=False)[0]
+    return F.interpolate(
+        volume[None].float(), size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False
+    )[0]
 
 
 def _linear_source(n_out: int, n_in: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,8 +87,9 @@ def _linear_source(n_out: int, n_in: int, start: int, stop: int) -> tuple[torch.
     return i0, i1, (src - i0).float()
 
 
-def resample_slabs(scores: torch.Tensor, shape: Sequence[int], reduce: Callable[[torch.Tensor], torch.Tensor],
-                   slab: int = 16) -> list[torch.Tensor]:
+def resample_slabs(
+    scores: torch.Tensor, shape: Sequence[int], reduce: Callable[[torch.Tensor], torch.Tensor], slab: int = 16
+) -> list[torch.Tensor]:
     """Resample ``[K, z, y, x]`` to ``shape`` trilinearly, ``slab`` output z-slices at a time, and apply ``reduce``
     (e.g. argmax over classes) to each slab. Equals ``reduce(F.interpolate(..., mode="trilinear"))`` exactly up
     to float rounding: linear interpolation along z, then bilinear in-plane, is the same separable operator."""
@@ -96,8 +105,9 @@ def resample_slabs(scores: torch.Tensor, shape: Sequence[int], reduce: Callable[
             lo, hi = scores[:, i0].float(), scores[:, i1].float()
             part = torch.lerp(lo, hi, w.view(1, -1, 1, 1).to(lo.dtype))
         if not same_plane:
-            part = F.interpolate(part.permute(1, 0, 2, 3), size=tuple(int(s) for s in shape[1:]), mode="bilinear",
-                                 align_corners=False).permute(1, 0, 2, 3)
+            part = F.interpolate(
+                part.permute(1, 0, 2, 3), size=tuple(int(s) for s in shape[1:]), mode="bilinear", align_corners=False
+            ).permute(1, 0, 2, 3)
         out.append(reduce(part))
     return out
 

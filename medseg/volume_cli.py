@@ -19,27 +19,44 @@ PROG = "medseg"
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description="3-D medical image segmentation (NIfTI in, NIfTI out). "
-                                 "'medseg phases ...' runs the colonoscopy phase pipeline.")
+    ap = argparse.ArgumentParser(
+        prog=PROG,
+        description="3-D medical image segmentation (NIfTI in, NIfTI out). "
+        "'medseg phases ...' runs the colonoscopy phase pipeline.",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="segment NIfTI volumes with one or more model files")
-    p.add_argument("inputs", nargs="+", help="a .nii/.nii.gz file, several files forming the channels of one "
-                   "case, or one folder of cases (<case>_0000.nii.gz ... for multi-channel models)")
-    p.add_argument("-m", "--model", action="append", required=True,
-                   help="model file (.pt); repeat to ensemble (probabilities averaged)")
-    p.add_argument("-o", "--output", help="output file (one case) or folder (default: <input>_seg.nii.gz / "
-                   "<folder>_seg/)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="a .nii/.nii.gz file, several files forming the channels of one "
+        "case, or one folder of cases (<case>_0000.nii.gz ... for multi-channel models)",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        required=True,
+        help="model file (.pt); repeat to ensemble (probabilities averaged)",
+    )
+    p.add_argument(
+        "-o", "--output", help="output file (one case) or folder (default: <input>_seg.nii.gz / <folder>_seg/)"
+    )
     p.add_argument("--tta", action="store_true", help="mirror test-time augmentation (8 flips, ~8x slower)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
     p.add_argument("--batch-size", type=int, default=2, help="windows per forward pass (default 2)")
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write <case>_probabilities.nii.gz (4-D float32, one volume per class)")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <case>_probabilities.nii.gz (4-D float32, one volume per class)",
+    )
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected part per class")
     p.add_argument("--classes", nargs="+", help="only keep these classes (names or label numbers)")
     p.add_argument("--stats", help="write per-class voxel counts and volumes (mm^3) to this JSON file")
-    p.add_argument("--preview", help="write a PNG with three orthogonal slices and the labels (a folder when "
-                   "predicting a folder)")
+    p.add_argument(
+        "--preview", help="write a PNG with three orthogonal slices and the labels (a folder when predicting a folder)"
+    )
     add_run_options(p)
 
     t = sub.add_parser("train", help="train on an nnU-Net/MSD dataset folder (imagesTr/, labelsTr/, dataset.json)")
@@ -52,15 +69,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--steps-per-epoch", type=int, default=50, help="patch batches per epoch (default 50)")
     t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size (default: from data)")
     t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
-                   help="target spacing in mm (default: median of the training cases)")
-    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw", "adam"],
-                   help="sgd (nnU-Net's: momentum 0.99, Nesterov) or adamw/adam (converge faster on short runs)")
+    t.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        help="target spacing in mm (default: median of the training cases)",
+    )
+    t.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=["sgd", "adamw", "adam"],
+        help="sgd (nnU-Net's: momentum 0.99, Nesterov) or adamw/adam (converge faster on short runs)",
+    )
     t.add_argument("--lr", type=float, default=1e-2, help="learning rate, poly decay (default 0.01)")
     t.add_argument("--base-channels", type=int, help="first-stage channels (unet3d; default 32)")
     t.add_argument("--devices", default="auto", help="GPUs per node or 'auto' (DDP when > 1)")
-    t.add_argument("--workers", type=int, default=0,
-                   help="processes for preprocessing and data loading (default 0: in-process)")
+    t.add_argument(
+        "--workers", type=int, default=0, help="processes for preprocessing and data loading (default 0: in-process)"
+    )
     t.add_argument("--work-dir", help="logs and checkpoints (default: <output>.train/)")
     t.add_argument("--resume", help="Lightning checkpoint to resume from")
     t.add_argument("--seed", type=int, default=0)
@@ -109,7 +136,9 @@ def _plan_cases(inputs: list[str], output: str | None, channels: int) -> list[tu
             raise InputError("output must be a folder when the input is a folder", out_dir)
         return [(name, files, out_dir / f"{name}.nii.gz") for name, files in discover_cases(paths[0], channels).items()]
     if any(p.is_dir() for p in paths):
-        raise InputError("give either one folder or NIfTI files (the channels of one case)", next(p for p in paths if p.is_dir()))
+        raise InputError(
+            "give either one folder or NIfTI files (the channels of one case)", next(p for p in paths if p.is_dir())
+        )
     name = case_name(paths[0])
     out = Path(output) if output else paths[0].with_name(f"{name}_seg.nii.gz")
     if out.is_dir():
@@ -119,8 +148,17 @@ def _plan_cases(inputs: list[str], output: str | None, channels: int) -> list[tu
 
 def _predict(args: argparse.Namespace) -> int:
     from .io import check_channels, read_case, write_labels, write_like
-    from .predict import (class_indices, count_windows, keep_classes, label_statistics, largest_component,
-                          load_models, predict_case, write_json, write_preview)
+    from .predict import (
+        class_indices,
+        count_windows,
+        keep_classes,
+        label_statistics,
+        largest_component,
+        load_models,
+        predict_case,
+        write_json,
+        write_preview,
+    )
 
     start = time.perf_counter()
     timer = StageTimer()
@@ -141,8 +179,16 @@ def _predict(args: argparse.Namespace) -> int:
             case = read_case(files, name=name)
             check_channels(case, models[0].in_channels)
         bar = progress(total=count_windows(case, models), desc=f"{name} windows", unit="win", quiet=args.quiet)
-        pred = predict_case(case, models, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
-                            probabilities=args.save_probabilities, timer=timer, on_window=bar.update)
+        pred = predict_case(
+            case,
+            models,
+            tta=args.tta,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            probabilities=args.save_probabilities,
+            timer=timer,
+            on_window=bar.update,
+        )
         bar.close()
         with timer("postprocess"):
             labels = keep_classes(pred.labels, keep)
@@ -151,22 +197,34 @@ def _predict(args: argparse.Namespace) -> int:
         with timer("write"):
             write_labels(out, labels, case, overwrite=args.overwrite)
             if pred.probabilities is not None:
-                write_like(out.with_name(out.name.replace(".nii.gz", "").replace(".nii", "") + "_probabilities.nii.gz"),
-                           pred.probabilities, case, overwrite=args.overwrite)
+                write_like(
+                    out.with_name(out.name.replace(".nii.gz", "").replace(".nii", "") + "_probabilities.nii.gz"),
+                    pred.probabilities,
+                    case,
+                    overwrite=args.overwrite,
+                )
             stats = label_statistics(labels, classes, case.voxel_sizes)
             all_stats[name] = stats
             if args.preview:
                 target = Path(args.preview) / f"{name}.png" if folder_mode else Path(args.preview)
                 write_preview(target, case, labels, classes, overwrite=args.overwrite)
-        found = ", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in stats["classes"].items() if v["voxels"]) or "nothing"
+        found = (
+            ", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in stats["classes"].items() if v["voxels"]) or "nothing"
+        )
         say(f"{name}: {out} ({found})", args.quiet)
         bar_cases.update(1)
     bar_cases.close()
     if args.stats:
-        write_json(args.stats, all_stats[cases[0][0]] if len(cases) == 1 and not folder_mode else all_stats,
-                   overwrite=args.overwrite)
-    say(f"{len(cases)} case(s) in {time.perf_counter() - start:.1f}s on {models[0].device} "
-        f"({models[0].policy.name}, {len(models)} model(s){', TTA' if args.tta else ''}): {timer.summary()}", args.quiet)
+        write_json(
+            args.stats,
+            all_stats[cases[0][0]] if len(cases) == 1 and not folder_mode else all_stats,
+            overwrite=args.overwrite,
+        )
+    say(
+        f"{len(cases)} case(s) in {time.perf_counter() - start:.1f}s on {models[0].device} "
+        f"({models[0].policy.name}, {len(models)} model(s){', TTA' if args.tta else ''}): {timer.summary()}",
+        args.quiet,
+    )
     return 0
 
 
@@ -176,16 +234,36 @@ def _train(args: argparse.Namespace) -> int:
 
     check_output(args.output, args.overwrite)
     arch_kwargs = {"base_channels": args.base_channels} if args.base_channels else None
-    res = train_medseg(args.dataset, args.output, arch=args.arch, arch_kwargs=arch_kwargs, fold=args.fold,
-                       folds=args.folds, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                       patch_size=args.patch, batch_size=args.batch_size, spacing=args.spacing, lr=args.lr,
-                       optimizer=args.optimizer,
-                       precision=args.precision, device=args.device, devices=args.devices, workers=args.workers,
-                       work_dir=args.work_dir, resume=args.resume, seed=args.seed, quiet=args.quiet,
-                       overwrite=args.overwrite)
-    say(f"model file: {res.model_file} (best val_dice {res.best_score if res.best_score is not None else float('nan'):.4f}; "
+    res = train_medseg(
+        args.dataset,
+        args.output,
+        arch=args.arch,
+        arch_kwargs=arch_kwargs,
+        fold=args.fold,
+        folds=args.folds,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        patch_size=args.patch,
+        batch_size=args.batch_size,
+        spacing=args.spacing,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        precision=args.precision,
+        device=args.device,
+        devices=args.devices,
+        workers=args.workers,
+        work_dir=args.work_dir,
+        resume=args.resume,
+        seed=args.seed,
+        quiet=args.quiet,
+        overwrite=args.overwrite,
+    )
+    say(
+        f"model file: {res.model_file} "
+        f"(best val_dice {res.best_score if res.best_score is not None else float('nan'):.4f}; "
         f"checkpoints and logs in {res.best_checkpoint.parent.parent if res.best_checkpoint else args.work_dir})",
-        args.quiet)
+        args.quiet,
+    )
     return 0
 
 
@@ -195,8 +273,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.csv:
         check_output(args.csv, args.overwrite)
     bar = progress(desc="cases", unit="case", quiet=args.quiet)
-    ev = evaluate_folders(args.pred_dir, args.ref_dir, tolerance_mm=args.tolerance, dataset_json=args.labels,
-                          on_case=lambda _: bar.update(1))
+    ev = evaluate_folders(
+        args.pred_dir,
+        args.ref_dir,
+        tolerance_mm=args.tolerance,
+        dataset_json=args.labels,
+        on_case=lambda _: bar.update(1),
+    )
     bar.close()
     print(format_table(ev))
     if args.csv:
@@ -216,9 +299,11 @@ def _import_stunet(args: argparse.Namespace) -> int:
         classes = class_names_from(args.labels, 2)
     mf = import_stunet(args.checkpoint, args.output, plans_path=args.plans, classes=classes, overwrite=args.overwrite)
     pre = mf.preprocessing
-    say(f"{args.output}: {mf.arch} ({mf.arch_kwargs['in_channels']} -> {mf.arch_kwargs['num_classes']} classes), "
+    say(
+        f"{args.output}: {mf.arch} ({mf.arch_kwargs['in_channels']} -> {mf.arch_kwargs['num_classes']} classes), "
         f"spacing {pre['spacing']} mm, patch {pre['patch_size']}, normalisation {pre['normalization'][0]['scheme']}",
-        args.quiet)
+        args.quiet,
+    )
     return 0
 
 
@@ -229,13 +314,21 @@ def _synth(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError("output folder exists and is not empty (use --overwrite)", out)
     write_dataset(out, args.train, args.test, channels=args.channels, seed=args.seed)
-    say(f"{out}: {args.train} training + {args.test} test phantoms (imagesTr/, labelsTr/, imagesTs/, labelsTs/, "
-        f"dataset.json)", args.quiet)
+    say(
+        f"{out}: {args.train} training + {args.test} test phantoms (imagesTr/, labelsTr/, imagesTs/, labelsTs/, "
+        f"dataset.json)",
+        args.quiet,
+    )
     return 0
 
 
-_COMMANDS = {"predict": _predict, "train": _train, "evaluate": _evaluate, "import-stunet": _import_stunet,
-             "synth": _synth}
+_COMMANDS = {
+    "predict": _predict,
+    "train": _train,
+    "evaluate": _evaluate,
+    "import-stunet": _import_stunet,
+    "synth": _synth,
+}
 
 
 def _main(argv: Sequence[str] | None) -> int:

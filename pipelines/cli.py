@@ -35,8 +35,14 @@ def _lightning(argv: Sequence[str]) -> int:
     for i, a in enumerate(args):
         if a in ("-c", "--config") and i + 1 < len(args) and not Path(args[i + 1]).is_file():
             raise InputError("config file not found", args[i + 1])
-    LightningCLI(SuiteModule, None, subclass_mode_model=True, subclass_mode_data=True, args=args,
-                 save_config_kwargs={"overwrite": True})
+    LightningCLI(
+        SuiteModule,
+        None,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+    )
     return 0
 
 
@@ -48,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a and a[0] == "export":
             return _export(a[1:])
         if not a or a[0] not in ("fit", "validate", "test", "predict", "-h", "--help"):
-            raise InputError("usage: pipelines {fit,validate,test,predict} -c config.yaml | pipelines export CKPT -o model.pt")
+            raise InputError(
+                "usage: pipelines {fit,validate,test,predict} -c config.yaml | pipelines export CKPT -o model.pt"
+            )
         return _lightning(a)
 
     return run_cli(_main, args, prog="pipelines")

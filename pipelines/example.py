@@ -15,21 +15,28 @@ from .base import SuiteModule
 
 
 @register_model("example-revnet1d", task="example")
-def example_revnet1d(in_channels: int = 1, channels: int = 16, depth: int = 2, num_classes: int = 3,
-                     reversible: bool = True) -> nn.Module:
+def example_revnet1d(
+    in_channels: int = 1, channels: int = 16, depth: int = 2, num_classes: int = 3, reversible: bool = True
+) -> nn.Module:
     """Stem conv -> reversible MBConv stack -> global pool -> linear."""
-    return nn.Sequential(ConvNormAct(1, in_channels, channels, 3, norm="group", act="silu"),
-                         reversible_mbconv_sequence(1, channels, depth, reversible=reversible, expand_ratio=2),
-                         nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+    return nn.Sequential(
+        ConvNormAct(1, in_channels, channels, 3, norm="group", act="silu"),
+        reversible_mbconv_sequence(1, channels, depth, reversible=reversible, expand_ratio=2),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    )
 
 
 class ExampleModule(SuiteModule):
     """Cross-entropy classification; logs train_loss, val_loss, val_acc."""
 
-    def __init__(self, arch: str = "example-revnet1d", arch_kwargs: dict | None = None, lr: float = 3e-3,
-                 **kwargs) -> None:
-        super().__init__(task="example", arch=arch, arch_kwargs=arch_kwargs, classes=["sine", "square", "noise"],
-                         lr=lr, **kwargs)
+    def __init__(
+        self, arch: str = "example-revnet1d", arch_kwargs: dict | None = None, lr: float = 3e-3, **kwargs
+    ) -> None:
+        super().__init__(
+            task="example", arch=arch, arch_kwargs=arch_kwargs, classes=["sine", "square", "noise"], lr=lr, **kwargs
+        )
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -52,7 +59,9 @@ def make_patterns(n: int, length: int = 64, seed: int = 0) -> TensorDataset:
     freq = 2 + 4 * torch.rand(n, 1, generator=g)
     phase = 6.28 * torch.rand(n, 1, generator=g)
     s = torch.sin(6.28 * freq * t + phase)
-    x = torch.where(y[:, None] == 0, s, torch.where(y[:, None] == 1, torch.sign(s), torch.randn(n, length, generator=g)))
+    x = torch.where(
+        y[:, None] == 0, s, torch.where(y[:, None] == 1, torch.sign(s), torch.randn(n, length, generator=g))
+    )
     return TensorDataset((x + 0.1 * torch.randn(n, length, generator=g))[:, None], y)
 
 

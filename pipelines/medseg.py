@@ -264,8 +264,14 @@ def crop_patch(vol: Volume, start: list[int], patch: list[int]) -> tuple[torch.T
 
 
 def _augment(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from monai.transforms import (Compose, RandAdjustContrastd, RandAffined, RandFlipd, RandGaussianNoised,
-                                  RandScaleIntensityd)
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandFlipd,
+        RandGaussianNoised,
+        RandScaleIntensityd,
+    )
 
     global _AUG
     if _AUG is None:

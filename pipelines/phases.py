@@ -94,8 +94,9 @@ class PhasesDataModule(L.LightningDataModule):
         self.train, self.val, self.batch_size = train, val, batch_size
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(VideoDataset(self.train, augment=True), batch_size=self.batch_size, shuffle=True,
-                          collate_fn=pad_collate)
+        return DataLoader(
+            VideoDataset(self.train, augment=True), batch_size=self.batch_size, shuffle=True, collate_fn=pad_collate
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(VideoDataset(self.val), batch_size=1, collate_fn=pad_collate)
@@ -104,14 +105,35 @@ class PhasesDataModule(L.LightningDataModule):
 class PhasesModule(SuiteModule):
     """Weighted CE (+ MS-TCN smoothing for ``mstcn``) over valid frames; logs val_loss, val_acc, val_edit, val_f1@50."""
 
-    def __init__(self, arch: str = "colontcn", arch_kwargs: dict | None = None, classes: list[str] | None = None,
-                 class_weights: list[float] | None = None, fps: float = 5.0, lr: float = 5e-4,
-                 warmup_steps: int = 20, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        arch: str = "colontcn",
+        arch_kwargs: dict | None = None,
+        classes: list[str] | None = None,
+        class_weights: list[float] | None = None,
+        fps: float = 5.0,
+        lr: float = 5e-4,
+        warmup_steps: int = 20,
+        **kwargs: Any,
+    ) -> None:
         classes = list(classes or COLON_CLASSES)
-        super().__init__(task="phases", arch=arch, arch_kwargs={**(arch_kwargs or {}), "num_classes": len(classes)},
-                         classes=classes, preprocessing={"fps": fps}, optimizer="adamw", lr=lr, weight_decay=1e-4,
-                         warmup_steps=warmup_steps, monitor="val_loss", mode="min", **kwargs)
-        self.register_buffer("class_weights", torch.tensor(class_weights) if class_weights else torch.ones(len(classes)))
+        super().__init__(
+            task="phases",
+            arch=arch,
+            arch_kwargs={**(arch_kwargs or {}), "num_classes": len(classes)},
+            classes=classes,
+            preprocessing={"fps": fps},
+            optimizer="adamw",
+            lr=lr,
+            weight_decay=1e-4,
+            warmup_steps=warmup_steps,
+            monitor="val_loss",
+            mode="min",
+            **kwargs,
+        )
+        self.register_buffer(
+            "class_weights", torch.tensor(class_weights) if class_weights else torch.ones(len(classes))
+        )
         self.smooth = 0.15 if arch == "mstcn" else 0.0
         self._val: list[tuple[np.ndarray, np.ndarray]] = []
 
@@ -177,12 +199,28 @@ class FoldResult:
     metrics: dict
 
 
-def train_phases(data_dir: str | Path, out: str | Path, *, arch: str = "colontcn", arch_kwargs: dict | None = None,
-                 folds: int = 4, fold: int | None = 0, groups: str | Path | None = None,
-                 split_dir: str | Path | None = None, epochs: int = 50,
-                 batch_size: int = 2, lr: float = 5e-4, fps: float = 5.0, precision: str = "auto",
-                 accelerator: str = "auto", devices: int | str = "auto", max_time: str | None = None,
-                 quiet: bool = False, overwrite: bool = False, seed: int = 0) -> list[FoldResult]:
+def train_phases(
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    arch: str = "colontcn",
+    arch_kwargs: dict | None = None,
+    folds: int = 4,
+    fold: int | None = 0,
+    groups: str | Path | None = None,
+    split_dir: str | Path | None = None,
+    epochs: int = 50,
+    batch_size: int = 2,
+    lr: float = 5e-4,
+    fps: float = 5.0,
+    precision: str = "auto",
+    accelerator: str = "auto",
+    devices: int | str = "auto",
+    max_time: str | None = None,
+    quiet: bool = False,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> list[FoldResult]:
     """Train one fold (``fold``) or all folds (``fold=None``): ``out`` gets ``_fold<k>`` inserted for each fold.
     With ``groups`` (CSV video,group) folds never split a group; ``folds=0`` with groups is leave-one-group-out;
     ``split_dir`` takes fixed MS-TCN split bundles instead."""
@@ -205,9 +243,17 @@ def train_phases(data_dir: str | Path, out: str | Path, *, arch: str = "colontcn
         kw = {"in_features": dim, **(arch_kwargs or {})}
         module = PhasesModule(arch, kw, classes, class_weights_of(train_v), fps, lr)
         path = out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}")
-        trainer = build_trainer(path.parent / f"{path.stem}_run", max_epochs=epochs, max_time=max_time,
-                                precision=precision, accelerator=accelerator, devices=devices, quiet=quiet, seed=seed,
-                                log_every_n_steps=1)
+        trainer = build_trainer(
+            path.parent / f"{path.stem}_run",
+            max_epochs=epochs,
+            max_time=max_time,
+            precision=precision,
+            accelerator=accelerator,
+            devices=devices,
+            quiet=quiet,
+            seed=seed,
+            log_every_n_steps=1,
+        )
         res = fit(module, PhasesDataModule(train_v, val_v, batch_size), trainer, export_to=path, overwrite=overwrite)
         from medseg.phases.predict import PhaseModel
 

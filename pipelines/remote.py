@@ -24,12 +24,19 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import remote.models  # noqa: F401  (registers the architectures)
 from remote.evaluate import classification_metrics
+from remote.fields import open_fields
 from remote.io import DEFAULT_BANDS, DEFAULT_SCL_INVALID, S2Series
 from remote.models import CLASSES, DEFAULT_INDICES, margin_loss
 from remote.predict import RemoteModel
-from remote.fields import open_fields
-from remote.samples import (LABEL_NODATA, PixelSamples, field_samples, raster_chips, raster_samples,
-                            spatial_block_splits, table_samples)
+from remote.samples import (
+    LABEL_NODATA,
+    PixelSamples,
+    field_samples,
+    raster_chips,
+    raster_samples,
+    spatial_block_splits,
+    table_samples,
+)
 from remote.timeseries import default_step, regular_grid
 from shared_backbones.checkpoint import load_model_file, save_model_file
 from shared_backbones.errors import InputError
@@ -256,7 +263,7 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
             std = np.nan_to_num(np.nanstd(xtr, axis=(0, 1, 3, 4)), nan=1.0) + 1e-6
             pre.update(norm_mean=mean.tolist(), norm_std=std.tolist())
 
-            def prep(a: np.ndarray) -> torch.Tensor:
+            def prep(a: np.ndarray, mean: np.ndarray = mean, std: np.ndarray = std) -> torch.Tensor:
                 a = (a - mean[None, None, :, None, None]) / std[None, None, :, None, None]
                 return torch.from_numpy(np.nan_to_num(a).reshape(len(a), -1, chip, chip).astype(np.float32))
 

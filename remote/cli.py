@@ -37,17 +37,32 @@ def _str_list(text: str) -> list[str]:
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="per-date GeoTIFFs, per-band GeoTIFFs, folders of them, or one stack")
-    p.add_argument("--dates", type=_str_list, default=None,
-                   help="acquisition dates (YYYY-MM-DD, comma-separated, or a text file with one date per line) "
-                        "for files without a date in the name, or for a stacked GeoTIFF (date-major)")
-    p.add_argument("--band-order", type=_str_list, default=None,
-                   help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one "
-                        "date for a stack)")
-    p.add_argument("--offset", type=float, default=None,
-                   help="DN offset added before /10000 (overrides metadata: -1000 for baseline >= 04.00, 0 before)")
+    p.add_argument(
+        "--dates",
+        type=_str_list,
+        default=None,
+        help="acquisition dates (YYYY-MM-DD, comma-separated, or a text file with one date per line) "
+        "for files without a date in the name, or for a stacked GeoTIFF (date-major)",
+    )
+    p.add_argument(
+        "--band-order",
+        type=_str_list,
+        default=None,
+        help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one date for a stack)",
+    )
+    p.add_argument(
+        "--offset",
+        type=float,
+        default=None,
+        help="DN offset added before /10000 (overrides metadata: -1000 for baseline >= 04.00, 0 before)",
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--scl-invalid", type=_int_list, default=None,
-                   help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})")
+    g.add_argument(
+        "--scl-invalid",
+        type=_int_list,
+        default=None,
+        help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})",
+    )
     g.add_argument("--no-cloud-mask", action="store_true", help="ignore the SCL band")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory is bounded by it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -61,8 +76,9 @@ def _series(args: argparse.Namespace, offset: float | None = None):
     from .io import open_series
 
     dates = read_date_list(args.dates) if args.dates else None
-    return open_series(args.inputs, dates=dates, band_order=args.band_order,
-                       offset=args.offset if args.offset is not None else offset)
+    return open_series(
+        args.inputs, dates=dates, band_order=args.band_order, offset=args.offset if args.offset is not None else offset
+    )
 
 
 def _scl(args: argparse.Namespace) -> list[int] | None:
@@ -72,17 +88,27 @@ def _scl(args: argparse.Namespace) -> list[int] | None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="remote", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="remote", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("indices", help="vegetation-index time stack as one GeoTIFF")
     _add_inputs(q)
     q.add_argument("-o", "--output", required=True, help="output GeoTIFF (float32, bands 'NDVI 2024-05-01'...)")
-    q.add_argument("--indices", type=_str_list, default=["NDVI"],
-                   help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI (default NDVI)")
+    q.add_argument(
+        "--indices",
+        type=_str_list,
+        default=["NDVI"],
+        help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI (default NDVI)",
+    )
     q.add_argument("--soil-slope", type=float, default=1.0, help="soil-line slope s of WDVI = N - s R (default 1)")
-    q.add_argument("--grid-days", type=int, default=None,
-                   help="gap-fill onto a regular grid with this step in days (default: the acquisition dates)")
+    q.add_argument(
+        "--grid-days",
+        type=int,
+        default=None,
+        help="gap-fill onto a regular grid with this step in days (default: the acquisition dates)",
+    )
     _add_out(q)
 
     q = sub.add_parser("predict", help="class and probability maps (tiled, any raster size)")
@@ -90,18 +116,34 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("-m", "--model", required=True, help="remote model file (.pt)")
     q.add_argument("-o", "--output", required=True, help="class map GeoTIFF (uint8; X_prob.tif is written beside)")
     q.add_argument("--no-prob", action="store_true", help="do not write the probability GeoTIFF")
-    q.add_argument("--prob-dtype", choices=("float32", "uint8"), default="float32",
-                   help="probabilities as float32 or uint8 scaled by 250 (nodata 255)")
-    q.add_argument("--explain", action="store_true",
-                   help="also write X_capsules.tif (class-capsule lengths), X_attribution.tif (per-date gradient x "
-                        "input) and X_frequency.tif (gradient x input per temporal frequency of the index traits)")
-    q.add_argument("--fields", default=None,
-                   help="field IDs: a GeoTIFF (0/nodata = no field) or a vector file (GeoJSON; GeoPackage/Shapefile "
-                        "with fiona): writes the per-field summary CSV")
-    q.add_argument("--field-id-attr", default=None,
-                   help="attribute holding the field ID in a vector file (default field_id, id, fid, FID or ID)")
-    q.add_argument("--per-field", action="store_true",
-                   help="classify each field's mean time series instead of every pixel (needs --fields)")
+    q.add_argument(
+        "--prob-dtype",
+        choices=("float32", "uint8"),
+        default="float32",
+        help="probabilities as float32 or uint8 scaled by 250 (nodata 255)",
+    )
+    q.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write X_capsules.tif (class-capsule lengths), X_attribution.tif (per-date gradient x "
+        "input) and X_frequency.tif (gradient x input per temporal frequency of the index traits)",
+    )
+    q.add_argument(
+        "--fields",
+        default=None,
+        help="field IDs: a GeoTIFF (0/nodata = no field) or a vector file (GeoJSON; GeoPackage/Shapefile "
+        "with fiona): writes the per-field summary CSV",
+    )
+    q.add_argument(
+        "--field-id-attr",
+        default=None,
+        help="attribute holding the field ID in a vector file (default field_id, id, fid, FID or ID)",
+    )
+    q.add_argument(
+        "--per-field",
+        action="store_true",
+        help="classify each field's mean time series instead of every pixel (needs --fields)",
+    )
     q.add_argument("--fields-csv", default=None, help="per-field summary path (default X_fields.csv)")
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
@@ -112,27 +154,46 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("train", help="train a model (spatially blocked k-fold) and export the model file")
     q.add_argument("inputs", nargs="*", help="image time series (as for predict); omit with --table")
     q.add_argument("--labels", default=None, help="label raster: class index per pixel, 255 = unlabelled")
-    q.add_argument("--table", default=None,
-                   help="CSV or Parquet table of per-pixel/per-field time series with a label column (instead of "
-                        "rasters; columns like B04_2024-05-01; Parquet needs pyarrow, pandas or polars)")
+    q.add_argument(
+        "--table",
+        default=None,
+        help="CSV or Parquet table of per-pixel/per-field time series with a label column (instead of "
+        "rasters; columns like B04_2024-05-01; Parquet needs pyarrow, pandas or polars)",
+    )
     q.add_argument("--fields", default=None, help="field IDs (GeoTIFF or vector file) for --per-field")
     q.add_argument("--field-id-attr", default=None, help="attribute holding the field ID in a vector file")
-    q.add_argument("--per-field", action="store_true",
-                   help="one sample per field (its mean time series, majority label) instead of per pixel")
+    q.add_argument(
+        "--per-field",
+        action="store_true",
+        help="one sample per field (its mean time series, majority label) instead of per pixel",
+    )
     q.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
     q.add_argument("--arch", default="ffdnn", choices=("ffdnn", "cnn1d", "unet2d"))
-    q.add_argument("--classes", type=_str_list, default=None,
-                   help="class names in label order (default healthy,yellow_rust,nitrogen_deficiency)")
+    q.add_argument(
+        "--classes",
+        type=_str_list,
+        default=None,
+        help="class names in label order (default healthy,yellow_rust,nitrogen_deficiency)",
+    )
     q.add_argument("--bands", type=_str_list, default=None, help="bands to use (default: 10 and 20 m bands present)")
-    q.add_argument("--indices", type=_str_list, default=None,
-                   help="index traits of the FFDNN filter (default TCARI/OSAVI,WDVI,NDVI,NDRE,PSRI)")
+    q.add_argument(
+        "--indices",
+        type=_str_list,
+        default=None,
+        help="index traits of the FFDNN filter (default TCARI/OSAVI,WDVI,NDVI,NDRE,PSRI)",
+    )
     q.add_argument("--grid-days", type=int, default=None, help="time-grid step in days (default: median spacing)")
     q.add_argument("--folds", type=int, default=5, help="spatially blocked folds (default 5)")
     q.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
-    q.add_argument("--block-size", type=int, default=32,
-                   help="spatial block size in pixels (default 32; in map units for a table with x/y columns)")
-    q.add_argument("--buffer", type=int, default=2,
-                   help="training pixels closer than this to a test block are dropped (default 2)")
+    q.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        help="spatial block size in pixels (default 32; in map units for a table with x/y columns)",
+    )
+    q.add_argument(
+        "--buffer", type=int, default=2, help="training pixels closer than this to a test block are dropped (default 2)"
+    )
     q.add_argument("--chip", type=int, default=64, help="chip size for unet2d (multiple of 32; default 64)")
     q.add_argument("--max-per-class", type=int, default=20000, help="labelled pixels sampled per class")
     q.add_argument("--epochs", type=int, default=30)
@@ -145,15 +206,31 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS")
     q.add_argument("--device", default="auto", help="auto, cpu or cuda")
     q.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
-    q.add_argument("--dates", type=_str_list, default=None,
-                   help="acquisition dates (comma-separated or a text file) for undated files or a stack")
-    q.add_argument("--band-order", type=_str_list, default=None,
-                   help="band names of files without band descriptions (the bands of one date for a stack)")
-    q.add_argument("--offset", type=float, default=None,
-                   help="DN offset added before /10000 (overrides metadata; stored in the model file)")
+    q.add_argument(
+        "--dates",
+        type=_str_list,
+        default=None,
+        help="acquisition dates (comma-separated or a text file) for undated files or a stack",
+    )
+    q.add_argument(
+        "--band-order",
+        type=_str_list,
+        default=None,
+        help="band names of files without band descriptions (the bands of one date for a stack)",
+    )
+    q.add_argument(
+        "--offset",
+        type=float,
+        default=None,
+        help="DN offset added before /10000 (overrides metadata; stored in the model file)",
+    )
     g = q.add_mutually_exclusive_group()
-    g.add_argument("--scl-invalid", type=_int_list, default=None,
-                   help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})")
+    g.add_argument(
+        "--scl-invalid",
+        type=_int_list,
+        default=None,
+        help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})",
+    )
     g.add_argument("--no-cloud-mask", action="store_true", help="ignore the SCL band")
     q.add_argument("--seed", type=int, default=0, help="seed of the folds, sampling and initialisation")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,11 +270,22 @@ def _cmd_indices(args: argparse.Namespace) -> int:
     check_output(args.output, args.overwrite)
     series = _series(args)
     scl = _scl(args)
-    res = write_index_stack(series, args.output, args.indices, soil_slope=args.soil_slope,
-                            scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl, grid_days=args.grid_days,
-                            tile=args.tile, overwrite=args.overwrite, quiet=args.quiet)
-    say(f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
-        f"{res['size'][0]} x {res['size'][1]} px", args.quiet)
+    res = write_index_stack(
+        series,
+        args.output,
+        args.indices,
+        soil_slope=args.soil_slope,
+        scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
+        grid_days=args.grid_days,
+        tile=args.tile,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+    )
+    say(
+        f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
+        f"{res['size'][0]} x {res['size'][1]} px",
+        args.quiet,
+    )
     return 0
 
 
@@ -205,8 +293,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import PredictOutputs, RemoteModel, predict_series
 
     timer = StageTimer()
-    outs = PredictOutputs.beside(args.output, probabilities=not args.no_prob, explain=args.explain,
-                                 fields=args.fields is not None)
+    outs = PredictOutputs.beside(
+        args.output, probabilities=not args.no_prob, explain=args.explain, fields=args.fields is not None
+    )
     if args.fields_csv:
         outs.fields_csv = Path(args.fields_csv)
     for p in outs.paths():
@@ -215,15 +304,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         rm = RemoteModel.from_file(args.model, args.device, args.precision)
         series = _series(args, offset=rm.preprocessing.get("offset"))
     with timer("predict"):
-        s = predict_series(series, rm, outs, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
-                           prob_dtype=args.prob_dtype, fields=args.fields, field_id_attr=args.field_id_attr,
-                           per_field=args.per_field, scl_invalid=_scl(args), overwrite=args.overwrite,
-                           quiet=args.quiet)
+        s = predict_series(
+            series,
+            rm,
+            outs,
+            tile=args.tile,
+            halo=args.halo,
+            batch_size=args.batch_size,
+            prob_dtype=args.prob_dtype,
+            fields=args.fields,
+            field_id_attr=args.field_id_attr,
+            per_field=args.per_field,
+            scl_invalid=_scl(args),
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
     frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
     fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
-    say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
+    say(
+        f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
         f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}): {frac}; "
-        f"{timer.summary()}", args.quiet)
+        f"{timer.summary()}",
+        args.quiet,
+    )
     return 0
 
 
@@ -244,28 +347,62 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.table and args.inputs:
         raise InputError("give either input rasters or --table, not both")
     series = _series(args) if args.inputs else None
-    kw = {k: v for k, v in (("channels", args.channels), ("depth", args.depth), ("n_modes", args.n_modes),
-                            ("encoder_name", args.encoder)) if v is not None}
+    kw = {
+        k: v
+        for k, v in (
+            ("channels", args.channels),
+            ("depth", args.depth),
+            ("n_modes", args.n_modes),
+            ("encoder_name", args.encoder),
+        )
+        if v is not None
+    }
     if args.arch == "cnn1d":
         kw.pop("n_modes", None)
     scl = _scl(args)
     accel = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(args.device.split(":")[0])
     if accel is None:
         raise InputError(f"unknown device {args.device!r} (use auto, cpu or cuda)")
-    res = train_remote(out, series=series, labels=args.labels, table=args.table, arch=args.arch, arch_kwargs=kw,
-                       classes=args.classes or CLASSES, bands=args.bands, indices=args.indices or DEFAULT_INDICES,
-                       grid_days=args.grid_days, scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
-                       offset=args.offset, folds=args.folds, fold=fold, block_size=args.block_size,
-                       buffer=args.buffer, chip=args.chip, max_per_class=args.max_per_class, epochs=args.epochs,
-                       batch_size=args.batch_size, lr=args.lr, precision=args.precision, accelerator=accel,
-                       max_time=args.max_time, quiet=args.quiet, overwrite=args.overwrite, seed=args.seed,
-                       fields=args.fields, field_id_attr=args.field_id_attr, per_field=args.per_field)
+    res = train_remote(
+        out,
+        series=series,
+        labels=args.labels,
+        table=args.table,
+        arch=args.arch,
+        arch_kwargs=kw,
+        classes=args.classes or CLASSES,
+        bands=args.bands,
+        indices=args.indices or DEFAULT_INDICES,
+        grid_days=args.grid_days,
+        scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
+        offset=args.offset,
+        folds=args.folds,
+        fold=fold,
+        block_size=args.block_size,
+        buffer=args.buffer,
+        chip=args.chip,
+        max_per_class=args.max_per_class,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        precision=args.precision,
+        accelerator=accel,
+        max_time=args.max_time,
+        quiet=args.quiet,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        fields=args.fields,
+        field_id_attr=args.field_id_attr,
+        per_field=args.per_field,
+    )
     for r in res:
         m = r.metrics
         f1 = ", ".join(f"{c} {v['f1']:.3f}" for c, v in m["per_class"].items())
-        print(f"fold {r.fold}: {r.model_file} ({args.arch}, {r.parameters:,} parameters; train {r.n_train}, "
-              f"held-out {r.n_test}) overall accuracy "
-              f"{m['overall_accuracy']:.4f}, kappa {m['kappa']:.4f}, F1: {f1}")
+        print(
+            f"fold {r.fold}: {r.model_file} ({args.arch}, {r.parameters:,} parameters; train {r.n_train}, "
+            f"held-out {r.n_test}) overall accuracy "
+            f"{m['overall_accuracy']:.4f}, kappa {m['kappa']:.4f}, F1: {f1}"
+        )
     return 0
 
 
@@ -292,15 +429,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     kw.update({k: v for k, v in (("channels", args.channels), ("depth", args.depth)) if v is not None})
     try:
         sizes = {a: sum(p.numel() for p in create_model(a, **kw).parameters()) for a in ("ffdnn", "cnn1d")}
-        sizes["unet2d"] = sum(p.numel() for p in create_model("unet2d", in_channels=args.dates * len(bands))
-                              .parameters())
+        sizes["unet2d"] = sum(
+            p.numel() for p in create_model("unet2d", in_channels=args.dates * len(bands)).parameters()
+        )
     except (KeyError, ValueError) as exc:
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
     depth = kw.get("depth", 2)
     print(f"ffdnn   {sizes['ffdnn']:>12,} parameters  index filter -> {depth} Fourier blocks -> capsules + routing")
-    print(f"cnn1d   {sizes['cnn1d']:>12,} parameters  same filter -> {depth} conv blocks (same depth) -> linear "
-          f"({sizes['cnn1d'] / sizes['ffdnn']:.2f}x the FFDNN)")
-    print(f"unet2d  {sizes['unet2d']:>12,} parameters  smp U-Net (resnet18), {args.dates} dates x {len(bands)} bands in")
+    print(
+        f"cnn1d   {sizes['cnn1d']:>12,} parameters  same filter -> {depth} conv blocks (same depth) -> linear "
+        f"({sizes['cnn1d'] / sizes['ffdnn']:.2f}x the FFDNN)"
+    )
+    print(
+        f"unet2d  {sizes['unet2d']:>12,} parameters  smp U-Net (resnet18), {args.dates} dates x {len(bands)} bands in"
+    )
     return 0
 
 
@@ -312,10 +454,22 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise InputError("output folder exists and is not empty (use --overwrite)", out)
     if args.size < 16 or args.size % 2:
         raise InputError(f"--size must be an even number >= 16, not {args.size}")
-    sc = make_season(out, height=args.size, width=args.size, n_dates=args.n_dates, step_days=args.step_days,
-                     field_size=args.field_size, seed=args.seed, cloud_cover=args.cloud_cover, overwrite=True)
-    say(f"wrote {len(sc.dates)} dates ({sc.dates[0]} .. {sc.dates[-1]}) under {sc.images}, labels {sc.labels}, "
-        f"fields {sc.fields}", args.quiet)
+    sc = make_season(
+        out,
+        height=args.size,
+        width=args.size,
+        n_dates=args.n_dates,
+        step_days=args.step_days,
+        field_size=args.field_size,
+        seed=args.seed,
+        cloud_cover=args.cloud_cover,
+        overwrite=True,
+    )
+    say(
+        f"wrote {len(sc.dates)} dates ({sc.dates[0]} .. {sc.dates[-1]}) under {sc.images}, labels {sc.labels}, "
+        f"fields {sc.fields}",
+        args.quiet,
+    )
     return 0
 
 
@@ -324,8 +478,14 @@ def _main(argv: Sequence[str] | None) -> int:
     for name in ("tile", "batch_size", "epochs"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-    return {"indices": _cmd_indices, "predict": _cmd_predict, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "models": _cmd_models, "synth": _cmd_synth}[args.command](args)
+    return {
+        "indices": _cmd_indices,
+        "predict": _cmd_predict,
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "models": _cmd_models,
+        "synth": _cmd_synth,
+    }[args.command](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -154,8 +154,9 @@ def _expand(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
             subdirs = sorted(d for d in p.iterdir() if d.is_dir())
             files += [(f, f.stem) for f in direct]
             for d in subdirs:
-                files += [(f, f"{f.stem} {d.name}") for f in sorted(d.iterdir())
-                          if f.is_file() and f.suffix in TIF_SUFFIXES]
+                files += [
+                    (f, f"{f.stem} {d.name}") for f in sorted(d.iterdir()) if f.is_file() and f.suffix in TIF_SUFFIXES
+                ]
             if not direct and not any(f for d in subdirs for f in d.iterdir() if f.suffix in TIF_SUFFIXES):
                 raise InputError("folder holds no GeoTIFF files", p)
         elif not p.exists():
@@ -272,12 +273,14 @@ class S2Series:
             missing = [b for b in bands if b not in s.bands]
             if missing:
                 files = sorted({str(r.path.name) for r in s.bands.values()})
-                raise InputError(f"missing band(s) {', '.join(missing)} for {s.date.isoformat()} "
-                                 f"(found {', '.join(b for b in S2_BANDS if b in s.bands) or 'none'})",
-                                 s.bands[next(iter(s.bands))].path.parent / ",".join(files) if files else "input")
+                raise InputError(
+                    f"missing band(s) {', '.join(missing)} for {s.date.isoformat()} "
+                    f"(found {', '.join(b for b in S2_BANDS if b in s.bands) or 'none'})",
+                    s.bands[next(iter(s.bands))].path.parent / ",".join(files) if files else "input",
+                )
 
     # -- reading -----------------------------------------------------------------------------------------------
-    def __enter__(self) -> "S2Series":
+    def __enter__(self) -> S2Series:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -294,37 +297,51 @@ class S2Series:
             return self._handles[key]
         src = _open(path)
         g = self.grid
-        same = (src.crs == g.crs and src.width == g.width and src.height == g.height
-                and src.transform.almost_equals(g.transform))
+        same = (
+            src.crs == g.crs
+            and src.width == g.width
+            and src.height == g.height
+            and src.transform.almost_equals(g.transform)
+        )
         self._float[path] = np.dtype(src.dtypes[0]).kind == "f"
         t = src.transform
         if same:
             h = src
         elif src.crs == g.crs and t.b == t.d == 0 and g.transform.b == g.transform.d == 0:
-            h = AlignedResampler(src, g, categorical)   # axis-aligned grids (all Sentinel-2 bands): fast path
+            h = AlignedResampler(src, g, categorical)  # axis-aligned grids (all Sentinel-2 bands): fast path
         else:
             from rasterio.enums import Resampling
             from rasterio.vrt import WarpedVRT
 
             nodata = src.nodata if src.nodata is not None else (None if self._float[path] else 0)
-            h = WarpedVRT(src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
-                          resampling=Resampling.nearest if categorical else Resampling.bilinear,
-                          src_nodata=nodata, nodata=nodata)
+            h = WarpedVRT(
+                src,
+                crs=g.crs,
+                transform=g.transform,
+                width=g.width,
+                height=g.height,
+                resampling=Resampling.nearest if categorical else Resampling.bilinear,
+                src_nodata=nodata,
+                nodata=nodata,
+            )
         self._handles[key] = h
         return h
 
-    def _read_bands(self, path: Path, indexes: list[int], window: Any, categorical: bool = False
-                    ) -> tuple[np.ndarray, Any, bool]:
+    def _read_bands(
+        self, path: Path, indexes: list[int], window: Any, categorical: bool = False
+    ) -> tuple[np.ndarray, Any, bool]:
         """Bands ``indexes`` of ``path`` in ``window`` on the series grid, in one read (one warp for all bands)."""
         h = self._reader(path, categorical)
         try:
             return h.read(indexes, window=window), h.nodata, self._float[path]
         except Exception as exc:
-            raise InputError(f"unreadable raster ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                             path) from None
+            raise InputError(
+                f"unreadable raster ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path
+            ) from None
 
-    def read(self, window: Any, bands: Sequence[str], scl_invalid: Sequence[int] | None = DEFAULT_SCL_INVALID
-             ) -> np.ndarray:
+    def read(
+        self, window: Any, bands: Sequence[str], scl_invalid: Sequence[int] | None = DEFAULT_SCL_INVALID
+    ) -> np.ndarray:
         """Reflectance [T, B, h, w] float32 for ``window``; NaN where no data or masked by SCL (all bands of a
         date-pixel are NaN together). ``scl_invalid=None`` (or no SCL band) skips cloud masking."""
         h, w = int(window.height), int(window.width)
@@ -378,7 +395,7 @@ class AlignedResampler:
 
     def _coords(self, start: int, n: int, axis: int) -> np.ndarray:
         g, s = self.grid.transform, self.src.transform
-        if axis == 0:   # rows: y = f + e * row
+        if axis == 0:  # rows: y = f + e * row
             return (np.arange(start, start + n) + 0.5) * (g.e / s.e) + (g.f - s.f) / s.e - 0.5
         return (np.arange(start, start + n) + 0.5) * (g.a / s.a) + (g.c - s.c) / s.a - 0.5
 
@@ -418,8 +435,12 @@ class AlignedResampler:
         bot = a[:, yb][:, :, xa] * (1 - wx) + a[:, yb][:, :, xb] * wx
         out = top * (1 - wy) + bot * wy
         b = bad.astype(np.float32)
-        contrib = ((b[:, ya][:, :, xa] * ((1 - wy) * (1 - wx)) > 0) | (b[:, ya][:, :, xb] * ((1 - wy) * wx) > 0)
-                   | (b[:, yb][:, :, xa] * (wy * (1 - wx)) > 0) | (b[:, yb][:, :, xb] * (wy * wx) > 0))
+        contrib = (
+            (b[:, ya][:, :, xa] * ((1 - wy) * (1 - wx)) > 0)
+            | (b[:, ya][:, :, xb] * ((1 - wy) * wx) > 0)
+            | (b[:, yb][:, :, xa] * (wy * (1 - wx)) > 0)
+            | (b[:, yb][:, :, xb] * (wy * wx) > 0)
+        )
         contrib[:, outside[0], :] = True
         contrib[:, :, outside[1]] = True
         out[contrib] = np.nan if self.is_float else 0.0
@@ -430,8 +451,13 @@ def _grid_of(src: Any) -> Grid:
     return Grid(src.crs, src.transform, src.width, src.height)
 
 
-def open_series(inputs: Sequence[str | Path], *, dates: Sequence[dt.date] | None = None,
-                band_order: Sequence[str] | None = None, offset: float | None = None) -> S2Series:
+def open_series(
+    inputs: Sequence[str | Path],
+    *,
+    dates: Sequence[dt.date] | None = None,
+    band_order: Sequence[str] | None = None,
+    offset: float | None = None,
+) -> S2Series:
     """Describe a time series from files/folders (layouts and offset rules in the module docstring)."""
     files = _expand(inputs)
     if not files:
@@ -457,8 +483,7 @@ def open_series(inputs: Sequence[str | Path], *, dates: Sequence[dt.date] | None
         src = _open(path)
         with src:
             if ref_grid is not None and src.crs != ref_grid.crs:
-                raise InputError(f"CRS mismatch between dates: {src.crs} here, {ref_grid.crs} in {ref_path.name}",
-                                 path)
+                raise InputError(f"CRS mismatch between dates: {src.crs} here, {ref_grid.crs} in {ref_path.name}", path)
             if src.crs is None:
                 raise InputError("raster has no CRS (georeferenced GeoTIFFs are needed)", path)
             if ref_grid is None or abs(src.transform.a) < ref_grid.res - 1e-9:
@@ -486,21 +511,29 @@ def open_series(inputs: Sequence[str | Path], *, dates: Sequence[dt.date] | None
                         add(stack_dates[i // len(per_date)], per_date[i % len(per_date)], path, i + 1, tags)
                     continue
                 if per_date and stack_dates:
-                    raise InputError(f"stack has {src.count} bands, but {len(per_date)} band(s) per date x "
-                                     f"{len(stack_dates)} date(s) = {len(per_date) * len(stack_dates)}", path)
+                    raise InputError(
+                        f"stack has {src.count} bands, but {len(per_date)} band(s) per date x "
+                        f"{len(stack_dates)} date(s) = {len(per_date) * len(stack_dates)}",
+                        path,
+                    )
                 if per_date:
-                    raise InputError(f"{src.count} bands repeat {len(per_date)} band names: a stack of "
-                                     f"{src.count // len(per_date)} dates needs --dates (or a DATES tag)", path)
-                raise InputError(f"cannot tell which band is which ({src.count} band(s), no band names in the "
-                                 "descriptions or the file name); pass --band-order (and --dates for a stack)", path)
+                    raise InputError(
+                        f"{src.count} bands repeat {len(per_date)} band names: a stack of "
+                        f"{src.count // len(per_date)} dates needs --dates (or a DATES tag)",
+                        path,
+                    )
+                raise InputError(
+                    f"cannot tell which band is which ({src.count} band(s), no band names in the "
+                    "descriptions or the file name); pass --band-order (and --dates for a stack)",
+                    path,
+                )
             if file_date is None and date_list is not None:
                 if per_date_files >= len(date_list):
                     raise InputError(f"more per-date files than --dates ({len(date_list)})", path)
                 file_date = date_list[per_date_files]
             per_date_files += 1
             if file_date is None:
-                raise InputError("no acquisition date (put YYYYMMDD in the file or folder name, or pass --dates)",
-                                 path)
+                raise InputError("no acquisition date (put YYYYMMDD in the file or folder name, or pass --dates)", path)
             for i, b in enumerate(names, 1):
                 add(file_date, b, path, i, tags)
     if not by_date:
@@ -513,8 +546,18 @@ def open_series(inputs: Sequence[str | Path], *, dates: Sequence[dt.date] | None
 # -- writing ---------------------------------------------------------------------------------------------------------
 def geotiff_profile(grid: Grid, count: int, dtype: str, nodata: float | int | None, block: int = 256) -> dict:
     """A tiled, deflate-compressed GeoTIFF profile on ``grid``."""
-    prof = {"driver": "GTiff", "width": grid.width, "height": grid.height, "count": count, "dtype": dtype,
-            "crs": grid.crs, "transform": grid.transform, "nodata": nodata, "compress": "deflate", "BIGTIFF": "IF_SAFER"}
+    prof = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": count,
+        "dtype": dtype,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "nodata": nodata,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
     if grid.width >= 16 and grid.height >= 16:
         b = min(block, 16 * max(1, min(grid.width, grid.height) // 16))
         prof.update(tiled=True, blockxsize=b, blockysize=b)
@@ -533,14 +576,21 @@ def read_single_band(path: str | Path, grid: Grid | None = None, categorical: bo
     with src:
         if grid is not None and src.crs != grid.crs:
             raise InputError(f"CRS mismatch: {src.crs} here, {grid.crs} in the image time series", path)
-        if grid is None or (src.width == grid.width and src.height == grid.height
-                            and src.transform.almost_equals(grid.transform)):
+        if grid is None or (
+            src.width == grid.width and src.height == grid.height and src.transform.almost_equals(grid.transform)
+        ):
             return src.read(1), src.nodata
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                       resampling=Resampling.nearest if categorical else Resampling.bilinear) as vrt:
+        with WarpedVRT(
+            src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest if categorical else Resampling.bilinear,
+        ) as vrt:
             return vrt.read(1), src.nodata
 
 
@@ -555,6 +605,12 @@ def read_window_band(path: Path, grid: Grid, window: Any) -> np.ndarray:
         from rasterio.enums import Resampling
         from rasterio.vrt import WarpedVRT
 
-        with WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                       resampling=Resampling.nearest) as vrt:
+        with WarpedVRT(
+            src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest,
+        ) as vrt:
             return vrt.read(1, window=window)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import os
 import datetime as dt
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,13 +63,13 @@ class RemoteModel:
         return getattr(self.model, "output_kind", "logits")
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> "RemoteModel":
+    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> RemoteModel:
         mf, model, dev, policy = load_for_inference(path, "remote", device, precision)
         return cls.from_parts(model, mf.classes, mf.preprocessing, dev, policy)
 
     @classmethod
     def from_parts(cls, model: torch.nn.Module, classes: Sequence[str], preprocessing: dict,
-                   device: torch.device | str = "cpu", policy: PrecisionPolicy | None = None) -> "RemoteModel":
+                   device: torch.device | str = "cpu", policy: PrecisionPolicy | None = None) -> RemoteModel:
         pp = dict(preprocessing)
         if "bands" not in pp or "dates" not in pp:
             raise InputError("model file lacks the preprocessing (bands, dates) of a remote model")
@@ -164,7 +164,7 @@ class PredictOutputs:
 
     @classmethod
     def beside(cls, class_map: str | Path, probabilities: bool = True, explain: bool = False,
-               fields: bool = False) -> "PredictOutputs":
+               fields: bool = False) -> PredictOutputs:
         """``X.tif`` -> ``X_prob.tif``, ``X_capsules.tif``, ``X_attribution.tif``, ``X_frequency.tif``,
         ``X_fields.csv``."""
         p = Path(class_map)

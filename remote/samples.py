@@ -1,7 +1,8 @@
 """Training samples: labelled pixels (or chips, or fields) from rasters + a label raster, or a CSV/Parquet table of
 time series; spatially blocked k-fold splits with a buffer so no neighbouring pixels end up on both sides.
 
-Table (CSV, or Parquet when pyarrow, pandas or polars is installed; one row per pixel or field): a ``label`` column (class name or index), one column per band and date named
+Table (CSV, or Parquet when pyarrow, pandas or polars is installed; one row per pixel or field): a ``label``
+column (class name or index), one column per band and date named
 ``<band>_<date>`` (``B04_2024-05-01`` or ``B04_20240501``; reflectance, empty = missing), and optionally ``row``/``col``
 (pixel position, for spatial blocks), ``x``/``y`` (map coordinates; blocks in map units) or ``field_id`` (folds
 never split a field).
@@ -54,8 +55,9 @@ def label_codes(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     return out
 
 
-def choose_pixels(labels: np.ndarray, k: int, max_per_class: int | None, seed: int = 0,
-                  nodata: int | None = LABEL_NODATA) -> tuple[np.ndarray, np.ndarray]:
+def choose_pixels(
+    labels: np.ndarray, k: int, max_per_class: int | None, seed: int = 0, nodata: int | None = LABEL_NODATA
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of labelled pixels (values 0..k-1), at most ``max_per_class`` per class (random, seeded)."""
     rng = np.random.default_rng(seed)
     rows, cols = [], []
@@ -73,9 +75,18 @@ def choose_pixels(labels: np.ndarray, k: int, max_per_class: int | None, seed: i
     return np.concatenate(rows)[order], np.concatenate(cols)[order]
 
 
-def raster_samples(series: S2Series, labels_path: str | Path, grid_dates: Sequence[dt.date], bands: Sequence[str],
-                   classes: Sequence[str], *, max_per_class: int | None = 20000, seed: int = 0,
-                   scl_invalid: Sequence[int] | None = None, tile: int = 256) -> PixelSamples:
+def raster_samples(
+    series: S2Series,
+    labels_path: str | Path,
+    grid_dates: Sequence[dt.date],
+    bands: Sequence[str],
+    classes: Sequence[str],
+    *,
+    max_per_class: int | None = 20000,
+    seed: int = 0,
+    scl_invalid: Sequence[int] | None = None,
+    tile: int = 256,
+) -> PixelSamples:
     """Labelled pixels of ``series`` (gap-filled onto ``grid_dates``); pixels with no valid date are dropped."""
     series.require_bands(bands)
     lab, nodata = read_single_band(labels_path, series.grid)
@@ -96,13 +107,29 @@ def raster_samples(series: S2Series, labels_path: str | Path, grid_dates: Sequen
             keep[sel] = ok
     if not keep.any():
         raise InputError("no labelled pixel has a valid (cloud-free) date", labels_path)
-    return PixelSamples(xs[keep], lab[rows[keep], cols[keep]].astype(np.int64), rows[keep], cols[keep], None,
-                        list(grid_dates), list(bands))
+    return PixelSamples(
+        xs[keep],
+        lab[rows[keep], cols[keep]].astype(np.int64),
+        rows[keep],
+        cols[keep],
+        None,
+        list(grid_dates),
+        list(bands),
+    )
 
 
-def field_samples(series: S2Series, fields: FieldSource, labels_path: str | Path, grid_dates: Sequence[dt.date],
-                  bands: Sequence[str], classes: Sequence[str], *, scl_invalid: Sequence[int] | None = None,
-                  tile: int = 256, quiet: bool = True) -> PixelSamples:
+def field_samples(
+    series: S2Series,
+    fields: FieldSource,
+    labels_path: str | Path,
+    grid_dates: Sequence[dt.date],
+    bands: Sequence[str],
+    classes: Sequence[str],
+    *,
+    scl_invalid: Sequence[int] | None = None,
+    tile: int = 256,
+    quiet: bool = True,
+) -> PixelSamples:
     """One sample per field: the field's mean time series (:func:`remote.fields.field_series`) labelled with the
     majority class of its labelled pixels; positions are the field centroids (pixels), groups the field IDs.
     Fields without a labelled pixel or without a valid date are dropped."""
@@ -120,13 +147,26 @@ def field_samples(series: S2Series, fields: FieldSource, labels_path: str | Path
     keep = (votes.sum(1) > 0) & fs.valid
     if not keep.any():
         raise InputError("no field has a labelled pixel and a valid (cloud-free) date", labels_path)
-    return PixelSamples(fs.x[keep], votes[keep].argmax(1), np.round(fs.rows[keep] - 0.5).astype(np.int64),
-                        np.round(fs.cols[keep] - 0.5).astype(np.int64), fs.ids[keep], list(grid_dates), list(bands))
+    return PixelSamples(
+        fs.x[keep],
+        votes[keep].argmax(1),
+        np.round(fs.rows[keep] - 0.5).astype(np.int64),
+        np.round(fs.cols[keep] - 0.5).astype(np.int64),
+        fs.ids[keep],
+        list(grid_dates),
+        list(bands),
+    )
 
 
-def raster_chips(series: S2Series, labels_path: str | Path, grid_dates: Sequence[dt.date], bands: Sequence[str],
-                 classes: Sequence[str], chip: int, scl_invalid: Sequence[int] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def raster_chips(
+    series: S2Series,
+    labels_path: str | Path,
+    grid_dates: Sequence[dt.date],
+    bands: Sequence[str],
+    classes: Sequence[str],
+    chip: int,
+    scl_invalid: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Chips for the spatial model: (x [N, G, B, chip, chip] reflectance with NaN, labels [N, chip, chip] (255 =
     ignore, also where no valid date), chip row origins, chip col origins). Chips without a label are skipped."""
     from rasterio.windows import Window
@@ -142,7 +182,7 @@ def raster_chips(series: S2Series, labels_path: str | Path, grid_dates: Sequence
     with series:
         for r0 in range(0, g.height - chip + 1, chip):
             for c0 in range(0, g.width - chip + 1, chip):
-                y = lab[r0:r0 + chip, c0:c0 + chip].astype(np.int64)
+                y = lab[r0 : r0 + chip, c0 : c0 + chip].astype(np.int64)
                 y = np.where(y < len(classes), y, LABEL_NODATA)
                 if (y == LABEL_NODATA).all():
                     continue
@@ -176,8 +216,11 @@ def _parquet_columns(path: Path) -> tuple[list[str], list[list]]:
         except Exception as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise InputError(f"unreadable Parquet table ({msg})", path) from None
-    raise InputError("Parquet tables need a Parquet reader (pyarrow, pandas or polars; none is installed): "
-                     "`pip install pyarrow`, or save the table as CSV", path)
+    raise InputError(
+        "Parquet tables need a Parquet reader (pyarrow, pandas or polars; none is installed): "
+        "`pip install pyarrow`, or save the table as CSV",
+        path,
+    )
 
 
 def _csv_columns(path: Path) -> tuple[list[str], list[list]]:
@@ -215,8 +258,9 @@ def _label_text(v: object) -> str:
     return str(v)
 
 
-def read_table(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, list[dt.date], list[str], np.ndarray,
-                                                                   dict[str, np.ndarray]]:
+def read_table(
+    path: str | Path, classes: Sequence[str]
+) -> tuple[np.ndarray, list[dt.date], list[str], np.ndarray, dict[str, np.ndarray]]:
     """CSV or Parquet table (module docstring) -> (obs [N, T, B] with NaN, dates, bands, labels [N], extra columns)."""
     path = Path(path)
     if not path.is_file():
@@ -246,13 +290,17 @@ def read_table(path: str | Path, classes: Sequence[str]) -> tuple[np.ndarray, li
         y = label_codes([_label_text(v) for v in labels], classes)
     except InputError as exc:
         raise InputError(str(exc), path) from None
-    extra = {name: _numbers(columns[head.index(name)], name, path)
-             for name in ("row", "col", "x", "y", "field_id") if name in head}
+    extra = {
+        name: _numbers(columns[head.index(name)], name, path)
+        for name in ("row", "col", "x", "y", "field_id")
+        if name in head
+    }
     return obs, dates, bands, y, extra
 
 
-def table_samples(path: str | Path, classes: Sequence[str], grid_dates: Sequence[dt.date] | None,
-                  bands: Sequence[str] | None = None) -> PixelSamples:
+def table_samples(
+    path: str | Path, classes: Sequence[str], grid_dates: Sequence[dt.date] | None, bands: Sequence[str] | None = None
+) -> PixelSamples:
     """Samples from a CSV table, gap-filled onto ``grid_dates`` (default: the table's own dates when regular)."""
     obs, dates, tbands, y, extra = read_table(path, classes)
     bands = list(bands or tbands)
@@ -275,8 +323,9 @@ def table_samples(path: str | Path, classes: Sequence[str], grid_dates: Sequence
     return PixelSamples(filled, y[keep], rows, cols, groups, grid_dates, bands)
 
 
-def spatial_block_splits(rows: np.ndarray, cols: np.ndarray, block_size: int, k: int, buffer: int = 0,
-                         seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def spatial_block_splits(
+    rows: np.ndarray, cols: np.ndarray, block_size: int, k: int, buffer: int = 0, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Spatially blocked k-fold: pixels are grouped in ``block_size`` square blocks, blocks are dealt to ``k`` folds
     (seeded shuffle), and training pixels closer than ``buffer`` pixels (Chebyshev distance) to any test block are
     dropped, so no training pixel neighbours a test pixel. Returns [(train_idx, test_idx)] per fold."""
@@ -288,8 +337,10 @@ def spatial_block_splits(rows: np.ndarray, cols: np.ndarray, block_size: int, k:
     br, bc = rows // block_size, cols // block_size
     keys = np.unique(np.stack([br, bc], 1), axis=0)
     if len(keys) < k:
-        raise InputError(f"only {len(keys)} spatial block(s) of {block_size} px hold samples: fewer than {k} folds "
-                         "(use a smaller --block-size or fewer --folds)")
+        raise InputError(
+            f"only {len(keys)} spatial block(s) of {block_size} px hold samples: fewer than {k} folds "
+            "(use a smaller --block-size or fewer --folds)"
+        )
     order = np.random.default_rng(seed).permutation(len(keys))
     fold_of = {tuple(keys[i]): j % k for j, i in enumerate(order)}
     sample_fold = np.array([fold_of[(a, b)] for a, b in zip(br, bc)])

@@ -14,12 +14,15 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .precision import PrecisionPolicy
 from .cliutil import atomic_output
 from .errors import ModelFileError
 from .registry import create_model
@@ -45,18 +48,25 @@ class ModelFile:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_model(cls, model: nn.Module, *, task: str, arch: str, arch_kwargs: dict[str, Any],
-                   **fields: Any) -> "ModelFile":
+    def from_model(
+        cls, model: nn.Module, *, task: str, arch: str, arch_kwargs: dict[str, Any], **fields: Any
+    ) -> ModelFile:
         """Capture ``model``'s weights (moved to CPU, detached) with its description."""
         sd = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
         return cls(task=task, arch=arch, arch_kwargs=dict(arch_kwargs), state_dict=sd, **fields)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "task": self.task, "arch": self.arch,
-            "arch_kwargs": _plain(self.arch_kwargs), "state_dict": self.state_dict,
-            "classes": list(self.classes), "preprocessing": _plain(self.preprocessing),
-            "metrics": _plain(self.metrics), "software_version": self.software_version,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "task": self.task,
+            "arch": self.arch,
+            "arch_kwargs": _plain(self.arch_kwargs),
+            "state_dict": self.state_dict,
+            "classes": list(self.classes),
+            "preprocessing": _plain(self.preprocessing),
+            "metrics": _plain(self.metrics),
+            "software_version": self.software_version,
             "created": self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "extra": _plain(self.extra),
         }
@@ -68,7 +78,9 @@ class ModelFile:
             model.load_state_dict(self.state_dict, strict=strict)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
-            raise ModelFileError(f"weights do not fit architecture {self.arch!r}: {first[1].strip() if len(first) > 1 else first[0]}") from None
+            raise ModelFileError(
+                f"weights do not fit architecture {self.arch!r}: {first[1].strip() if len(first) > 1 else first[0]}"
+            ) from None
         return model.eval()
 
 
@@ -105,14 +117,17 @@ def read_torch_file(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
-            raise ModelFileError("refused: the file contains pickled objects that are not plain data "
-                                 "(not executed)", path) from None
+            raise ModelFileError(
+                "refused: the file contains pickled objects that are not plain data (not executed)", path
+            ) from None
         raise ModelFileError("not a PyTorch model file (unreadable pickle)", path) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
         text = str(exc)
         if "zip archive" in text or "central directory" in text or isinstance(exc, (EOFError, zipfile.BadZipFile)):
             raise ModelFileError("truncated or corrupt model file", path) from None
-        raise ModelFileError(f"cannot read model file ({text.splitlines()[0] if text else type(exc).__name__})", path) from None
+        raise ModelFileError(
+            f"cannot read model file ({text.splitlines()[0] if text else type(exc).__name__})", path
+        ) from None
     except Exception:  # the weights-only unpickler raises KeyError/IndexError/... on arbitrary bytes
         raise ModelFileError("not a PyTorch model file", path) from None
 
@@ -140,18 +155,27 @@ def load_model_file(path: str | Path, task: str | None = None) -> ModelFile:
         raise ModelFileError(f"model file format {obj['format_version']} is newer than this convsuite supports", path)
     if task is not None and obj["task"] != task:
         raise ModelFileError(f"model file is for task {obj['task']!r}, not {task!r}", path)
-    if not isinstance(obj["state_dict"], dict) or not all(isinstance(v, torch.Tensor) for v in obj["state_dict"].values()):
+    if not isinstance(obj["state_dict"], dict) or not all(
+        isinstance(v, torch.Tensor) for v in obj["state_dict"].values()
+    ):
         raise ModelFileError("model file's state_dict is not a dict of tensors", path)
     return ModelFile(
-        task=obj["task"], arch=obj["arch"], arch_kwargs=dict(obj["arch_kwargs"]), state_dict=obj["state_dict"],
-        classes=list(obj.get("classes") or []), preprocessing=dict(obj.get("preprocessing") or {}),
-        metrics=dict(obj.get("metrics") or {}), software_version=str(obj.get("software_version", "")),
-        created=str(obj.get("created", "")), extra=dict(obj.get("extra") or {}),
+        task=obj["task"],
+        arch=obj["arch"],
+        arch_kwargs=dict(obj["arch_kwargs"]),
+        state_dict=obj["state_dict"],
+        classes=list(obj.get("classes") or []),
+        preprocessing=dict(obj.get("preprocessing") or {}),
+        metrics=dict(obj.get("metrics") or {}),
+        software_version=str(obj.get("software_version", "")),
+        created=str(obj.get("created", "")),
+        extra=dict(obj.get("extra") or {}),
     )
 
 
-def load_for_inference(path: str | Path, task: str, device: str = "auto",
-                       precision: str = "auto") -> "tuple[ModelFile, nn.Module, torch.device, PrecisionPolicy]":
+def load_for_inference(
+    path: str | Path, task: str, device: str = "auto", precision: str = "auto"
+) -> tuple[ModelFile, nn.Module, torch.device, PrecisionPolicy]:
     """Load a model file of ``task``, build it in eval mode on the resolved device, and resolve the precision."""
     from .precision import PrecisionPolicy, resolve_device
 

@@ -72,7 +72,7 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def _child(q: "mp.Queue", fn: Callable[..., Any], args: tuple) -> None:
+def _child(q: mp.Queue, fn: Callable[..., Any], args: tuple) -> None:
     try:
         q.put((True, fn(*args), peak_rss_bytes()))
     except BaseException as exc:  # pragma: no cover - reported to the parent

@@ -43,7 +43,7 @@ class PrecisionPolicy:
     device_type: str
 
     @classmethod
-    def resolve(cls, requested: str = "auto", device: str | torch.device = "cpu") -> "PrecisionPolicy":
+    def resolve(cls, requested: str = "auto", device: str | torch.device = "cpu") -> PrecisionPolicy:
         """Resolve ``requested`` for ``device`` (auto rules in the module docstring)."""
         if requested not in PRECISION_CHOICES:
             raise InputError(f"unknown precision {requested!r} (choose from {', '.join(PRECISION_CHOICES)})")
@@ -74,7 +74,7 @@ class PrecisionPolicy:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def grad_scaler(self) -> "torch.amp.GradScaler | None":
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
         """A GradScaler for fp16 on CUDA, else None."""
         if self.name == "fp16" and self.device_type == "cuda":
             return torch.amp.GradScaler("cuda")

@@ -1,7 +1,9 @@
 """Architecture registry: ``@register_model("name", task=...)`` and ``create_model(name, **kwargs)``.
 
-Domain packages register their architectures when their ``models`` module is imported; the suite's
-model file stores the registry name and kwargs, so a model is rebuilt with ``create_model``.
+Domain packages register their architectures in their ``models`` modules, which the installed distribution
+names under the ``convsuite.models`` entry-point group: the registry imports them the first time it is asked for a
+name it does not know, so ``create_model("unet3d")`` works with no import of ``medseg.models`` by the caller. The
+suite's model file stores the registry name and kwargs, so a model is rebuilt with ``create_model``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
-from .errors import ModelFileError
+from .errors import UserError
+
+
+class UnknownModelError(UserError, KeyError):
+    """An architecture name that no installed package registers."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -26,9 +35,25 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_PLUGINS_LOADED = False
+ENTRY_POINT_GROUP = "convsuite.models"
 
 
-def register_model(name: str, *, task: str, **defaults) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def load_plugins() -> None:
+    """Import every module registered under the ``convsuite.models`` entry points (once)."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED:
+        return
+    _PLUGINS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+
+
+def register_model(
+    name: str, *, task: str, **defaults
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory`` under ``name`` for ``task``; ``defaults`` are preset kwargs."""
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -42,11 +67,13 @@ def register_model(name: str, *, task: str, **defaults) -> Callable[[Callable[..
 
 def model_entry(name: str) -> ModelEntry:
     """Look up a registered architecture; a clear error lists the known names."""
+    if name not in _REGISTRY:
+        load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY)) or "(none registered; import the domain package's models)"
-        raise ModelFileError(f"unknown architecture {name!r}; known: {known}") from None
+        known = ", ".join(sorted(_REGISTRY)) or "(none registered: is convsuite installed?)"
+        raise UnknownModelError(f"unknown architecture {name!r}; known: {known}") from None
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -57,4 +84,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def list_models(task: str | None = None) -> list[str]:
     """Registered names, optionally for one task."""
+    load_plugins()
     return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)

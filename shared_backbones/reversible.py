@@ -32,7 +32,7 @@ class _AutocastState:
     cache: bool
 
     @classmethod
-    def capture(cls) -> "_AutocastState":
+    def capture(cls) -> _AutocastState:
         """The current autocast state of CPU, CUDA (when present) and any other device type where it is on."""
         states = []
         for dt in _AUTOCAST_DEVICES:

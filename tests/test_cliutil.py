@@ -6,8 +6,8 @@ import pytest
 import torch.nn as nn
 
 from shared_backbones.cliutil import StageTimer, atomic_output, check_output, run_cli
-from shared_backbones.errors import InputError, ModelFileError, OutputExistsError
-from shared_backbones.registry import create_model, list_models, model_entry, register_model
+from shared_backbones.errors import InputError, OutputExistsError
+from shared_backbones.registry import UnknownModelError, create_model, list_models, model_entry, register_model
 
 
 def test_run_cli_maps_user_error_to_one_line_exit_2(capsys, tmp_path):
@@ -82,7 +82,7 @@ def test_registry_presets_and_unknown_name():
     assert (m.in_features, m.out_features) == (4, 3)
     assert create_model("test-linear", in_features=5).in_features == 5
     assert "test-linear" in list_models("unit") and model_entry("test-linear").doc == "A linear layer."
-    with pytest.raises(ModelFileError, match="unknown architecture 'nope'"):
+    with pytest.raises(UnknownModelError, match="unknown architecture 'nope'"):
         create_model("nope")
     with pytest.raises(ValueError):
         register_model("test-linear", task="unit")(lambda: nn.Identity())

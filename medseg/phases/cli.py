@@ -1,9 +1,9 @@
 """``medseg phases``: temporal segmentation of colonoscopy procedures from per-frame features.
 
-    medseg phases predict video.npy [more.npy | folder] -m model.pt [-o DIR] [--reference labels.txt]
-    medseg phases video.npy -m model.pt            (same as predict)
-    medseg phases evaluate DATA_DIR -m model.pt [--csv metrics.csv]
-    medseg phases train DATA_DIR -o model.pt [--arch colontcn|mstcn] [--folds 4 --groups groups.csv] [--all-folds]
+medseg phases predict video.npy [more.npy | folder] -m model.pt [-o DIR] [--reference labels.txt]
+medseg phases video.npy -m model.pt            (same as predict)
+medseg phases evaluate DATA_DIR -m model.pt [--csv metrics.csv]
+medseg phases train DATA_DIR -o model.pt [--arch colontcn|mstcn] [--folds 4 --groups groups.csv] [--all-folds]
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ COMMANDS = ("predict", "evaluate", "train", "extract")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="medseg phases", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="medseg phases", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="per-frame phases, segments, withdrawal time, timeline PNG")
     pr.add_argument("inputs", nargs="+", help=".npy feature files ([T, D] or [D, T]) or folders of them")
@@ -93,8 +94,17 @@ def _main(argv: Sequence[str] | None) -> int:
         list_frames(a.frames)
         if a.encoder is None:
             say("warning: no --encoder weights given: features come from a randomly initialised ResNet-50", a.quiet)
-        out = extract_features(a.frames, a.output, frame_encoder(a.encoder), a.source_fps, a.fps, a.batch_size,
-                               resolve_device(a.device), a.overwrite, a.quiet)
+        out = extract_features(
+            a.frames,
+            a.output,
+            frame_encoder(a.encoder),
+            a.source_fps,
+            a.fps,
+            a.batch_size,
+            resolve_device(a.device),
+            a.overwrite,
+            a.quiet,
+        )
         say(f"wrote {out}", a.quiet)
         return 0
     if a.command == "train":
@@ -111,11 +121,15 @@ def _main(argv: Sequence[str] | None) -> int:
         for f in progress(files, desc="videos", unit="video", quiet=a.quiet or len(files) == 1):
             feats = load_features(f, a.layout, pm.in_features)
             ref = load_labels(a.reference, pm.classes) if a.reference else None
-            s = predict_video(pm, feats, f, Path(a.out_dir) if a.out_dir else None, a.fps, ref, not a.no_png,
-                              a.overwrite)
+            s = predict_video(
+                pm, feats, f, Path(a.out_dir) if a.out_dir else None, a.fps, ref, not a.no_png, a.overwrite
+            )
             extra = f", acc {s['metrics']['accuracy']:.1f}%" if "metrics" in s else ""
-            say(f"{f}: {s['frames']} frames, {s['segments']} segments, withdrawal {s['withdrawal_s'] / 60:.1f} min"
-                f"{extra} -> {s['outputs']['frames']}", a.quiet)
+            say(
+                f"{f}: {s['frames']} frames, {s['segments']} segments, withdrawal {s['withdrawal_s'] / 60:.1f} min"
+                f"{extra} -> {s['outputs']['frames']}",
+                a.quiet,
+            )
         say(f"{len(files)} video(s) in {time.perf_counter() - start:.1f}s", a.quiet)
     elif a.command == "evaluate":
         from .evaluate import evaluate_dataset, format_table, write_csv
@@ -135,15 +149,32 @@ def _train(a: argparse.Namespace) -> int:
     check_output(a.output, a.overwrite)
     from pipelines.phases import train_phases  # the train command is the one place medseg uses pipelines
 
-    kw = {k: v for k, v in (("num_blocks", a.blocks), ("causal", a.causal or None),
-                            ("reversible", a.reversible or None)) if v is not None}
+    kw = {
+        k: v
+        for k, v in (("num_blocks", a.blocks), ("causal", a.causal or None), ("reversible", a.reversible or None))
+        if v is not None
+    }
     if a.arch == "mstcn":
         kw.pop("num_blocks", None)
         kw.pop("reversible", None)
-    res = train_phases(a.data, a.output, arch=a.arch, arch_kwargs=kw, folds=a.folds,
-                       fold=None if a.all_folds else a.fold, groups=a.groups, split_dir=a.split_dir, epochs=a.epochs, batch_size=a.batch_size,
-                       lr=a.lr, fps=a.fps, precision=a.precision, accelerator=a.accelerator, quiet=a.quiet,
-                       overwrite=a.overwrite)
+    res = train_phases(
+        a.data,
+        a.output,
+        arch=a.arch,
+        arch_kwargs=kw,
+        folds=a.folds,
+        fold=None if a.all_folds else a.fold,
+        groups=a.groups,
+        split_dir=a.split_dir,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        fps=a.fps,
+        precision=a.precision,
+        accelerator=a.accelerator,
+        quiet=a.quiet,
+        overwrite=a.overwrite,
+    )
     cols = list(res[0].metrics)
     rows = [{"fold": str(r.fold), **r.metrics} for r in res]
     rows.append({"fold": "mean", **{c: sum(r.metrics[c] for r in res) / len(res) for c in cols}})

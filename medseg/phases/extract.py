@@ -36,7 +36,9 @@ def frame_encoder(weights: str | Path | None = None) -> torch.nn.Module:
             raise ModelFileError(f"not a ResNet-50 state_dict ({str(exc).splitlines()[1].strip()})", weights) from None
         missing = [k for k in model.state_dict() if k not in sd and not k.startswith("fc.")]
         if missing:
-            raise ModelFileError(f"not a ResNet-50 state_dict ({len(missing)} weights missing, e.g. {missing[0]})", weights)
+            raise ModelFileError(
+                f"not a ResNet-50 state_dict ({len(missing)} weights missing, e.g. {missing[0]})", weights
+            )
     model.fc = torch.nn.Identity()
     return model.eval()
 
@@ -45,8 +47,11 @@ def list_frames(folder: str | Path) -> list[Path]:
     """Frame files of a folder in name order; a video file gets a clear error."""
     folder = Path(folder)
     if folder.suffix.lower() in VIDEO_SUFFIXES:
-        raise InputError("video decoding is not available in this version; extract frames first, e.g. "
-                         "'ffmpeg -i video.mp4 -vf fps=5 frames/%06d.png', then 'medseg phases extract frames/'", folder)
+        raise InputError(
+            "video decoding is not available in this version; extract frames first, e.g. "
+            "'ffmpeg -i video.mp4 -vf fps=5 frames/%06d.png', then 'medseg phases extract frames/'",
+            folder,
+        )
     if not folder.is_dir():
         raise InputError("not a folder of frames", folder)
     frames = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
@@ -68,9 +73,17 @@ def _load(path: Path) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def extract_features(folder: str | Path, out: str | Path, encoder: torch.nn.Module, source_fps: float = 25.0,
-                     fps: float = 5.0, batch_size: int = 32, device: str | torch.device = "cpu",
-                     overwrite: bool = False, quiet: bool = True) -> Path:
+def extract_features(
+    folder: str | Path,
+    out: str | Path,
+    encoder: torch.nn.Module,
+    source_fps: float = 25.0,
+    fps: float = 5.0,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    quiet: bool = True,
+) -> Path:
     """Encode the frames (sampled to ``fps``) and save [T, 2048] float32 features atomically."""
     frames = list_frames(folder)
     step = max(1.0, source_fps / fps)
@@ -80,7 +93,7 @@ def extract_features(folder: str | Path, out: str | Path, encoder: torch.nn.Modu
     bar = progress(total=len(picked), desc="frames", unit="frame", quiet=quiet)
     with bar:
         for s in range(0, len(picked), batch_size):
-            batch = torch.stack([_load(p) for p in picked[s:s + batch_size]]).to(device)
+            batch = torch.stack([_load(p) for p in picked[s : s + batch_size]]).to(device)
             feats.append(encoder(batch).float().cpu().numpy())
             bar.update(len(batch))
     with atomic_output(out, overwrite) as tmp:

@@ -42,8 +42,11 @@ def load_features(path: str | Path, layout: str = "auto", expected_dim: int | No
     elif layout != "tc":
         raise InputError(f"unknown layout {layout!r} (tc, ct or auto)")
     if expected_dim is not None and arr.shape[1] != expected_dim:
-        raise InputError(f"features have {arr.shape[1]} dims per frame, the model expects {expected_dim} "
-                         f"(shape {arr.shape}; use --layout if the axes are swapped)", path)
+        raise InputError(
+            f"features have {arr.shape[1]} dims per frame, the model expects {expected_dim} "
+            f"(shape {arr.shape}; use --layout if the axes are swapped)",
+            path,
+        )
     if arr.shape[0] == 0:
         raise InputError("no frames", path)
     arr = arr.astype(np.float32, copy=False)
@@ -90,7 +93,9 @@ def dataset_videos(data_dir: str | Path) -> tuple[list[str], Path, Path]:
     labels = next((data_dir / d for d in ("labels", "groundTruth") if (data_dir / d).is_dir()), None)
     if not feats.is_dir() or labels is None:
         raise InputError("expected features/ and labels/ (or groundTruth/) folders", data_dir)
-    ids = sorted(p.stem for p in feats.glob("*.npy") if any((labels / (p.stem + s)).is_file() for s in (".txt", ".npy")))
+    ids = sorted(
+        p.stem for p in feats.glob("*.npy") if any((labels / (p.stem + s)).is_file() for s in (".txt", ".npy"))
+    )
     if not ids:
         raise InputError("no video has both a features/<id>.npy and a labels/<id>.txt file", data_dir)
     return ids, feats, labels

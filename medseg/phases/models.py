@@ -25,19 +25,41 @@ class ColonTCN(nn.Module):
     """ColonTCN. Args: in_features <D>, num_classes, channels (64), num_blocks <N>, kernel_size (7), dropout (0.5),
     causal, reversible (blocks become additive couplings of two half-width bodies: memory flat in N)."""
 
-    def __init__(self, in_features: int = 2048, num_classes: int = 9, channels: int = 64, num_blocks: int = 12,
-                 kernel_size: int = 7, dropout: float = 0.5, causal: bool = False, reversible: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int = 2048,
+        num_classes: int = 9,
+        channels: int = 64,
+        num_blocks: int = 12,
+        kernel_size: int = 7,
+        dropout: float = 0.5,
+        causal: bool = False,
+        reversible: bool = False,
+    ) -> None:
         super().__init__()
         self.input = nn.Conv1d(in_features, channels, 1)
         self.reversible = reversible
         if reversible:
-            body = lambda i: DilatedResidualLayer(channels // 2, kernel_size, 2 ** i, dropout, causal,  # noqa: E731
-                                                  weight_norm=True, n_convs=2, pointwise=False, residual=False)
+            def body(i):
+                return DilatedResidualLayer(
+                            channels // 2,
+                            kernel_size,
+                            2**i,
+                            dropout,
+                            causal,  # noqa: E731
+                            weight_norm=True,
+                            n_convs=2,
+                            pointwise=False,
+                            residual=False,
+                        )
             self.blocks = ReversibleSequence([ReversibleBlock(body(i), body(i)) for i in range(num_blocks)])
         else:
             self.blocks = nn.ModuleList(
-                DilatedResidualLayer(channels, kernel_size, 2 ** i, dropout, causal, weight_norm=True, n_convs=2,
-                                     pointwise=False) for i in range(num_blocks))
+                DilatedResidualLayer(
+                    channels, kernel_size, 2**i, dropout, causal, weight_norm=True, n_convs=2, pointwise=False
+                )
+                for i in range(num_blocks)
+            )
         self.head = nn.Conv1d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,11 +77,12 @@ class ColonTCN(nn.Module):
 class SingleStage(nn.Module):
     """One MS-TCN stage: 1x1 in -> L dilated residual layers -> 1x1 out."""
 
-    def __init__(self, in_dim: int, num_classes: int, channels: int, num_layers: int, dropout: float,
-                 causal: bool) -> None:
+    def __init__(
+        self, in_dim: int, num_classes: int, channels: int, num_layers: int, dropout: float, causal: bool
+    ) -> None:
         super().__init__()
         self.conv_in = nn.Conv1d(in_dim, channels, 1)
-        self.layers = nn.ModuleList(DilatedResidualLayer(channels, 3, 2 ** i, dropout, causal) for i in range(num_layers))
+        self.layers = nn.ModuleList(DilatedResidualLayer(channels, 3, 2**i, dropout, causal) for i in range(num_layers))
         self.conv_out = nn.Conv1d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,12 +96,24 @@ class SingleStage(nn.Module):
 class MSTCN(nn.Module):
     """Multi-stage TCN; ``forward`` returns the stages' logits stacked [S, N, C, T] (the last is the prediction)."""
 
-    def __init__(self, in_features: int = 2048, num_classes: int = 9, num_stages: int = 4, num_layers: int = 10,
-                 channels: int = 64, dropout: float = 0.5, causal: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int = 2048,
+        num_classes: int = 9,
+        num_stages: int = 4,
+        num_layers: int = 10,
+        channels: int = 64,
+        dropout: float = 0.5,
+        causal: bool = False,
+    ) -> None:
         super().__init__()
-        self.stages = nn.ModuleList([SingleStage(in_features, num_classes, channels, num_layers, dropout, causal)] +
-                                    [SingleStage(num_classes, num_classes, channels, num_layers, dropout, causal)
-                                     for _ in range(num_stages - 1)])
+        self.stages = nn.ModuleList(
+            [SingleStage(in_features, num_classes, channels, num_layers, dropout, causal)]
+            + [
+                SingleStage(num_classes, num_classes, channels, num_layers, dropout, causal)
+                for _ in range(num_stages - 1)
+            ]
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         outs = [self.stages[0](x, mask)]
@@ -93,22 +128,29 @@ def final_logits(output: torch.Tensor) -> torch.Tensor:
     return output[-1] if output.ndim == 4 else output
 
 
-def mstcn_loss(outputs: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-               weight: torch.Tensor | None = None, ignore_index: int = -100, smooth: float = 0.15) -> torch.Tensor:
+def mstcn_loss(
+    outputs: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    smooth: float = 0.15,
+) -> torch.Tensor:
     """Sum over stages of CE + ``smooth`` * mean(clamp(MSE(log_softmax(p_t), log_softmax(p_{t-1}).detach()), max=16)).
 
-    ``outputs`` [S, N, C, T] (or [N, C, T] for a single-stage model), ``target`` [N, T] with ``ignore_index`` for unlabeled
-    or padded frames; the smoothing term is averaged over valid neighbouring frame pairs."""
+    ``outputs`` [S, N, C, T] (or [N, C, T] for a single-stage model), ``target`` [N, T] with ``ignore_index`` for
+    unlabeled or padded frames; the smoothing term is averaged over valid neighbouring frame pairs."""
     if outputs.ndim == 3:
         outputs = outputs[None]
-    valid = (target != ignore_index)
+    valid = target != ignore_index
     if mask is not None:
         valid = valid & mask[:, 0].bool()
     pair = (valid[:, 1:] & valid[:, :-1]).unsqueeze(1).float()
     total = outputs.new_zeros(())
     for p in outputs:
-        total = total + F.cross_entropy(p, target.masked_fill(~valid, ignore_index), weight=weight,
-                                        ignore_index=ignore_index)
+        total = total + F.cross_entropy(
+            p, target.masked_fill(~valid, ignore_index), weight=weight, ignore_index=ignore_index
+        )
         lsm = F.log_softmax(p, dim=1)
         mse = torch.clamp((lsm[:, :, 1:] - lsm.detach()[:, :, :-1]) ** 2, min=0, max=16)
         total = total + smooth * (mse * pair).sum() / (pair.sum() * p.shape[1]).clamp_min(1)

@@ -14,10 +14,9 @@ from shared_backbones.checkpoint import load_for_inference
 from shared_backbones.cliutil import atomic_output, check_output
 from shared_backbones.precision import PrecisionPolicy
 
+from . import models as _models  # noqa: F401  (registers the architectures)
 from .metrics import evaluate_videos, segments, withdrawal_seconds
 from .models import COLON_CLASSES, final_logits
-
-from . import models as _models  # noqa: F401  (registers the architectures)
 
 
 @dataclass
@@ -32,7 +31,7 @@ class PhaseModel:
     policy: PrecisionPolicy
 
     @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> "PhaseModel":
+    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> PhaseModel:
         mf, model, dev, policy = load_for_inference(path, "phases", device, precision)
         return cls(model, mf.classes or list(COLON_CLASSES), int(mf.arch_kwargs.get("in_features", 2048)),
                    float(mf.preprocessing.get("fps", 5.0)), dev, policy)

@@ -27,17 +27,34 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
     if out_dir.exists():
         shutil.rmtree(out_dir)
     size = 64 if quick else 128
-    scene = make_season(out_dir / "data", height=size, width=size, n_dates=10 if quick else 24,
-                        step_days=12 if quick else 6, seed=0)
+    scene = make_season(
+        out_dir / "data", height=size, width=size, n_dates=10 if quick else 24, step_days=12 if quick else 6, seed=0
+    )
     folds, block, buffer = 4, 32, 2
     series = open_series([scene.images])
-    res = train_remote(out_dir / "ffdnn.pt", series=series, labels=scene.labels, arch="ffdnn", folds=folds, fold=0,
-                       block_size=block, buffer=buffer, epochs=1 if quick else 10, max_time="00:00:02:00",
-                       batch_size=256, accelerator="cpu", precision="fp32", quiet=quiet, overwrite=True, seed=0)[0]
+    res = train_remote(
+        out_dir / "ffdnn.pt",
+        series=series,
+        labels=scene.labels,
+        arch="ffdnn",
+        folds=folds,
+        fold=0,
+        block_size=block,
+        buffer=buffer,
+        epochs=1 if quick else 10,
+        max_time="00:00:02:00",
+        batch_size=256,
+        accelerator="cpu",
+        precision="fp32",
+        quiet=quiet,
+        overwrite=True,
+        seed=0,
+    )[0]
     rm = RemoteModel.from_file(res.model_file, "cpu", "fp32")
     outs = PredictOutputs.beside(out_dir / "stress_map.tif", probabilities=True, fields=True)
-    summary = predict_series(open_series([scene.images]), rm, outs, tile=64, fields=scene.fields, quiet=quiet,
-                             overwrite=True)
+    summary = predict_series(
+        open_series([scene.images]), rm, outs, tile=64, fields=scene.fields, quiet=quiet, overwrite=True
+    )
     # the map's accuracy on the held-out blocks of fold 0 (the same blocks as in training)
     labels, _ = read_single_band(scene.labels)
     with rasterio.open(outs.class_map) as ds:
@@ -47,12 +64,21 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
     r, c = rows[test], cols[test]
     ok = pred[r, c] != 255
     m = classification_metrics(pred[r, c][ok], labels[r, c][ok].astype(np.int64), rm.classes)
-    figs = {"heldout_map_accuracy": round(m["overall_accuracy"], 4), "heldout_map_kappa": round(m["kappa"], 4),
-            "fold_test_accuracy": round(res.metrics["overall_accuracy"], 4),
-            "heldout_pixels": float(ok.sum()), "map_pixels": float(summary["pixels"])}
+    figs = {
+        "heldout_map_accuracy": round(m["overall_accuracy"], 4),
+        "heldout_map_kappa": round(m["kappa"], 4),
+        "fold_test_accuracy": round(res.metrics["overall_accuracy"], 4),
+        "heldout_pixels": float(ok.sum()),
+        "map_pixels": float(summary["pixels"]),
+    }
     figs.update({f"f1_{k}": round(v["f1"], 4) for k, v in m["per_class"].items()})
-    return DemoResult(pipeline="remote", figures=figs, targets={"heldout_map_accuracy": ">= 0.8"},
-                      outputs=[str(outs.class_map), str(outs.probabilities), str(outs.fields_csv), str(res.model_file)],
-                      seconds=time.perf_counter() - start, passed=quick or m["overall_accuracy"] >= 0.8,
-                      notes=f"synthetic {size}x{size} px season, {len(scene.dates)} dates with clouds; FFDNN trained on "
-                            f"{res.n_train} px of 3 of {folds} spatial folds ({block} px blocks, {buffer} px buffer)")
+    return DemoResult(
+        pipeline="remote",
+        figures=figs,
+        targets={"heldout_map_accuracy": ">= 0.8"},
+        outputs=[str(outs.class_map), str(outs.probabilities), str(outs.fields_csv), str(res.model_file)],
+        seconds=time.perf_counter() - start,
+        passed=quick or m["overall_accuracy"] >= 0.8,
+        notes=f"synthetic {size}x{size} px season, {len(scene.dates)} dates with clouds; FFDNN trained on "
+        f"{res.n_train} px of 3 of {folds} spatial folds ({block} px blocks, {buffer} px buffer)",
+    )

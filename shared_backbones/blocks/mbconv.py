@@ -34,14 +34,28 @@ class MBConv(nn.Module):
         dropout: dropout before the projection (kept exact by the reversible recompute).
     """
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, expand_ratio: float = 4, kernel_size: int = 3,
-                 stride: int = 1, se_ratio: float | None = 0.25, norm: str = "group", act: str = "silu",
-                 residual: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_ch: int,
+        out_ch: int,
+        expand_ratio: float = 4,
+        kernel_size: int = 3,
+        stride: int = 1,
+        se_ratio: float | None = 0.25,
+        norm: str = "group",
+        act: str = "silu",
+        residual: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         hidden = max(1, int(round(in_ch * expand_ratio)))
-        self.expand = ConvNormAct(spatial_dims, in_ch, hidden, 1, norm=norm, act=act) if hidden != in_ch else nn.Identity()
-        self.depthwise = ConvNormAct(spatial_dims, hidden, hidden, kernel_size, stride=stride, groups=hidden,
-                                     norm=norm, act=act)
+        self.expand = (
+            ConvNormAct(spatial_dims, in_ch, hidden, 1, norm=norm, act=act) if hidden != in_ch else nn.Identity()
+        )
+        self.depthwise = ConvNormAct(
+            spatial_dims, hidden, hidden, kernel_size, stride=stride, groups=hidden, norm=norm, act=act
+        )
         self.se = SqueezeExcite(spatial_dims, hidden, int(in_ch * se_ratio)) if se_ratio else nn.Identity()
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.project = ConvNormAct(spatial_dims, hidden, out_ch, 1, norm=norm, act=None)
@@ -52,13 +66,16 @@ class MBConv(nn.Module):
         return x + y if self.use_residual else y
 
 
-def reversible_mbconv_sequence(spatial_dims: int, channels: int, depth: int, reversible: bool = True,
-                               **mbconv_kwargs) -> ReversibleSequence:
+def reversible_mbconv_sequence(
+    spatial_dims: int, channels: int, depth: int, reversible: bool = True, **mbconv_kwargs
+) -> ReversibleSequence:
     """``depth`` reversible blocks whose f and g are MBConv bodies on ``channels // 2`` channels."""
     if channels % 2:
         raise ValueError("channels must be even for a reversible sequence")
     half = channels // 2
     kw = {**mbconv_kwargs, "residual": False}
-    blocks = [ReversibleBlock(MBConv(spatial_dims, half, half, **kw), MBConv(spatial_dims, half, half, **kw))
-              for _ in range(depth)]
+    blocks = [
+        ReversibleBlock(MBConv(spatial_dims, half, half, **kw), MBConv(spatial_dims, half, half, **kw))
+        for _ in range(depth)
+    ]
     return ReversibleSequence(blocks, reversible=reversible)

@@ -1,4 +1,5 @@
-"""Temporal convolution blocks: Conv-TasNet's depthwise dilated block and the MS-TCN / ColonTCN dilated residual layer."""
+"""Temporal convolution blocks: Conv-TasNet's depthwise dilated block and the MS-TCN / ColonTCN dilated residual
+layer."""
 
 from __future__ import annotations
 
@@ -21,17 +22,35 @@ class TCNBlock(nn.Module):
         skip_channels: <Sc> (defaults to <B>; None-like 0 disables the skip output).
     """
 
-    def __init__(self, io_channels: int, hidden_channels: int, kernel_size: int, dilation: int = 1,
-                 norm: str = "gln", causal: bool = False, no_residual: bool = False,
-                 skip_channels: int | None = None) -> None:
+    def __init__(
+        self,
+        io_channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        norm: str = "gln",
+        causal: bool = False,
+        no_residual: bool = False,
+        skip_channels: int | None = None,
+    ) -> None:
         super().__init__()
         self.causal = causal
         self.pad = (kernel_size - 1) * dilation
         self.conv_layers = nn.Sequential(
-            nn.Conv1d(io_channels, hidden_channels, 1), nn.PReLU(), get_norm(norm, 1, hidden_channels),
-            nn.Conv1d(hidden_channels, hidden_channels, kernel_size, dilation=dilation, groups=hidden_channels,
-                      padding=0 if causal else self.pad // 2),
-            nn.PReLU(), get_norm(norm, 1, hidden_channels))
+            nn.Conv1d(io_channels, hidden_channels, 1),
+            nn.PReLU(),
+            get_norm(norm, 1, hidden_channels),
+            nn.Conv1d(
+                hidden_channels,
+                hidden_channels,
+                kernel_size,
+                dilation=dilation,
+                groups=hidden_channels,
+                padding=0 if causal else self.pad // 2,
+            ),
+            nn.PReLU(),
+            get_norm(norm, 1, hidden_channels),
+        )
         self.res_out = None if no_residual else nn.Conv1d(hidden_channels, io_channels, 1)
         sc = io_channels if skip_channels is None else skip_channels
         self.skip_out = nn.Conv1d(hidden_channels, sc, 1) if sc else None
@@ -49,7 +68,7 @@ class TCNBlock(nn.Module):
         w = conv.weight[:, 0, :, None]  # [H, P, 1]
         y = torch.addcmul(conv.bias[:, None], h[..., :t], w[:, 0])
         for j in range(1, w.shape[1]):
-            y.addcmul_(h[..., j * dil: j * dil + t], w[:, j])
+            y.addcmul_(h[..., j * dil : j * dil + t], w[:, j])
         return y
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -74,8 +93,15 @@ class TCNBlock(nn.Module):
 class TCNResidualBody(nn.Module):
     """A :class:`TCNBlock` without skip output returning only its residual branch (reversible f/g)."""
 
-    def __init__(self, channels: int, hidden_channels: int, kernel_size: int, dilation: int = 1,
-                 norm: str = "gln", causal: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        dilation: int = 1,
+        norm: str = "gln",
+        causal: bool = False,
+    ) -> None:
         super().__init__()
         self.block = TCNBlock(channels, hidden_channels, kernel_size, dilation, norm, causal, skip_channels=0)
 
@@ -92,15 +118,25 @@ class DilatedResidualLayer(nn.Module):
     ``mask`` [N, 1, T] zeroes padded frames.
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3, dilation: int = 1, dropout: float = 0.0,
-                 causal: bool = False, weight_norm: bool = False, n_convs: int = 1, pointwise: bool = True,
-                 residual: bool = True) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        dropout: float = 0.0,
+        causal: bool = False,
+        weight_norm: bool = False,
+        n_convs: int = 1,
+        pointwise: bool = True,
+        residual: bool = True,
+    ) -> None:
         super().__init__()
         wn = nn.utils.parametrizations.weight_norm if weight_norm else (lambda m: m)
         self.pad = (kernel_size - 1) * dilation
         self.causal = causal
-        self.convs = nn.ModuleList(wn(nn.Conv1d(channels, channels, kernel_size, dilation=dilation))
-                                   for _ in range(n_convs))
+        self.convs = nn.ModuleList(
+            wn(nn.Conv1d(channels, channels, kernel_size, dilation=dilation)) for _ in range(n_convs)
+        )
         self.pointwise = nn.Conv1d(channels, channels, 1) if pointwise else None
         self.dropout = nn.Dropout(dropout)
         self.residual = residual

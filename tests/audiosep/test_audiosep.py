@@ -83,8 +83,17 @@ def test_import_torchaudio_and_asteroid_files(tmp_path):
     # an Asteroid package: the same tensors under Asteroid's names (norm affine = gamma/beta, every block with a
     # res_conv, unpadded encoder/decoder), hyperparameters in model_args
     ast = _asteroid_state_dict(ref.state_dict(), n_blocks=6)
-    args = {"sample_rate": 16000, "mask_act": "relu", "n_blocks": 3, "n_repeats": 2, "norm_type": "gLN",
-            "fb_name": "free", "kernel_size": 16, "stride": 8, "skip_chan": 8}
+    args = {
+        "sample_rate": 16000,
+        "mask_act": "relu",
+        "n_blocks": 3,
+        "n_repeats": 2,
+        "norm_type": "gLN",
+        "fb_name": "free",
+        "kernel_size": 16,
+        "stride": 8,
+        "skip_chan": 8,
+    }
     torch.save({"model_name": "ConvTasNet", "state_dict": ast, "model_args": args}, tmp_path / "ast.pth")
     mf2 = load_model_file(import_convtasnet(tmp_path / "ast.pth", tmp_path / "m2.pt", fmt="asteroid"))
     assert mf2.preprocessing["sample_rate"] == 16000 and mf2.arch_kwargs["encoder_padding"] is False
@@ -92,8 +101,11 @@ def test_import_torchaudio_and_asteroid_files(tmp_path):
     with torch.no_grad():
         y = mf2.build()(torch.nn.functional.pad(x, (8, 8)))
         assert y.shape == (1, 2, 656) and torch.allclose(y[..., 8:-8], ref(x), atol=1e-6)
-    for bad, msg in (({"norm_type": "cLN"}, "norm 'cLN'"), ({"mask_act": "softmax"}, "mask activation 'softmax'"),
-                     ({"skip_chan": 0}, "no skip connections")):
+    for bad, msg in (
+        ({"norm_type": "cLN"}, "norm 'cLN'"),
+        ({"mask_act": "softmax"}, "mask activation 'softmax'"),
+        ({"skip_chan": 0}, "no skip connections"),
+    ):
         torch.save({"state_dict": ast, "model_args": {**args, **bad}}, tmp_path / "bad.pth")
         with pytest.raises(ModelFileError, match=msg):
             import_convtasnet(tmp_path / "bad.pth", tmp_path / "m3.pt", fmt="asteroid")
@@ -104,19 +116,30 @@ def test_import_torchaudio_and_asteroid_files(tmp_path):
 def _asteroid_state_dict(sd: dict, n_blocks: int) -> dict:
     """Our/torchaudio's state_dict written the way Asteroid's ConvTasNet names it (built from the key facts)."""
     names = {"encoder.weight": "encoder.filterbank._filters", "decoder.weight": "decoder.filterbank._filters"}
-    prefixes = [("mask_generator.input_norm.", "masker.bottleneck.0."), ("mask_generator.input_conv.", "masker.bottleneck.1."),
-                ("mask_generator.output_prelu.", "masker.mask_net.0."), ("mask_generator.output_conv.", "masker.mask_net.1.")]
+    prefixes = [
+        ("mask_generator.input_norm.", "masker.bottleneck.0."),
+        ("mask_generator.input_conv.", "masker.bottleneck.1."),
+        ("mask_generator.output_prelu.", "masker.mask_net.0."),
+        ("mask_generator.output_conv.", "masker.mask_net.1."),
+    ]
     out = {}
     for k, v in sd.items():
         k2 = names.get(k, k)
         for a, b in prefixes:
-            k2 = b + k2[len(a):] if k2.startswith(a) else k2
-        k2 = (k2.replace("mask_generator.conv_layers.", "masker.TCN.").replace(".conv_layers.", ".shared_block.")
-              .replace(".res_out.", ".res_conv.").replace(".skip_out.", ".skip_conv."))
+            k2 = b + k2[len(a) :] if k2.startswith(a) else k2
+        k2 = (
+            k2.replace("mask_generator.conv_layers.", "masker.TCN.")
+            .replace(".conv_layers.", ".shared_block.")
+            .replace(".res_out.", ".res_conv.")
+            .replace(".skip_out.", ".skip_conv.")
+        )
         if k2.startswith("masker.bottleneck.0.") or any(f"shared_block.{j}." in k2 for j in (2, 5)):
             k2 = k2.replace(".weight", ".gamma").replace(".bias", ".beta")
         out[k2] = v
-    b, h = sd["mask_generator.input_conv.weight"].shape[0], sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0]
+    b, h = (
+        sd["mask_generator.input_conv.weight"].shape[0],
+        sd["mask_generator.conv_layers.0.conv_layers.0.weight"].shape[0],
+    )
     out[f"masker.TCN.{n_blocks - 1}.res_conv.weight"] = torch.randn(b, h, 1)  # unused by Asteroid's forward
     out[f"masker.TCN.{n_blocks - 1}.res_conv.bias"] = torch.randn(b)
     return out
@@ -160,8 +183,16 @@ def test_chunked_separation_equals_one_shot_and_keeps_speaker_order():
     torch.manual_seed(0)
     x = torch.randn(1, 8000 * 7)
     blocks = []
-    separate_chunks(lambda s, n: x[:, s:s + n], x.shape[1], 8000, _separator(_FlippingSplitter()), chunk=8000,
-                    overlap=800, channels=1, write=blocks.append)
+    separate_chunks(
+        lambda s, n: x[:, s : s + n],
+        x.shape[1],
+        8000,
+        _separator(_FlippingSplitter()),
+        chunk=8000,
+        overlap=800,
+        channels=1,
+        write=blocks.append,
+    )
     y = torch.cat(blocks, -1)
     assert y.shape == (1, 2, x.shape[1])
     assert torch.allclose(y[0, 0], x[0].clamp_min(0), atol=1e-6)
@@ -175,8 +206,16 @@ def test_chunked_real_model_matches_one_shot_away_from_seams():
     with torch.no_grad():
         ref = model(x[None])[0]
     blocks = []
-    separate_chunks(lambda s, n: x[:, s:s + n], x.shape[1], 8000, _separator(model), chunk=8000, overlap=2000,
-                    channels=1, write=blocks.append)
+    separate_chunks(
+        lambda s, n: x[:, s : s + n],
+        x.shape[1],
+        8000,
+        _separator(model),
+        chunk=8000,
+        overlap=2000,
+        channels=1,
+        write=blocks.append,
+    )
     y = torch.cat(blocks, -1)[0]
     # gLN normalises over the whole input, so a chunk is not bit-equal to the one-shot pass; away from the seams
     # the two must agree closely (and in the same speaker order)
@@ -188,20 +227,34 @@ def test_chunked_real_model_matches_one_shot_away_from_seams():
 def _model_file(tmp_path, rate=8000):
     torch.manual_seed(0)
     m = create_model("convtasnet-small", **SMALL)
-    return save_model_file(tmp_path / "sep.pt", ModelFile.from_model(
-        m, task="audiosep", arch="convtasnet-small", arch_kwargs={"num_sources": 2, **SMALL},
-        preprocessing={"sample_rate": rate}))
+    return save_model_file(
+        tmp_path / "sep.pt",
+        ModelFile.from_model(
+            m,
+            task="audiosep",
+            arch="convtasnet-small",
+            arch_kwargs={"num_sources": 2, **SMALL},
+            preprocessing={"sample_rate": rate},
+        ),
+    )
 
 
-@pytest.mark.parametrize("rate,channels,fmt,subtype", [(16000, 2, "FLAC", "PCM_24"), (44100, 1, "WAV", "PCM_16"),
-                                                       (8000, 3, "WAV", "PCM_32"), (22050, 1, "WAV", "FLOAT")])
+@pytest.mark.parametrize(
+    "rate,channels,fmt,subtype",
+    [(16000, 2, "FLAC", "PCM_24"), (44100, 1, "WAV", "PCM_16"), (8000, 3, "WAV", "PCM_32"), (22050, 1, "WAV", "FLOAT")],
+)
 def test_files_keep_rate_length_subtype_and_never_clip(tmp_path, rate, channels, fmt, subtype):
     model = _model_file(tmp_path)
     ext = ".flac" if fmt == "FLAC" else ".wav"
     src = tmp_path / f"mix{ext}"
     n = int(rate * 2.3) + 7
-    sf.write(src, (0.9 * np.sin(np.arange(n)[:, None] * 0.05 * (1 + np.arange(channels)))).astype("float32"),
-             rate, subtype=subtype, format=fmt)
+    sf.write(
+        src,
+        (0.9 * np.sin(np.arange(n)[:, None] * 0.05 * (1 + np.arange(channels)))).astype("float32"),
+        rate,
+        subtype=subtype,
+        format=fmt,
+    )
     before = src.read_bytes()
     args = [str(src), "-m", str(model), "--quiet", "--chunk-seconds", "1", "--overlap-seconds", "0.25"]
     assert main(["separate", *args, "--per-channel"]) == 0
@@ -222,13 +275,15 @@ def test_error_paths_one_line_exit_2(tmp_path, capsys):
     sf.write(tmp_path / "ok.wav", np.zeros(800, dtype="float32"), 8000)
     other = tmp_path / "other.pt"
     torch.save({**torch.load(model, weights_only=True), "task": "medseg"}, other)
-    cases = [(["separate", str(tmp_path / "missing.wav"), "-m", str(model)], "missing.wav: file not found"),
-             (["separate", str(tmp_path / "text.wav"), "-m", str(model)], "text.wav: not a readable audio file"),
-             (["separate", str(tmp_path / "empty.wav"), "-m", str(model)], "empty.wav: audio is empty"),
-             (["separate", str(tmp_path / "ok.wav"), "-m", str(other)], "model file is for task 'medseg'"),
-             (["separate", str(tmp_path / "ok.wav"), "-m", str(tmp_path / "ok.wav")], "ok.wav:"),
-             (["separate", str(tmp_path / "ok.wav")], "no model given: pass --model"),
-             (["separate", str(tmp_path / "nowhere"), "-m", str(model)], "nowhere: file not found")]
+    cases = [
+        (["separate", str(tmp_path / "missing.wav"), "-m", str(model)], "missing.wav: file not found"),
+        (["separate", str(tmp_path / "text.wav"), "-m", str(model)], "text.wav: not a readable audio file"),
+        (["separate", str(tmp_path / "empty.wav"), "-m", str(model)], "empty.wav: audio is empty"),
+        (["separate", str(tmp_path / "ok.wav"), "-m", str(other)], "model file is for task 'medseg'"),
+        (["separate", str(tmp_path / "ok.wav"), "-m", str(tmp_path / "ok.wav")], "ok.wav:"),
+        (["separate", str(tmp_path / "ok.wav")], "no model given: pass --model"),
+        (["separate", str(tmp_path / "nowhere"), "-m", str(model)], "nowhere: file not found"),
+    ]
     for argv, msg in cases:
         assert main(argv + ["--quiet"]) == 2
         err = capsys.readouterr().err
@@ -263,14 +318,18 @@ def test_evaluate_folder_and_csv(tmp_path, capsys):
     sf.write(est / "u1_s1.wav", s2 + 0.01 * s1, 8000, subtype="FLOAT")  # swapped order: PIT must fix it
     sf.write(est / "u1_s2.wav", s1 + 0.02 * s2, 8000, subtype="FLOAT")
     rows = evaluate_folder(est, tmp_path / "data")
-    expect_si = (si_snr(torch.tensor(np.stack([s1 + 0.02 * s2, s2 + 0.01 * s1])), torch.tensor(np.stack([s1, s2]))).mean()
-                 - si_snr(torch.tensor(np.stack([s1 + s2] * 2)), torch.tensor(np.stack([s1, s2]))).mean())
+    expect_si = (
+        si_snr(torch.tensor(np.stack([s1 + 0.02 * s2, s2 + 0.01 * s1])), torch.tensor(np.stack([s1, s2]))).mean()
+        - si_snr(torch.tensor(np.stack([s1 + s2] * 2)), torch.tensor(np.stack([s1, s2]))).mean()
+    )
     assert rows[0]["si_snri"] == pytest.approx(float(expect_si), abs=1e-3)
     from torchmetrics.functional.audio import signal_distortion_ratio as tm_sdr
 
     ref = torch.tensor(np.stack([s1, s2])).double()
-    expect_sdri = (tm_sdr(torch.tensor(np.stack([s1 + 0.02 * s2, s2 + 0.01 * s1])).double(), ref).mean()
-                   - tm_sdr(torch.tensor(np.stack([s1 + s2] * 2)).double(), ref).mean())
+    expect_sdri = (
+        tm_sdr(torch.tensor(np.stack([s1 + 0.02 * s2, s2 + 0.01 * s1])).double(), ref).mean()
+        - tm_sdr(torch.tensor(np.stack([s1 + s2] * 2)).double(), ref).mean()
+    )
     assert rows[0]["sdri"] == pytest.approx(float(expect_sdri), abs=1e-2)
     assert main(["evaluate", str(est), str(tmp_path / "data"), "--csv", str(tmp_path / "r.csv")]) == 0
     assert (tmp_path / "r.csv").read_text().splitlines()[-1].startswith("mean,")
@@ -282,12 +341,27 @@ def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
 
     data = write_librimix(tmp_path / "data", 10, seconds=1.0, seed=0)
     out = tmp_path / "m.pt"
-    argv = ["train", str(data), "-o", str(out), "--segment", "0.5", "--batch-size", "4", "--epochs", "1",
-            "--accelerator", "cpu", "--quiet"]
+    argv = [
+        "train",
+        str(data),
+        "-o",
+        str(out),
+        "--segment",
+        "0.5",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--quiet",
+    ]
     assert main(argv) == 0
     mf = load_model_file(out, task="audiosep")
     assert mf.preprocessing["sample_rate"] == 8000 and mf.classes == ["s1", "s2"] and "best_val_loss" in mf.metrics
-    assert main(["separate", str(data / "mix" / "utt0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+    assert (
+        main(["separate", str(data / "mix" / "utt0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+    )
     assert sf.info(tmp_path / "o" / "utt0000_s2.wav").frames == 8000
     capsys.readouterr()
     assert main(argv) == 2 and "output exists" in capsys.readouterr().err

@@ -9,13 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from medseg_testutil import load, make_model_file, write_volume
 
 from medseg.evaluate import case_metrics
 from medseg.synthetic import save_nifti
 from medseg.volume_cli import main
 from pipelines.medseg import deep_supervision_weights, plan_strides, read_dataset
-
-from medseg_testutil import load, make_model_file, write_volume
 
 
 def _one_error(capsys, path) -> str:
@@ -36,9 +35,14 @@ def _bad_inputs(tmp_path):
     nanf = save_nifti(tmp_path / "nan.nii.gz", nan, aff)
     png = tmp_path / "scan.png"
     png.write_bytes(b"\x89PNG\r\n")
-    return {"garbage": (text, "not a readable NIfTI"), "2d": (flat, "2-D image"),
-            "4d": (four, "4-D image with 3 channels; the model expects 1"), "nan": (nanf, "NaN"),
-            "png": (png, "not a NIfTI file"), "missing": (tmp_path / "absent.nii.gz", "file not found")}
+    return {
+        "garbage": (text, "not a readable NIfTI"),
+        "2d": (flat, "2-D image"),
+        "4d": (four, "4-D image with 3 channels; the model expects 1"),
+        "nan": (nanf, "NaN"),
+        "png": (png, "not a NIfTI file"),
+        "missing": (tmp_path / "absent.nii.gz", "file not found"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["garbage", "2d", "4d", "nan", "png", "missing"])
@@ -84,7 +88,7 @@ def test_metrics_equal_monai_and_conventions():
     ref[4:12, 4:12, 2:8] = 1
     ref[14:18, 14:18, 3:6] = 2
     pred = np.zeros_like(ref)
-    pred[5:13, 4:12, 2:8] = 1          # organ shifted by one voxel (1.5 mm along x)
+    pred[5:13, 4:12, 2:8] = 1  # organ shifted by one voxel (1.5 mm along x)
     m = case_metrics(pred, ref, 4, (1.5, 1.0, 2.0))
     inter = ((pred == 1) & (ref == 1)).sum()
     assert m["dice"][0] == pytest.approx(2 * inter / ((pred == 1).sum() + (ref == 1).sum()))
@@ -92,9 +96,9 @@ def test_metrics_equal_monai_and_conventions():
     assert m["dice"][0] == pytest.approx(float(compute_dice(p, r, include_background=False)[0, 0]))
     hd = float(compute_hausdorff_distance(p, r, percentile=95, spacing=[1.5, 1.0, 2.0])[0, 0])
     assert m["hd95"][0] == pytest.approx(hd) and hd == pytest.approx(1.5)
-    assert m["nsd"][0] == pytest.approx(1.0)            # within the 2 mm tolerance everywhere
+    assert m["nsd"][0] == pytest.approx(1.0)  # within the 2 mm tolerance everywhere
     assert m["dice"][1] == 0 and m["nsd"][1] == 0 and np.isnan(m["hd95"][1])  # missed lesion
-    assert np.isnan(m["dice"][2]) and np.isnan(m["nsd"][2])                  # class absent from both
+    assert np.isnan(m["dice"][2]) and np.isnan(m["nsd"][2])  # class absent from both
 
 
 # ---------------------------------------------------------------------------------------- train, end to end
@@ -111,8 +115,32 @@ def test_synth_train_predict_evaluate(tmp_path, capsys):
     info = read_dataset(data)
     assert len(info.cases) == 3 and info.classes == ["background", "organ", "lesion", "vessel"]
     model = tmp_path / "m.pt"
-    assert main(["train", str(data), "-o", str(model), "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
-                 "--folds", "3", "--base-channels", "4", "--patch", "8", "16", "16", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "-o",
+                str(model),
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+                "--batch-size",
+                "1",
+                "--folds",
+                "3",
+                "--base-channels",
+                "4",
+                "--patch",
+                "8",
+                "16",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     from shared_backbones.checkpoint import load_model_file
 
     mf = load_model_file(model)
@@ -163,9 +191,12 @@ def test_cached_cases_are_memory_mapped_and_equal_fresh_preprocessing(tmp_path):
     fresh = preprocess_case(files, lab, plan, name)
     cache = tmp_path / "cache"
     first = cached_case(cache, files, lab, plan, name)
-    again = cached_case(cache, files, lab, plan, name)      # read back, not recomputed
-    assert isinstance(again.image, np.memmap) and sorted(p.name for p in cache.iterdir()) == \
-        [f"{name}.npy", f"{name}_fg.pt", f"{name}_seg.npy"]
+    again = cached_case(cache, files, lab, plan, name)  # read back, not recomputed
+    assert isinstance(again.image, np.memmap) and sorted(p.name for p in cache.iterdir()) == [
+        f"{name}.npy",
+        f"{name}_fg.pt",
+        f"{name}_seg.npy",
+    ]
     for v in (first, again):
         assert np.array_equal(np.asarray(v.image), fresh.image.numpy())
         assert np.array_equal(np.asarray(v.label), fresh.label.numpy())
@@ -175,8 +206,10 @@ def test_cached_cases_are_memory_mapped_and_equal_fresh_preprocessing(tmp_path):
     img, lbl = crop_patch(again, [-3, y - 5, 2], [8, 16, 16])
     full_img = torch.nn.functional.pad(fresh.image, (0, 16, 0, 16, 3, 8))
     full_lab = torch.nn.functional.pad(fresh.label, (0, 16, 0, 16, 3, 8)).long()
-    assert torch.equal(img, full_img[:, 0:8, y - 5:y + 11, 2:18]) and torch.equal(lbl, full_lab[0:8, y - 5:y + 11, 2:18])
-    big = [z + 5, y + 2, x]                                   # larger than the volume: centred, exact shape
+    assert torch.equal(img, full_img[:, 0:8, y - 5 : y + 11, 2:18]) and torch.equal(
+        lbl, full_lab[0:8, y - 5 : y + 11, 2:18]
+    )
+    big = [z + 5, y + 2, x]  # larger than the volume: centred, exact shape
     ds = PatchDataset([again], big, 3, augment=False)
     xs, ys = ds[0]
     assert xs.shape == (1, *big) and ys.shape == tuple(big) and int(ys.sum()) == int(fresh.label.long().sum())
@@ -193,9 +226,28 @@ def test_lightning_cli_config_trains_and_exports(tmp_path, monkeypatch):
     config = Path(pipelines.__file__).parent / "configs" / "medseg.yaml"
     monkeypatch.chdir(tmp_path)
     assert main(["synth", "phantoms", "--train", "3", "--test", "1", "--quiet"]) == 0
-    assert pipelines_main(["fit", "-c", str(config), "--trainer.max_epochs", "1", "--data.steps_per_epoch", "2",
-                           "--data.folds", "3", "--data.batch_size", "1", "--trainer.enable_progress_bar", "false",
-                           "--trainer.enable_model_summary", "false"]) == 0
+    assert (
+        pipelines_main(
+            [
+                "fit",
+                "-c",
+                str(config),
+                "--trainer.max_epochs",
+                "1",
+                "--data.steps_per_epoch",
+                "2",
+                "--data.folds",
+                "3",
+                "--data.batch_size",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
+        == 0
+    )
     ckpts = list((tmp_path / "runs" / "medseg" / "checkpoints").glob("best-*.ckpt"))
     assert len(ckpts) == 1 and len(list((tmp_path / "runs" / "medseg" / "preprocessed").glob("*/*.npy"))) == 6
     assert pipelines_main(["export", str(ckpts[0]), "-o", "unet.pt"]) == 0
@@ -218,8 +270,12 @@ def test_parallel_preprocessing_fills_the_same_cache(tmp_path):
         dm = MedsegDataModule(str(data), workers=workers, cache_dir=str(tmp_path / f"cache{workers}"), folds=2)
         dm.prepare_data()
         files = sorted(Path(dm.cache_dir).glob("*.npy"))
-        assert [f.name for f in files] == ["phantom_000.npy", "phantom_000_seg.npy", "phantom_001.npy",
-                                           "phantom_001_seg.npy"]
+        assert [f.name for f in files] == [
+            "phantom_000.npy",
+            "phantom_000_seg.npy",
+            "phantom_001.npy",
+            "phantom_001_seg.npy",
+        ]
         arrays.append([np.load(f) for f in files])
     # labels identical; images equal up to float summation order (one thread per worker)
     assert all(np.allclose(a, b, atol=1e-5) and (a.dtype != np.uint8 or np.array_equal(a, b)) for a, b in zip(*arrays))

@@ -24,12 +24,15 @@ def _net(k: int = 3, seed: int = 0) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------ sliding window
-@pytest.mark.parametrize("shape,window,overlap,batch", [
-    ((1, 1, 20, 24, 18), (8, 16, 16), 0.5, 1),
-    ((2, 1, 13, 9, 30), (8, 8, 8), 0.25, 3),
-    ((1, 1, 6, 5, 4), (8, 8, 8), 0.5, 2),       # smaller than the window: padded
-    ((1, 1, 17, 16, 33), (16, 16, 16), 0.6, 4),
-])
+@pytest.mark.parametrize(
+    "shape,window,overlap,batch",
+    [
+        ((1, 1, 20, 24, 18), (8, 16, 16), 0.5, 1),
+        ((2, 1, 13, 9, 30), (8, 8, 8), 0.25, 3),
+        ((1, 1, 6, 5, 4), (8, 8, 8), 0.5, 2),  # smaller than the window: padded
+        ((1, 1, 17, 16, 33), (16, 16, 16), 0.6, 4),
+    ],
+)
 def test_gaussian_blending_matches_monai(shape, window, overlap, batch):
     from monai.inferers import sliding_window_inference
 
@@ -37,8 +40,17 @@ def test_gaussian_blending_matches_monai(shape, window, overlap, batch):
     x = torch.randn(shape)
     with torch.inference_mode():
         ours = sliding_window(net, x, window, overlap=overlap, batch_size=batch)
-        ref = sliding_window_inference(x, window, batch, net, overlap=overlap, mode="gaussian", sigma_scale=0.125,
-                                       padding_mode="constant", cval=0.0)
+        ref = sliding_window_inference(
+            x,
+            window,
+            batch,
+            net,
+            overlap=overlap,
+            mode="gaussian",
+            sigma_scale=0.125,
+            padding_mode="constant",
+            cval=0.0,
+        )
     assert ours.shape == ref.shape == (shape[0], 3, *shape[2:])
     assert (ours - ref).abs().max().item() < 1e-5
 
@@ -96,8 +108,9 @@ def test_slab_resampling_equals_trilinear(src, dst):
 
 
 # ------------------------------------------------------------------------------------------------------ STU-Net
-@pytest.mark.parametrize("name,millions", [("stunet-s", 14.60), ("stunet-b", 58.26), ("stunet-l", 440.30),
-                                           ("stunet-h", 1457.33)])
+@pytest.mark.parametrize(
+    "name,millions", [("stunet-s", 14.60), ("stunet-b", 58.26), ("stunet-l", 440.30), ("stunet-h", 1457.33)]
+)
 def test_stunet_parameter_counts(name, millions):
     with torch.device("meta"):
         net = create_model(name, in_channels=1, num_classes=105)
@@ -128,18 +141,34 @@ def test_stunet_key_names_shapes_and_output():
 def _official_files(tmp_path, sd, plans):
     """An nnU-Net v1 style pair: <name>.model (dict with state_dict, DataParallel prefix) + <name>.model.pkl."""
     model = tmp_path / "base_ep4k.model"
-    torch.save({"epoch": 4000, "state_dict": {f"module.{k}": v for k, v in sd.items()},
-                "optimizer_state_dict": None, "amp_grad_scaler": None}, model)
+    torch.save(
+        {
+            "epoch": 4000,
+            "state_dict": {f"module.{k}": v for k, v in sd.items()},
+            "optimizer_state_dict": None,
+            "amp_grad_scaler": None,
+        },
+        model,
+    )
     with open(str(model) + ".pkl", "wb") as fh:
         pickle.dump(plans, fh)
     return model
 
 
 def _plans(in_ch=1):
-    return {"plans_per_stage": {0: {"current_spacing": np.array([1.5, 1.5, 1.5]), "patch_size": np.array([16, 16, 32]),
-                                    "pool_op_kernel_sizes": [[2, 2, 2]] * 4 + [[1, 1, 2]]}},
-            "normalization_schemes": {c: "nonCT" for c in range(in_ch)}, "transpose_forward": [0, 1, 2],
-            "dataset_properties": {"intensityproperties": None}, "num_classes": 2}
+    return {
+        "plans_per_stage": {
+            0: {
+                "current_spacing": np.array([1.5, 1.5, 1.5]),
+                "patch_size": np.array([16, 16, 32]),
+                "pool_op_kernel_sizes": [[2, 2, 2]] * 4 + [[1, 1, 2]],
+            }
+        },
+        "normalization_schemes": {c: "nonCT" for c in range(in_ch)},
+        "transpose_forward": [0, 1, 2],
+        "dataset_properties": {"intensityproperties": None},
+        "num_classes": 2,
+    }
 
 
 def test_import_official_stunet_checkpoint(tmp_path, capsys):
@@ -155,7 +184,9 @@ def test_import_official_stunet_checkpoint(tmp_path, capsys):
 
     mf = load_model_file(out)
     assert mf.arch == "stunet-s" and mf.preprocessing["patch_size"] == [16, 16, 32]
-    assert mf.preprocessing["spacing"] == [1.5, 1.5, 1.5] and mf.preprocessing["normalization"] == [{"scheme": "zscore"}]
+    assert mf.preprocessing["spacing"] == [1.5, 1.5, 1.5] and mf.preprocessing["normalization"] == [
+        {"scheme": "zscore"}
+    ]
     net = create_model(mf.arch, **mf.arch_kwargs)
     net.load_state_dict(mf.state_dict, strict=True)
     x = torch.randn(1, 1, 32, 32, 64)
@@ -192,7 +223,12 @@ def test_revunet_gradients_equal_plain_twin():
         net.reversible = rev
         net.zero_grad(set_to_none=True)
         outs = net(x)
-        assert isinstance(outs, list) and outs[0].shape == (2, 3, 8, 8, 8) and outs[1].shape == (2, 3, 4, 4, 4) and len(outs) == 2
+        assert (
+            isinstance(outs, list)
+            and outs[0].shape == (2, 3, 8, 8, 8)
+            and outs[1].shape == (2, 3, 4, 4, 4)
+            and len(outs) == 2
+        )
         F.cross_entropy(outs[0], y).backward()
         grads.append({n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(net.parameters())) - 2  # coarse head unused

@@ -8,13 +8,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from medseg_testutil import load, make_model_file, write_volume
 
 from medseg.io import Geometry, read_case
 from medseg.predict import largest_component, load_models, predict_case
 from medseg.synthetic import oblique_affine, save_nifti
 from medseg.volume_cli import main
-
-from medseg_testutil import load, make_model_file, write_volume
 
 GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
                    "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "xyzt_units")
@@ -112,7 +111,7 @@ def test_options_stats_preview_probabilities_classes(tmp_path, model_file, volum
     assert np.array_equal(labels, p.argmax(-1)) or (labels != p.argmax(-1)).mean() < 0.05  # cleanup may drop islands
     stats = json.loads((tmp_path / "s.json").read_text())
     vox = float(np.prod(load(volume).header.get_zooms()))
-    for name, s in stats["classes"].items():
+    for _name, s in stats["classes"].items():
         assert s["voxels"] == int((labels == s["label"]).sum())
         assert s["volume_mm3"] == pytest.approx(s["voxels"] * vox, rel=1e-4)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

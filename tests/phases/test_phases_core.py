@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.phases.metrics import edit_score, evaluate_videos, f1_counts, levenshtein, segments, withdrawal_seconds
-from medseg.phases.models import COLON_CLASSES, ColonTCN, MSTCN, mstcn_loss
+from medseg.phases.models import COLON_CLASSES, MSTCN, ColonTCN, mstcn_loss
 
 
 @pytest.mark.parametrize("blocks,count", [(12, 822_921), (13, 880_521)])
@@ -16,7 +16,9 @@ def test_colontcn_parameter_counts(blocks, count):
     assert sum(p.numel() for p in ColonTCN(2048, 9, num_blocks=blocks).parameters()) == count
 
 
-@pytest.mark.parametrize("model", [lambda: ColonTCN(8, 4, 16, 4, causal=True), lambda: MSTCN(8, 4, 2, 5, 16, causal=True)])
+@pytest.mark.parametrize(
+    "model", [lambda: ColonTCN(8, 4, 16, 4, causal=True), lambda: MSTCN(8, 4, 2, 5, 16, causal=True)]
+)
 def test_causal_models_never_look_ahead(model):
     torch.manual_seed(0)
     m = model().eval()

@@ -105,13 +105,29 @@ def test_kfold_properties(tmp_path):
 
 def test_cli_fit_with_example_config_and_export(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    rc = pipelines_main(["fit", "-c", str(CONFIG), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+    rc = pipelines_main(
+        ["fit", "-c", str(CONFIG), "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"]
+    )
     assert rc == 0
     ckpts = list(tmp_path.glob("runs/example/**/*.ckpt"))
     assert len(ckpts) == 1
     # resume through the CLI: the class is rebuilt from the checkpoint and training continues from its step
-    assert pipelines_main(["fit", "-c", str(CONFIG), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar",
-                           "false", "--ckpt_path", str(ckpts[0])]) == 0
+    assert (
+        pipelines_main(
+            [
+                "fit",
+                "-c",
+                str(CONFIG),
+                "--trainer.max_epochs",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--ckpt_path",
+                str(ckpts[0]),
+            ]
+        )
+        == 0
+    )
     assert [p.name for p in tmp_path.glob("runs/example/**/epoch=1-step=8.ckpt")] == ["epoch=1-step=8.ckpt"]
     assert pipelines_main(["export", str(ckpts[0]), "-o", "model.pt"]) == 0
     assert load_model_file(tmp_path / "model.pt").arch == "example-revnet1d"

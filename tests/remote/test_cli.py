@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from remote_testutil import write_tif
 
 from remote.cli import main
 from remote.evaluate import classification_metrics
 from remote.samples import spatial_block_splits
-from remote_testutil import write_tif
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
 from shared_backbones.registry import create_model
 

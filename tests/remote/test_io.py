@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
+from remote_testutil import write_tif
 
 from remote.cli import main
 from remote.io import open_series, parse_band, parse_date, read_date_list, resolve_offset
 from shared_backbones.errors import InputError
-
-from remote_testutil import write_tif
 
 FULL = Window(0, 0, 4, 4)
 
@@ -22,15 +21,21 @@ def test_parse_names():
     assert parse_date("T32UQD_20240501T102031_B05_20m") == dt.date(2024, 5, 1)
     assert parse_date("S2 2023-07-09 x") == dt.date(2023, 7, 9)
     assert parse_date("no date 20241399") is None
-    assert [parse_band(s) for s in ("T32UQD_20240501T102031_B05_20m", "b8a", "B2", "x_SCL_20m", "B8", "foo")] == \
-        ["B05", "B8A", "B02", "SCL", "B08", None]
+    assert [parse_band(s) for s in ("T32UQD_20240501T102031_B05_20m", "b8a", "B2", "x_SCL_20m", "B8", "foo")] == [
+        "B05",
+        "B8A",
+        "B02",
+        "SCL",
+        "B08",
+        None,
+    ]
 
 
 def test_offset_precedence():
     new, old = dt.date(2023, 1, 1), dt.date(2021, 6, 1)
     assert resolve_offset(None, {}, new)[0] == -1000 and resolve_offset(None, {}, old)[0] == 0
     assert resolve_offset(None, {}, dt.date(2022, 1, 25))[0] == -1000
-    assert resolve_offset(None, {"PROCESSING_BASELINE": "03.01"}, new)[0] == 0      # tag beats date
+    assert resolve_offset(None, {"PROCESSING_BASELINE": "03.01"}, new)[0] == 0  # tag beats date
     assert resolve_offset(None, {"PROCESSING_BASELINE": "04.00"}, old)[0] == -1000
     assert resolve_offset(None, {"BOA_ADD_OFFSET_B2": "-500", "PROCESSING_BASELINE": "04.00"}, old)[0] == -500
     assert resolve_offset(0.0, {"BOA_ADD_OFFSET": "-1000"}, new) == (0.0, "--offset")  # flag beats everything
@@ -38,8 +43,8 @@ def test_offset_precedence():
 
 def test_multiband_scaling_nodata_and_georeference(tmp_path):
     dn = np.full((4, 4, 4), 3000, dtype=np.uint16)
-    dn[:, 0, 0] = 0           # nodata
-    dn[2, 1, 1] = 1000        # reflectance exactly 0 after the offset
+    dn[:, 0, 0] = 0  # nodata
+    dn[2, 1, 1] = 1000  # reflectance exactly 0 after the offset
     write_tif(tmp_path / "S2_20240501.tif", dn, ["B02", "B03", "B04", "B08"])
     write_tif(tmp_path / "S2_20210501.tif", dn, ["B02", "B03", "B04", "B08"])  # before baseline 04.00
     s = open_series([tmp_path])
@@ -62,7 +67,7 @@ def test_per_band_files_20m_resampled_and_scl(tmp_path):
     d.mkdir()
     for b in ("B02", "B04", "B08"):
         write_tif(d / f"T32_20240601_{b}_10m.tif", np.full((4, 4), 2000, np.uint16))
-    b05 = np.array([[1500, 2500], [3500, 4500]], np.uint16)   # 20 m: one value per 2 x 2 block of 10 m pixels
+    b05 = np.array([[1500, 2500], [3500, 4500]], np.uint16)  # 20 m: one value per 2 x 2 block of 10 m pixels
     write_tif(d / "T32_20240601_B05_20m.tif", np.full((2, 2), 3000, np.uint16), res=20.0)
     write_tif(d / "T32_20240601_B06_20m.tif", b05, res=20.0)
     scl = np.array([[4, 8], [3, 5]], np.uint8)
@@ -73,10 +78,10 @@ def test_per_band_files_20m_resampled_and_scl(tmp_path):
         r = s.read(FULL, ["B02", "B05", "B06"], scl_invalid=None)
         masked = s.read(FULL, ["B02", "B05"])
         custom = s.read(FULL, ["B02"], scl_invalid=[5])
-    assert np.allclose(r[0, 1], 0.2)                               # constant 20 m band stays constant on 10 m
+    assert np.allclose(r[0, 1], 0.2)  # constant 20 m band stays constant on 10 m
     assert r[0, 2, 0, 0] == pytest.approx(0.05) and r[0, 2, 3, 3] == pytest.approx(0.35)  # block corners kept
     valid = ~np.isnan(masked[0, 0])
-    expected = np.kron(~np.isin(scl, [0, 1, 3, 8, 9, 10]), np.ones((2, 2), bool))      # SCL by nearest neighbour
+    expected = np.kron(~np.isin(scl, [0, 1, 3, 8, 9, 10]), np.ones((2, 2), bool))  # SCL by nearest neighbour
     assert (valid == expected).all() and (np.isnan(masked[0, 1]) == ~expected).all()
     assert (np.isnan(custom[0, 0]) == np.kron(scl == 5, np.ones((2, 2), bool))).all()
 
@@ -91,8 +96,9 @@ def test_stacked_geotiff_with_descriptions_and_with_dates(tmp_path):
         r = s.read(FULL, ["B04", "B08"])
     assert np.allclose(r * 10000 + 1000, a.reshape(3, 2, 4, 4))
     write_tif(tmp_path / "plain.tif", a)
-    s2 = open_series([tmp_path / "plain.tif"], dates=[dt.date(2024, 5, d) for d in (1, 11, 21)],
-                     band_order=["B4", "B8"])
+    s2 = open_series(
+        [tmp_path / "plain.tif"], dates=[dt.date(2024, 5, d) for d in (1, 11, 21)], band_order=["B4", "B8"]
+    )
     with s2:
         assert np.allclose(s2.read(FULL, ["B04", "B08"]), r)
 
@@ -109,7 +115,12 @@ def test_float_input_is_reflectance(tmp_path):
 
 def test_input_errors(tmp_path):
     write_tif(tmp_path / "a_20240501.tif", np.ones((2, 4, 4), np.uint16), ["B04", "B08"])
-    write_tif(tmp_path / "b_20240511.tif", np.ones((2, 4, 4), np.uint16), ["B04", "B08"], crs=rasterio.crs.CRS.from_epsg(32633))
+    write_tif(
+        tmp_path / "b_20240511.tif",
+        np.ones((2, 4, 4), np.uint16),
+        ["B04", "B08"],
+        crs=rasterio.crs.CRS.from_epsg(32633),
+    )
     with pytest.raises(InputError, match="CRS mismatch between dates"):
         open_series([tmp_path / "a_20240501.tif", tmp_path / "b_20240511.tif"])
     (tmp_path / "bad_20240501.tif").write_bytes(b"not a tiff")
@@ -133,13 +144,28 @@ def test_input_errors(tmp_path):
 
 def test_indices_cli_writes_described_georeferenced_stack(tmp_path, capsys):
     dn = np.zeros((4, 4, 4), np.uint16)
-    dn[0], dn[1], dn[2], dn[3] = 1500, 2000, 1300, 5000   # B03 B04 B05 B08 -> .05 .10 .03 .40 reflectance
+    dn[0], dn[1], dn[2], dn[3] = 1500, 2000, 1300, 5000  # B03 B04 B05 B08 -> .05 .10 .03 .40 reflectance
     dn[:, 3, 3] = 0
     for d in ("20240501", "20240511"):
         write_tif(tmp_path / f"S2_{d}.tif", dn, ["B03", "B04", "B05", "B08"], tags={"PROCESSING_BASELINE": "05.09"})
     out = tmp_path / "idx.tif"
-    assert main(["indices", str(tmp_path / "S2_20240501.tif"), str(tmp_path / "S2_20240511.tif"), "-o", str(out),
-                 "--indices", "NDVI,wdvi,TCARI/OSAVI", "--soil-slope", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "indices",
+                str(tmp_path / "S2_20240501.tif"),
+                str(tmp_path / "S2_20240511.tif"),
+                "-o",
+                str(out),
+                "--indices",
+                "NDVI,wdvi,TCARI/OSAVI",
+                "--soil-slope",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with rasterio.open(out) as ds, rasterio.open(tmp_path / "S2_20240501.tif") as src:
         assert ds.crs == src.crs and ds.transform == src.transform and ds.count == 6 and ds.dtypes[0] == "float32"
         assert np.isnan(ds.nodata) and ds.compression.name == "deflate"
@@ -160,7 +186,7 @@ def test_indices_cli_writes_described_georeferenced_stack(tmp_path, capsys):
 
 def test_stack_with_repeated_band_names_and_a_date_list(tmp_path, capsys):
     a = np.arange(6 * 16, dtype=np.uint16).reshape(6, 4, 4) + 1001
-    write_tif(tmp_path / "stack.tif", a, ["B04", "B08"] * 3)            # band names only, date-major
+    write_tif(tmp_path / "stack.tif", a, ["B04", "B08"] * 3)  # band names only, date-major
     (tmp_path / "dates.txt").write_text("2024-05-01\n2024-05-11\n2024-05-21\n")
     s = open_series([tmp_path / "stack.tif"], dates=read_date_list([str(tmp_path / "dates.txt")]))
     assert s.dates == [dt.date(2024, 5, d) for d in (1, 11, 21)] and s.bands == ["B04", "B08"]
@@ -179,8 +205,12 @@ def test_stack_with_repeated_band_names_and_a_date_list(tmp_path, capsys):
         read_date_list([str(tmp_path / "bad_dates.txt")])
     # through the CLI: --dates FILE
     out = tmp_path / "ndvi.tif"
-    assert main(["indices", str(tmp_path / "stack.tif"), "--dates", str(tmp_path / "dates.txt"), "-o", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["indices", str(tmp_path / "stack.tif"), "--dates", str(tmp_path / "dates.txt"), "-o", str(out), "--quiet"]
+        )
+        == 0
+    )
     with rasterio.open(out) as ds:
         assert ds.descriptions == ("NDVI 2024-05-01", "NDVI 2024-05-11", "NDVI 2024-05-21")
 
@@ -196,17 +226,32 @@ def test_20m_resampling_matches_gdal_warped_vrt(tmp_path):
     rng = np.random.default_rng(0)
     write_tif(tmp_path / "x_B04_20240501.tif", rng.integers(1000, 5000, (16, 16)).astype(np.uint16))
     write_tif(tmp_path / "x_B05_20240501.tif", rng.integers(1000, 5000, (8, 8)).astype(np.uint16), res=20.0)
-    write_tif(tmp_path / "x_B06_20240501.tif", rng.integers(1000, 5000, (8, 8)).astype(np.uint16), res=20.0,
-              origin=(600010.0, 5299990.0))
-    write_tif(tmp_path / "x_SCL_20240501.tif", rng.integers(0, 12, (8, 8)).astype(np.uint8), res=20.0,
-              origin=(600010.0, 5299990.0), nodata=None)
+    write_tif(
+        tmp_path / "x_B06_20240501.tif",
+        rng.integers(1000, 5000, (8, 8)).astype(np.uint16),
+        res=20.0,
+        origin=(600010.0, 5299990.0),
+    )
+    write_tif(
+        tmp_path / "x_SCL_20240501.tif",
+        rng.integers(0, 12, (8, 8)).astype(np.uint8),
+        res=20.0,
+        origin=(600010.0, 5299990.0),
+        nodata=None,
+    )
     g = open_series([tmp_path]).grid
     for name, categorical in (("B05", False), ("B06", False), ("SCL", True)):
         with rasterio.open(tmp_path / f"x_{name}_20240501.tif") as src:
             ours = AlignedResampler(src, g, categorical).read([1], Window(0, 0, 16, 16))[0]
-            with WarpedVRT(src, crs=g.crs, transform=g.transform, width=16, height=16,
-                           resampling=Resampling.nearest if categorical else Resampling.bilinear) as vrt:
+            with WarpedVRT(
+                src,
+                crs=g.crs,
+                transform=g.transform,
+                width=16,
+                height=16,
+                resampling=Resampling.nearest if categorical else Resampling.bilinear,
+            ) as vrt:
                 ref = vrt.read(1).astype(np.float32)
-        inside = ref > 0          # both leave the pixels outside the shifted source as nodata (0)
+        inside = ref > 0  # both leave the pixels outside the shifted source as nodata (0)
         assert ((ours > 0) == inside)[1:-1, 1:-1].all()
-        assert np.abs(ours - ref)[inside].max() <= (0 if categorical else 0.5)   # GDAL rounds to integer DN
+        assert np.abs(ours - ref)[inside].max() <= (0 if categorical else 0.5)  # GDAL rounds to integer DN

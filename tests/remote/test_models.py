@@ -11,8 +11,18 @@ import rasterio
 import torch
 
 from remote.io import open_series
-from remote.models import (CNN1d, FFDNN, DynamicRouting, PhotochemicalFilter, UNet2d, class_probabilities,
-                           date_attribution, frequency_attribution, margin_loss, squash)
+from remote.models import (
+    FFDNN,
+    CNN1d,
+    DynamicRouting,
+    PhotochemicalFilter,
+    UNet2d,
+    class_probabilities,
+    date_attribution,
+    frequency_attribution,
+    margin_loss,
+    squash,
+)
 from remote.predict import PredictOutputs, RemoteModel, predict_series
 from shared_backbones.blocks import FourierBlock1d, SpectralConv1d
 from shared_backbones.registry import create_model, list_models

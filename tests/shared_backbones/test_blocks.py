@@ -6,8 +6,17 @@ import pytest
 import torch
 import torch.nn as nn
 
-from shared_backbones.blocks import (ConvNormAct, CumulativeLayerNorm, DilatedResidualLayer, FourierBlock1d,
-                                     GlobalLayerNorm, SpectralConv1d, STUResidualBlock, TCNBlock, get_norm)
+from shared_backbones.blocks import (
+    ConvNormAct,
+    CumulativeLayerNorm,
+    DilatedResidualLayer,
+    FourierBlock1d,
+    GlobalLayerNorm,
+    SpectralConv1d,
+    STUResidualBlock,
+    TCNBlock,
+    get_norm,
+)
 
 
 @pytest.mark.parametrize("no_residual", [False, True])
@@ -33,7 +42,7 @@ def test_causal_tcn_block_never_looks_ahead():
     x = torch.randn(1, 4, 30)
     x2 = x.clone()
     x2[..., 20:] += 5.0
-    (r1, s1), (r2, s2) = blk(x), blk(x2)
+    (r1, _s1), (r2, _s2) = blk(x), blk(x2)
     assert r1.shape == (1, 4, 30)
     assert torch.allclose(r1[..., :20], r2[..., :20], atol=1e-6)
     assert not torch.allclose(r1[..., 20:], r2[..., 20:])

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
 from shared_backbones.errors import ModelFileError
-from shared_backbones.registry import create_model, list_models, register_model
+from shared_backbones.registry import UnknownModelError, create_model, list_models, register_model
 
 
 @register_model("ckpt-test-mlp", task="unit")
@@ -21,16 +21,27 @@ def _mlp(width: int = 4) -> nn.Module:
 def _file(tmp_path):
     torch.manual_seed(0)
     m = _mlp(5)
-    mf = ModelFile.from_model(m, task="unit", arch="ckpt-test-mlp", arch_kwargs={"width": 5}, classes=["a", "b"],
-                              preprocessing={"spacing": (1.5, 1.5, 1.5), "mean": torch.tensor(0.5).item()},
-                              metrics={"dice": 0.9})
+    mf = ModelFile.from_model(
+        m,
+        task="unit",
+        arch="ckpt-test-mlp",
+        arch_kwargs={"width": 5},
+        classes=["a", "b"],
+        preprocessing={"spacing": (1.5, 1.5, 1.5), "mean": torch.tensor(0.5).item()},
+        metrics={"dice": 0.9},
+    )
     return m, save_model_file(tmp_path / "m.pt", mf)
 
 
 def test_round_trip_rebuilds_identical_model(tmp_path):
     m, path = _file(tmp_path)
     mf = load_model_file(path, task="unit")
-    assert (mf.arch, mf.arch_kwargs, mf.classes, mf.metrics) == ("ckpt-test-mlp", {"width": 5}, ["a", "b"], {"dice": 0.9})
+    assert (mf.arch, mf.arch_kwargs, mf.classes, mf.metrics) == (
+        "ckpt-test-mlp",
+        {"width": 5},
+        ["a", "b"],
+        {"dice": 0.9},
+    )
     assert mf.preprocessing["spacing"] == [1.5, 1.5, 1.5] and mf.created
     x = torch.randn(7, 3)
     assert torch.equal(mf.build()(x), m(x))
@@ -97,8 +108,9 @@ def test_wrong_task_missing_fields_and_mismatched_weights(tmp_path):
 
 
 def test_registry_unknown_name_duplicate_and_presets():
-    with pytest.raises(ModelFileError, match="unknown architecture 'no-such-net'.*ckpt-test-mlp"):
+    with pytest.raises(UnknownModelError, match="unknown architecture 'no-such-net'.*ckpt-test-mlp") as info:
         create_model("no-such-net")
+    assert not isinstance(info.value, ModelFileError) and "model file" not in str(info.value)
     assert "ckpt-test-mlp" in list_models("unit") and "ckpt-test-mlp" not in list_models("audiosep")
     assert create_model("ckpt-test-mlp", width=7)[0].out_features == 7
     with pytest.raises(ValueError, match="registered twice"):

@@ -69,7 +69,7 @@ def _alloc(mb: int) -> int:
 
 
 def test_run_isolated_measures_child_peak():
-    (n_small, rss_small), (n_big, rss_big) = run_isolated(_alloc, 1), run_isolated(_alloc, 400)
+    (_n_small, rss_small), (n_big, rss_big) = run_isolated(_alloc, 1), run_isolated(_alloc, 400)
     assert n_big == 400 * 2 ** 20 // 8
     assert rss_big - rss_small > 300 * 2 ** 20
     assert peak_rss_bytes() > 0

@@ -50,16 +50,20 @@ def test_mbconv_sequence_fp64_gradients_equal_plain(dims):
 def test_tcn_sequence_fp64_gradients_equal_plain(causal):
     torch.manual_seed(0)
     norm = "cln" if causal else "gln"
-    blocks = [ReversibleBlock(TCNResidualBody(4, 8, 3, 2 ** i, norm, causal), TCNResidualBody(4, 8, 3, 2 ** i, norm, causal))
-              for i in range(3)]
+    blocks = [
+        ReversibleBlock(TCNResidualBody(4, 8, 3, 2**i, norm, causal), TCNResidualBody(4, 8, 3, 2**i, norm, causal))
+        for i in range(3)
+    ]
     seq = ReversibleSequence(blocks).double()
     _assert_equal_runs(seq, torch.randn(2, 8, 40, dtype=torch.float64))
 
 
 def test_dilated_residual_layers_with_dropout_are_exact():
     torch.manual_seed(0)
-    body = lambda i: DilatedResidualLayer(4, 7, 2 ** i, dropout=0.5, weight_norm=True, n_convs=2,
-                                          pointwise=False, residual=False)
+    def body(i):
+        return DilatedResidualLayer(
+            4, 7, 2**i, dropout=0.5, weight_norm=True, n_convs=2, pointwise=False, residual=False
+        )
     seq = ReversibleSequence([ReversibleBlock(body(i), body(i)) for i in range(3)]).double().train()
     _assert_equal_runs(seq, torch.randn(2, 8, 30, dtype=torch.float64), seed=123)
 
