@@ -23,7 +23,7 @@ $(TEST_STAMP): $(STAMP)
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/convsuite demo --out demo_output
+	$(BIN)/convsuite demo -o demo_output --overwrite
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check .

@@ -10,22 +10,36 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared_backbones.cliutil import run_cli, say
+from shared_backbones.cliutil import (
+    add_command,
+    add_common,
+    add_deprecated,
+    atomic_output,
+    check_writable_folder,
+    make_parser,
+    run_cli,
+    say,
+)
 from shared_backbones.errors import InputError
 
-from .demos import DEMO_PARTS, DemoResult, available_parts
+from .demos import DEMO_PARTS, DemoResult
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="convsuite", description=__doc__)
+    p = make_parser("convsuite", __doc__ or "", ["convsuite demo", "convsuite demo --only medseg,remote --quick"])
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="generate synthetic data, train, predict and evaluate every pipeline")
-    d.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    d.add_argument("--only", default=None,
-                   help=f"comma-separated subset of {','.join(DEMO_PARTS)} (default: all available)")
+    d = add_command(sub, "demo", help="generate synthetic data, train, predict and evaluate every pipeline",
+                    examples=["convsuite demo -o demo_output", "convsuite demo --only backbones --quick",
+                              "convsuite demo --only audiosep -o demo_output --overwrite"])
+    d.add_argument("-o", "--output", default="demo_output", help="output folder")
+    add_deprecated(d, "--out", "-o/--output", "output")
+    d.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(DEMO_PARTS)} (default: all)")
     d.add_argument("--quick", action="store_true", help="smallest budget (smoke test; figures not meaningful)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub.add_parser("models", help="list registered architectures")
+    add_common(d, device=False, precision=False)
+    m = add_command(sub, "models", help="list the registered architectures and their task",
+                    examples=["convsuite models", "convsuite models --task medseg"])
+    m.add_argument("--task", help="only this task (medseg, phases, audiosep, remote, example)")
+    add_common(m, device=False, precision=False, overwrite=False)
     return p
 
 
@@ -67,33 +81,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     def _main(argv: Sequence[str] | None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "models":
-            for mod in ("medseg.models", "medseg.phases.models", "audiosep.models", "remote.models"):
-                try:
-                    importlib.import_module(mod)
-                except ImportError:
-                    pass
             from shared_backbones.registry import list_models, model_entry
 
-            for n in list_models():
+            names = list_models(args.task)
+            if not names:
+                raise InputError(f"--task: no architectures registered for task {args.task!r}")
+            for n in names:
                 print(f"{n:<22} {model_entry(n).task}")
             return 0
-        avail = available_parts()
-        parts = list(avail) if args.only is None else [p.strip() for p in args.only.split(",") if p.strip()]
+        parts = list(DEMO_PARTS) if args.only is None else [p.strip() for p in args.only.split(",") if p.strip()]
         bad = [p for p in parts if p not in DEMO_PARTS]
         if bad:
             raise InputError(f"--only: unknown demo part(s) {', '.join(bad)}; choose from {', '.join(DEMO_PARTS)}")
-        missing = [p for p in parts if p not in avail]
-        if missing:
-            raise InputError(f"--only: demo part(s) not available in this version: {', '.join(missing)}")
-        skipped = [p for p in DEMO_PARTS if p not in avail]
-        if skipped:
-            say(f"demo parts not available in this version (skipped): {', '.join(skipped)}")
-        out = Path(args.out)
+        out = Path(args.output)
+        previous = [out / n for n in ("summary.json", *parts) if (out / n).exists()]
+        if previous and not args.overwrite:
+            raise InputError(f"holds the outputs of an earlier demo ({previous[0].name}); use --overwrite to replace "
+                             "them", out)
+        check_writable_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         results = run_demo(out, parts, quick=args.quick, quiet=args.quiet)
         table = format_table(results)
         print("\nconvsuite demo summary\n" + table)
-        (out / "summary.json").write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))
+        with atomic_output(out / "summary.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))
         print(f"\nall outputs under {out.resolve()} (summary.json holds the figures)")
         return 0 if all(r.passed is not False for r in results) else 1
 

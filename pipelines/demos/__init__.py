@@ -14,13 +14,6 @@ from dataclasses import dataclass, field
 DEMO_PARTS: tuple[str, ...] = ("backbones", "medseg", "phases", "audiosep", "remote")
 
 
-def available_parts() -> tuple[str, ...]:
-    """The demo parts whose module is installed (pipelines still being built have none)."""
-    import importlib.util
-
-    return tuple(p for p in DEMO_PARTS if importlib.util.find_spec(f"pipelines.demos.{p}") is not None)
-
-
 @dataclass
 class DemoResult:
     """What one pipeline's demo measured and where it wrote its outputs."""

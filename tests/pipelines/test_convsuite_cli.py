@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+import pytest
+
 from pipelines.convsuite_cli import format_table, main
-from pipelines.demos import DEMO_PARTS, DemoResult, available_parts
+from pipelines.demos import DemoResult
 
 
 def test_format_table_lists_every_figure_and_note():
@@ -20,14 +24,32 @@ def test_format_table_lists_every_figure_and_note():
 
 
 def test_unknown_part_is_one_line_exit_2(capsys, tmp_path):
-    assert main(["demo", "--only", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["demo", "--only", "nope", "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown demo part" in err
 
 
+def test_demo_refuses_earlier_outputs_without_overwrite(capsys, tmp_path):
+    (tmp_path / "summary.json").write_text("[]")
+    assert main(["demo", "--only", "backbones", "--quick", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and str(tmp_path) in err
+    assert (tmp_path / "summary.json").read_text() == "[]" and not (tmp_path / "backbones").exists()
+    (tmp_path / "summary.json").unlink()
+    (tmp_path / "file").write_text("x")
+    assert main(["demo", "--only", "backbones", "--quick", "-o", str(tmp_path / "file" / "sub")]) == 2
+    assert "a parent path is a file" in capsys.readouterr().err
+
+
+def test_models_lists_every_task_without_imports(capsys):
+    assert main(["models", "--task", "medseg"]) == 0
+    names = capsys.readouterr().out.split()
+    assert {"unet3d", "stunet-s", "revunet3d"} <= set(names[::2]) and set(names[1::2]) == {"medseg"}
+    assert main(["models", "--task", "nope"]) == 2
+
+
 def test_quick_backbones_demo_writes_summary(tmp_path, capsys):
-    assert "backbones" in available_parts() and set(available_parts()) <= set(DEMO_PARTS)
-    assert main(["demo", "--only", "backbones", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--only", "backbones", "--quick", "--quiet", "-o", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary[0]["pipeline"] == "backbones" and summary[0]["figures"]["mem_ratio_depth8"] > 4
     assert (tmp_path / "backbones" / "example_model.pt").is_file()
@@ -36,10 +58,16 @@ def test_quick_backbones_demo_writes_summary(tmp_path, capsys):
 
 def test_quick_medseg_and_remote_demo_parts_run(tmp_path):
     """Every task part is installed; the quick medseg and remote parts run end to end and write their outputs."""
-    assert set(available_parts()) == set(DEMO_PARTS)
-    assert main(["demo", "--only", "medseg,remote", "--quick", "--quiet", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--only", "medseg,remote", "--quick", "--quiet", "-o", str(tmp_path)]) == 0
     summary = {r["pipeline"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
     assert set(summary) == {"medseg", "remote"}
-    assert 0 <= summary["medseg"]["figures"]["mean_dice"] <= 1
-    assert len(list((tmp_path / "medseg" / "predictions").glob("*.nii.gz"))) == 1
+    preds = sorted((tmp_path / "medseg" / "predictions").glob("*.nii.gz"))
+    assert len(preds) == 1
+    # the reported Dice is the one computed here, independently, from the written prediction and its reference
+    pred = np.asarray(nib.load(preds[0]).dataobj)
+    ref = np.asarray(nib.load(tmp_path / "medseg" / "data" / "labelsTs" / preds[0].name).dataobj)
+    assert pred.shape == ref.shape
+    dice = [2 * np.sum((pred == c) & (ref == c)) / (np.sum(pred == c) + np.sum(ref == c))
+            for c in range(1, 4) if np.any(ref == c) or np.any(pred == c)]
+    assert summary["medseg"]["figures"]["mean_dice"] == pytest.approx(float(np.mean(dice)), abs=1e-6)
     assert all(Path(o).exists() for r in summary.values() for o in r["outputs"])
