@@ -2,7 +2,8 @@
 
 A :class:`ReversibleBlock` computes ``y1 = x1 + f(x2)``, ``y2 = x2 + g(y1)``; its inverse is exact, so a
 :class:`ReversibleSequence` keeps only its final outputs and rebuilds every block's inputs during backward
-(Gomez et al., "The Reversible Residual Network", 2017). Activation memory is then flat in depth.
+(Gomez et al., "The Reversible Residual Network: Backpropagation Without Storing Activations", NeurIPS 2017,
+https://arxiv.org/abs/1707.04585). Activation memory is then flat in depth.
 
 Properties (see the project's DESIGN.md): one custom autograd Function for the whole sequence; the autocast
 state of every device type is saved at forward and re-entered for the recompute; both streams stay in their

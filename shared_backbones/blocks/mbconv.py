@@ -1,4 +1,13 @@
-"""Inverted bottleneck (MBConv): 1x1 expand -> depthwise kxk -> optional squeeze-excite -> 1x1 project."""
+"""Inverted bottleneck (MBConv): 1x1 expand -> depthwise kxk -> optional squeeze-excite -> 1x1 project.
+
+- Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks", CVPR 2018,
+  https://arxiv.org/abs/1801.04381 (the inverted residual with a linear bottleneck).
+- Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019,
+  https://arxiv.org/abs/1905.11946 (MBConv with squeeze-excite and SiLU).
+- Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018, https://arxiv.org/abs/1709.01507.
+- Reversible MBConv stages as in Pendse et al., "Memory Efficient 3D U-Net with Reversible Mobile Inverted
+  Bottlenecks for Brain Tumor Segmentation", BrainLes (MICCAI) 2020, https://arxiv.org/abs/2104.09648.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Normalisations over [N, C, T] sequences used by Conv-TasNet: global (gLN) and cumulative (cLN) layer norm."""
+"""Normalisations over [N, C, T] sequences used by Conv-TasNet: global (gLN) and cumulative (cLN) layer norm
+(Luo & Mesgarani, TASLP 2019, https://arxiv.org/abs/1809.07454, section III-C)."""
 
 from __future__ import annotations
 

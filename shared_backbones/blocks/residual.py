@@ -1,4 +1,8 @@
-"""STU-Net's residual block, with the official module names so checkpoints load with strict=True."""
+"""STU-Net's residual block, with the official module names so checkpoints load with strict=True.
+
+Huang et al., "STU-Net: Scalable and Transferable Medical Image Segmentation Models Empowered by Large-Scale
+Supervised Pre-training", 2023, https://arxiv.org/abs/2304.06716.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,13 @@
 """Temporal convolution blocks: Conv-TasNet's depthwise dilated block and the MS-TCN / ColonTCN dilated residual
-layer."""
+layer.
+
+- Luo & Mesgarani, "Conv-TasNet: Surpassing Ideal Time-Frequency Magnitude Masking for Speech Separation",
+  IEEE/ACM TASLP 2019, https://arxiv.org/abs/1809.07454.
+- Farha & Gall, "MS-TCN: Multi-Stage Temporal Convolutional Network for Action Segmentation", CVPR 2019,
+  https://arxiv.org/abs/1903.01945.
+- Biffi et al., "A Temporal Convolutional Network-Based Approach and a Benchmark Dataset for Colonoscopy Video
+  Temporal Segmentation" (ColonTCN), 2025, https://arxiv.org/abs/2502.03430.
+"""
 
 from __future__ import annotations
 
