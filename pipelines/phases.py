@@ -196,11 +196,12 @@ class PhasesModule(SuiteModule):
             m.update(pred, target)
 
     def on_validation_epoch_end(self) -> None:
-        # compute() syncs the sum states over every rank; each rank logs the same numbers
+        # compute() syncs the sum states over every rank, so every rank logs the same numbers (sync_dist's mean of
+        # equal values changes nothing; it keeps Lightning's epoch-level logging consistent under DDP)
         values = {"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute() * 100,
                   "val_edit": self.val_edit.compute(),
                   **{f"val_f1@{k}": m.compute() for k, m in self.val_f1.items()}}
-        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True)
+        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True, sync_dist=True)
         for m in (self.val_loss, self.val_acc, self.val_edit, *self.val_f1.values()):
             m.reset()
 
