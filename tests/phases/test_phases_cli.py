@@ -180,3 +180,52 @@ def test_fixed_split_bundles(tmp_path):
 
     with pytest.raises(InputError, match="unknown video 'zz'"):
         bundle_splits(tmp_path, ids)
+
+
+def test_cli_contract_help_examples_version(capsys):
+    import argparse
+
+    from medseg.phases.cli import _parser
+    from shared_backbones.cliutil import iter_subparsers
+
+    commands = dict(iter_subparsers(_parser()))
+    assert set(commands) == {(), ("predict",), ("evaluate",), ("train",), ("extract",)}
+    for path, parser in commands.items():
+        examples = [line for line in (parser.epilog or "").splitlines() if line.startswith("  medseg phases")]
+        assert 2 <= len(examples) <= 3, path
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.help, (path, action.option_strings)
+        opts = {o for a in parser._actions for o in a.option_strings}
+        if path:
+            assert {"-q", "--quiet", "--version"} <= opts, path
+    train = {o for a in commands[("train",)]._actions for o in a.option_strings}
+    assert {"--devices", "--seed", "--resume", "--precision", "--max-time", "--fold", "--device", "--layout"} <= train
+    with pytest.raises(SystemExit) as e:
+        main(["phases", "train", "--version"])
+    assert e.value.code == 0 and "(convsuite)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["phases", "train", "d", "-o", "m.pt", "--max-time", "12h"])
+    assert e.value.code == 2 and "expected DD:HH:MM:SS" in capsys.readouterr().err
+
+
+def test_predict_folder_batch_goes_on_past_a_bad_file(tmp_path, model_file, capsys):
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    np.save(feats / "a.npy", np.zeros((30, 16), dtype="float32"))
+    np.save(feats / "b.npy", np.zeros((30, 7), dtype="float32"))
+    np.save(feats / "c.npy", np.ones((16, 40), dtype="float32"))  # [D, T]
+    assert main(["phases", "predict", str(feats), "-m", str(model_file), "--out-dir", str(tmp_path / "o"),
+                 "--no-png", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--out-dir is deprecated" in err and "1 of 3 inputs failed" in err and "b.npy: features have shape" in err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "a_phases.csv", "a_segments.csv", "a_summary.json", "c_phases.csv", "c_segments.csv", "c_summary.json"]
+    assert json.loads((tmp_path / "o" / "c_summary.json").read_text())["frames"] == 40
+    # every output is checked before any work: one existing output refuses the whole batch, nothing is written
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / "c_summary.json").write_text("{}")
+    assert main(["phases", "predict", str(feats / "a.npy"), str(feats / "c.npy"), "-m", str(model_file),
+                 "-o", str(tmp_path / "o2"), "--no-png", "--quiet"]) == 2
+    assert "c_summary.json: output exists" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["c_summary.json"]
