@@ -361,6 +361,9 @@ def train_phases(
             children = children or _children(trainer)
             if not trainer.is_global_zero:
                 continue
+            if res.model_file is None:
+                raise InputError(f"fold {k}: no checkpoint was saved (training stopped before its first validation; "
+                                 "allow more --max-time or --epochs)", run_dir)
             from medseg.phases.predict import PhaseModel
 
             pm = PhaseModel.from_file(res.model_file, "cpu", "fp32")

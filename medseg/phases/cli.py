@@ -30,7 +30,7 @@ COMMANDS = ("predict", "evaluate", "train", "extract")
 _LAYOUT_HELP = ("feature array layout: tc = [frames, dims], ct = [dims, frames] (MS-TCN's), auto = the axis equal to "
                 "the feature width is the dims axis")
 _BACKGROUND_HELP = ("classes whose segments Edit and F1 leave out, as MS-TCN's bg_class (e.g. --background "
-                    "background); accuracy still counts their frames. Default: none, every class counts")
+                    "background); accuracy still counts their frames. Without it every class counts")
 
 
 def _max_time(text: str) -> str:
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--fps", type=float, help="frame rate of the features (default: the model's, usually 5)")
     pr.add_argument("--reference", help="per-frame labels of the (single) input: drawn under the prediction and "
                                         "scored (one frame of length difference tolerated)")
-    pr.add_argument("--background", nargs="+", default=[], metavar="CLASS", help=_BACKGROUND_HELP)
+    pr.add_argument("--background", nargs="+", metavar="CLASS", help=_BACKGROUND_HELP)
     pr.add_argument("--no-png", action="store_true", help="skip the timeline figure")
 
     ev = add_command(sub, "evaluate", help="Acc / Edit / F1@{10,25,50} / per-class metrics on a labelled data folder",
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     add_common(ev, model="one")
     ev.add_argument("--split", help="evaluate only the videos of this MS-TCN split bundle (test.split1.bundle)")
     ev.add_argument("--layout", choices=("auto", "tc", "ct"), default="auto", help=_LAYOUT_HELP)
-    ev.add_argument("--background", nargs="+", default=[], metavar="CLASS", help=_BACKGROUND_HELP)
+    ev.add_argument("--background", nargs="+", metavar="CLASS", help=_BACKGROUND_HELP)
     ev.add_argument("--csv", help="write per-video and overall metrics to this report (.csv, .tsv or .json)")
 
     tr = add_command(sub, "train", help="train ColonTCN / MS-TCN through the Lightning pipeline (k-fold, DDP)",
@@ -85,8 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                          "logs go to <name>_run/ next to it")
     add_common(tr, devices=True, seed=True, resume=True, fold=True)
     tr.add_argument("--arch", choices=("colontcn", "mstcn"), default="colontcn", help="model architecture")
-    tr.add_argument("--blocks", type=int, help="ColonTCN blocks N (12 for 4-fold, 13 for 5-fold); default 12")
-    tr.add_argument("--stages", type=int, help="MS-TCN stages; default 4")
+    tr.add_argument("--blocks", type=int,
+                    help="ColonTCN blocks N: the paper's 12 (4-fold) when not given, 13 for its 5-fold setting")
+    tr.add_argument("--stages", type=int, help="MS-TCN stages: the paper's 4 when not given")
     tr.add_argument("--causal", action="store_true", help="online model: only past frames")
     tr.add_argument("--reversible", action="store_true", help="reversible ColonTCN (memory flat in depth)")
     tr.add_argument("--folds", type=int, default=4, help="k (0 with --groups: leave-one-group-out)")
@@ -102,8 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=2, help="videos per batch (per process)")
     tr.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
     tr.add_argument("--fps", type=float, default=5.0, help="frame rate of the features (stored in the model file)")
-    tr.add_argument("--background", nargs="+", default=[], metavar="CLASS",
-                    help="classes left out of the validation Edit / F1 (as MS-TCN's bg_class). Default: none")
+    tr.add_argument("--background", nargs="+", metavar="CLASS",
+                    help="classes left out of the validation Edit / F1 and the fold table (as MS-TCN's "
+                         "bg_class); without it every class counts")
     tr.add_argument("--csv", help="write the per-fold table to this report (.csv, .tsv or .json)")
 
     ex = add_command(sub, "extract", help="per-frame ResNet-50 features from a folder of frames -> .npy [T, 2048]",
@@ -149,7 +151,7 @@ def _predict(a: argparse.Namespace) -> int:
     prepare_outputs(outs, [*files, *([a.reference] if a.reference else [])], overwrite=a.overwrite,
                     folders=[out_dir] if out_dir else [])
     pm = PhaseModel.from_file(a.model, a.device, a.precision)
-    bg = pm.class_indices(a.background)
+    bg = pm.class_indices(a.background or [])
     start = time.perf_counter()
     bar = progress(total=len(files), desc="videos", unit="video", quiet=a.quiet or len(files) == 1)
 
@@ -180,7 +182,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     if a.csv:
         prepare_outputs([a.csv], [a.data], overwrite=a.overwrite)
     pm = PhaseModel.from_file(a.model, a.device, a.precision)
-    bg = pm.class_indices(a.background)
+    bg = pm.class_indices(a.background or [])
     rows, total = evaluate_dataset(pm, a.data, a.layout, quiet=a.quiet, background=bg, split=a.split,
                                    notice=lambda n: say(n, a.quiet))
     print(format_table(rows, total))
@@ -213,7 +215,7 @@ def _train(a: argparse.Namespace) -> int:
         res = train_phases(
             a.data, out, arch=a.arch, arch_kwargs=kw, folds=a.folds, fold=None if a.fold == "all" else a.fold,
             groups=a.groups, split_dir=a.split_dir, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, fps=a.fps,
-            layout=a.layout, background=a.background, precision=a.precision, max_time=a.max_time, resume=a.resume,
+            layout=a.layout, background=a.background or [], precision=a.precision, max_time=a.max_time, resume=a.resume,
             quiet=a.quiet or worker, overwrite=a.overwrite, seed=a.seed, notice=lambda n: say(n, a.quiet or worker),
             **lightning_device(a.device, a.devices),
         )
