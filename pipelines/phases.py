@@ -356,8 +356,14 @@ def train_phases(
             world = trainer.num_devices * trainer.num_nodes
             if len(val_v) < world:
                 raise InputError(f"fold {k} has {len(val_v)} validation video(s), fewer than the {world} processes")
-            res = fit(module, PhasesDataModule(train_v, val_v, batch_size), trainer, export_to=path,
-                      ckpt_path=ckpt, overwrite=overwrite or ckpt is not None)
+            try:
+                res = fit(module, PhasesDataModule(train_v, val_v, batch_size), trainer, export_to=path,
+                          ckpt_path=ckpt, overwrite=overwrite or ckpt is not None)
+            except RuntimeError as exc:
+                if ckpt is not None and "state_dict" in str(exc):
+                    raise InputError("the checkpoint does not fit this model (another --arch, --blocks, --stages, "
+                                     "feature width or class list?)", ckpt) from None
+                raise
             children = children or _children(trainer)
             if not trainer.is_global_zero:
                 continue

@@ -26,6 +26,10 @@ from shared_backbones.cliutil import (
 from shared_backbones.errors import InputError
 
 PROG = "medseg phases"
+DESCRIPTION = """Temporal segmentation of colonoscopy procedures from per-frame features (ColonTCN, MS-TCN).
+
+Commands: predict (the default: medseg phases video.npy -m model.pt), evaluate, train, extract.
+The guide docs/phases.md describes the data layouts, the metrics and the k-fold protocols."""
 COMMANDS = ("predict", "evaluate", "train", "extract")
 _LAYOUT_HELP = ("feature array layout: tc = [frames, dims], ct = [dims, frames] (MS-TCN's), auto = the axis equal to "
                 "the feature width is the dims axis")
@@ -41,7 +45,7 @@ def _max_time(text: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = make_parser(PROG, __doc__, [
+    p = make_parser(PROG, DESCRIPTION, [
         "medseg phases proc01.npy -m colontcn.pt -o results/",
         "medseg phases train data/ -o colontcn.pt --groups data/groups.csv --folds 0 --fold all",
         "medseg phases evaluate data/ -m colontcn.pt --csv metrics.csv",

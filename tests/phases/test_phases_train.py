@@ -73,7 +73,7 @@ def _train(data: Path, out: Path, *extra: str) -> None:
                  "--device", "cpu", "--quiet", *extra]) == 0
 
 
-def test_seed_makes_runs_identical_and_resume_continues(tmp_path):
+def test_seed_makes_runs_identical_and_resume_continues(tmp_path, capsys):
     data = write_dataset(tmp_path / "d", n_videos=4, dim=8, centres=2, seed=0, time_scale=0.1)
     _train(data, tmp_path / "a.pt", "--seed", "3")
     _train(data, tmp_path / "b.pt", "--seed", "3")
@@ -88,6 +88,11 @@ def test_seed_makes_runs_identical_and_resume_continues(tmp_path):
     assert epochs == {"1"}
     assert torch.load(tmp_path / "a_run/checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
     assert main(["phases", "train", str(data), "-o", str(tmp_path / "z.pt"), "--resume", "--quiet"]) == 2
+    assert "z_run/checkpoints/last.ckpt: no checkpoint to resume from" in capsys.readouterr().err
+    assert main(["phases", "train", str(data), "-o", str(tmp_path / "a.pt"), "--blocks", "3", "--folds", "2",
+                 "--epochs", "3", "--device", "cpu", "--quiet", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "last.ckpt: the checkpoint does not fit this model" in err
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs torch.distributed with gloo")
