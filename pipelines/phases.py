@@ -248,10 +248,9 @@ class RankFailedError(RuntimeError):
     """A training process other than rank 0 ended with an error."""
 
 
-def _children(trainer: L.Trainer) -> list:
+def _children(launcher: Any) -> list:
     """Processes Lightning's launcher started for the other ranks (only rank 0 of a locally launched run has any)."""
-    launcher = getattr(trainer.strategy, "launcher", None)
-    return list(getattr(launcher, "procs", []) or [])
+    return list(getattr(launcher, "procs", None) or [])
 
 
 def _wait_for_children(procs: list) -> None:
@@ -331,7 +330,7 @@ def train_phases(
     paths = {k: out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}") for k in todo}
     prepare_outputs(paths.values(), overwrite=overwrite or resume is not None)  # before any fold is trained
     results: list[FoldResult] = []
-    children: list = []
+    launcher = None  # the first fold's launcher starts the other ranks; later folds reuse the processes
     try:
         for k in todo:
             tr, va = splits[k]
@@ -353,6 +352,7 @@ def train_phases(
                 seed=seed,
                 log_every_n_steps=1,
             )
+            launcher = launcher or getattr(trainer.strategy, "launcher", None)
             world = trainer.num_devices * trainer.num_nodes
             if len(val_v) < world:
                 raise InputError(f"fold {k} has {len(val_v)} validation video(s), fewer than the {world} processes")
@@ -364,7 +364,6 @@ def train_phases(
                     raise InputError("the checkpoint does not fit this model (another --arch, --blocks, --stages, "
                                      "feature width or class list?)", ckpt) from None
                 raise
-            children = children or _children(trainer)
             if not trainer.is_global_zero:
                 continue
             if res.model_file is None:
@@ -377,11 +376,11 @@ def train_phases(
             _, total = evaluate_predictions(preds, [y for _, y in val_v], [ids[i] for i in va], classes, fps, bg)
             results.append(FoldResult(k, res.model_file, {c: total[c] for c in COLUMNS if c in total}))
     except BaseException:
-        for p in children:  # never leave the other ranks waiting in a collective
+        for p in _children(launcher):  # never leave the other ranks waiting in a collective
             if p.poll() is None:
                 p.kill()
         raise
-    _wait_for_children(children)
+    _wait_for_children(_children(launcher))
     return results
 
 
