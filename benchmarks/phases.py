@@ -5,25 +5,27 @@
 2. Activation bytes of one training step at T = 20,000 frames, reversible vs plain ColonTCN (same weights) ->
    ``activation_ratio`` (target >= 3). The reversible model couples two half-width bodies per block.
 
-    python benchmarks/phases.py
+    python benchmarks/phases.py                                   # the figures in the README
+    python benchmarks/phases.py --frames 10000 --train-frames 2000   # a quick run while developing
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
 import torch
 
 
-def infer_100k() -> float:
+def infer(frames: int = 100_000) -> float:
     import numpy as np
 
     from medseg.phases.models import ColonTCN
 
     torch.manual_seed(0)
     model = ColonTCN(2048, 9, num_blocks=12).eval()
-    feats = np.random.default_rng(0).standard_normal((100_000, 2048), dtype=np.float32)
+    feats = np.random.default_rng(0).standard_normal((frames, 2048), dtype=np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode():
         model(torch.from_numpy(feats.T.copy())[None]).argmax(1)
@@ -31,19 +33,25 @@ def infer_100k() -> float:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description="ColonTCN inference time/RAM and reversible training memory")
+    ap.add_argument("--frames", type=int, default=100_000, help="frames of the inference video")
+    ap.add_argument("--train-frames", type=int, default=20_000, help="frames of the training step")
+    args = ap.parse_args()
+    frames = args.frames
     from medseg.phases.models import ColonTCN
     from shared_backbones.memory import activation_bytes, run_isolated
 
-    secs, rss = run_isolated(infer_100k)
-    feats_mb = 100_000 * 2048 * 4 / 2**20
+    secs, rss = run_isolated(infer, frames)
+    feats_mb = frames * 2048 * 4 / 2**20
     print(
-        f"ColonTCN N=12, 100,000 frames x 2048: {secs:.1f} s, peak RSS {rss / 2**20:.0f} MB "
+        f"ColonTCN N=12, {frames:,} frames x 2048: {secs:.1f} s, peak RSS {rss / 2**20:.0f} MB "
         f"(features alone {feats_mb:.0f} MB, held twice: numpy + the [D, T] tensor)"
     )
     torch.manual_seed(0)
     model = ColonTCN(2048, 9, num_blocks=12, reversible=True).train()
-    x = torch.randn(1, 2048, 20_000)
-    y = torch.randint(0, 9, (1, 20_000))
+    t = args.train_frames
+    x = torch.randn(1, 2048, t)
+    y = torch.randint(0, 9, (1, t))
     loss = lambda out: torch.nn.functional.cross_entropy(out, y)  # noqa: E731
     res = {}
     x_bytes = x.numel() * x.element_size()
@@ -53,14 +61,15 @@ def main() -> None:
     ratio_all = res["plain"] / res["reversible"]
     ratio = (res["plain"] - x_bytes) / (res["reversible"] - x_bytes)
     print(
-        f"training step at T=20,000: plain {res['plain'] / 2**20:.0f} MB, reversible {res['reversible'] / 2**20:.0f} MB"
+        f"training step at T={t:,}: plain {res['plain'] / 2**20:.0f} MB, reversible {res['reversible'] / 2**20:.0f} MB"
         f" ({ratio_all:.2f}x); beyond the {x_bytes / 2**20:.0f} MB input features: "
         f"{(res['plain'] - x_bytes) / 2**20:.0f} MB vs {(res['reversible'] - x_bytes) / 2**20:.0f} MB -> {ratio:.2f}x"
     )
     print(
         json.dumps(
             {
-                "seconds_100k_frames": round(secs, 2),
+                "frames": frames,
+                ("seconds_100k_frames" if frames == 100_000 else "seconds"): round(secs, 2),
                 "peak_ram_mb": round(rss / 2**20),
                 "activation_ratio": round(ratio, 2),
                 "ratio_including_input": round(ratio_all, 2),

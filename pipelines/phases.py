@@ -7,6 +7,8 @@ temporal subsampling (stride 1-2, random offset) as augmentation; AdamW 5e-4 wit
 from __future__ import annotations
 
 import csv
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,22 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from medseg.phases.evaluate import COLUMNS, evaluate_predictions
-from medseg.phases.io import dataset_videos, label_path, load_features, load_labels, read_mapping
-from medseg.phases.metrics import evaluate_videos
+from medseg.phases.io import (
+    dataset_feature_width,
+    dataset_videos,
+    label_path,
+    load_features,
+    load_labels,
+    match_length,
+    read_mapping,
+)
 from medseg.phases.models import COLON_CLASSES, final_logits, mstcn_loss
+from medseg.phases.segmetrics import SegmentalEdit, SegmentalF1
+from shared_backbones.cliutil import prepare_outputs
 from shared_backbones.errors import InputError
 
 from .base import SuiteModule
@@ -27,6 +40,7 @@ from .kfold import group_kfold_splits, kfold_splits
 from .trainer import build_trainer, fit
 
 IGNORE = -100
+OVERLAPS = (0.10, 0.25, 0.50)
 
 
 class VideoDataset(Dataset):
@@ -59,16 +73,23 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     return feats, labels, mask
 
 
-def load_dataset(data_dir: str | Path, classes: list[str] | None = None) -> tuple[list[str], list, list[str]]:
-    """(video ids, [(features [T, D], labels [T])], class names)."""
+def load_dataset(data_dir: str | Path, classes: list[str] | None = None, layout: str = "auto",
+                 notice: Callable[[str], None] | None = None) -> tuple[list[str], list, list[str]]:
+    """(video ids, [(features [T, D], labels [T])], class names).
+
+    The feature width D is the one every video shares (:func:`medseg.phases.io.dataset_feature_width`), so videos
+    shorter than D (GTEA-sized MS-TCN data: 2048 x 300..1500) are read as they are. Label files follow
+    :func:`medseg.phases.io.match_length` (one frame of difference tolerated, with a notice)."""
     ids, fdir, ldir = dataset_videos(data_dir)
     classes = classes or read_mapping(Path(data_dir)) or list(COLON_CLASSES)
+    dim = dataset_feature_width([fdir / f"{vid}.npy" for vid in ids], layout)
     videos = []
     for vid in ids:
-        f = load_features(fdir / f"{vid}.npy")
-        y = load_labels(label_path(ldir, vid), classes)
-        if len(y) != len(f):
-            raise InputError(f"{len(y)} labels for {len(f)} feature frames", label_path(ldir, vid))
+        f = load_features(fdir / f"{vid}.npy", layout, dim)
+        lp = label_path(ldir, vid)
+        y, note = match_length(load_labels(lp, classes), len(f), lp)
+        if note and notice:
+            notice(note)
         videos.append((f, y))
     return ids, videos, classes
 
@@ -87,7 +108,8 @@ def read_groups(path: str | Path, ids: list[str]) -> list[str]:
 
 
 class PhasesDataModule(L.LightningDataModule):
-    """Train / validation videos (already split)."""
+    """Train / validation videos (already split). Under DDP every validation video is seen exactly once (no padding
+    of the last rank with repeated videos), so the synced validation metrics equal a single process's."""
 
     def __init__(self, train: list, val: list, batch_size: int = 2) -> None:
         super().__init__()
@@ -99,11 +121,23 @@ class PhasesDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(VideoDataset(self.val), batch_size=1, collate_fn=pad_collate)
+        ds = VideoDataset(self.val)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                   shuffle=False)
+            return DataLoader(ds, batch_size=1, sampler=sampler, collate_fn=pad_collate)
+        return DataLoader(ds, batch_size=1, collate_fn=pad_collate)
 
 
 class PhasesModule(SuiteModule):
-    """Weighted CE (+ MS-TCN smoothing for ``mstcn``) over valid frames; logs val_loss, val_acc, val_edit, val_f1@50."""
+    """Weighted CE (+ MS-TCN smoothing for ``mstcn``) over valid frames.
+
+    Validation metrics are torchmetrics objects synced across ranks: ``val_loss`` (mean over videos), ``val_acc``
+    (frame accuracy, %), ``val_edit`` and ``val_f1@{10,25,50}`` (MS-TCN segmental metrics, ``background`` class
+    indices left out)."""
 
     def __init__(
         self,
@@ -114,6 +148,7 @@ class PhasesModule(SuiteModule):
         fps: float = 5.0,
         lr: float = 5e-4,
         warmup_steps: int = 20,
+        background: list[int] | None = None,
         **kwargs: Any,
     ) -> None:
         classes = list(classes or COLON_CLASSES)
@@ -135,7 +170,11 @@ class PhasesModule(SuiteModule):
             "class_weights", torch.tensor(class_weights) if class_weights else torch.ones(len(classes))
         )
         self.smooth = 0.15 if arch == "mstcn" else 0.0
-        self._val: list[tuple[np.ndarray, np.ndarray]] = []
+        bg = tuple(background or ())
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(len(classes), average="micro", ignore_index=IGNORE)
+        self.val_edit = SegmentalEdit(IGNORE, bg)
+        self.val_f1 = torch.nn.ModuleDict({str(int(round(k * 100))): SegmentalF1(k, IGNORE, bg) for k in OVERLAPS})
 
     def _loss(self, batch):
         x, y, mask = batch
@@ -144,21 +183,27 @@ class PhasesModule(SuiteModule):
 
     def training_step(self, batch, batch_idx):
         loss, _ = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss, logits = self._loss(batch)
-        self.log("val_loss", loss, prog_bar=True)
-        n = int(batch[2].sum())
-        y = batch[1][0, :n].cpu().numpy()
-        self._val.append((logits[0, :, :n].argmax(0).cpu().numpy(), np.where(y == IGNORE, -1, y)))
+        pred, target = logits.argmax(1), batch[1]
+        self.val_loss.update(loss)
+        self.val_acc.update(pred, target)
+        self.val_edit.update(pred, target)
+        for m in self.val_f1.values():
+            m.update(pred, target)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val:
-            m = evaluate_videos([p for p, _ in self._val], [r for _, r in self._val], len(self.suite_cfg["classes"]))
-            self.log_dict({"val_acc": m["accuracy"], "val_edit": m["edit"], "val_f1@50": m["f1@50"]}, prog_bar=True)
-        self._val.clear()
+        # compute() syncs the sum states over every rank, so every rank logs the same numbers (sync_dist's mean of
+        # equal values changes nothing; it keeps Lightning's epoch-level logging consistent under DDP)
+        values = {"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute() * 100,
+                  "val_edit": self.val_edit.compute(),
+                  **{f"val_f1@{k}": m.compute() for k, m in self.val_f1.items()}}
+        self.log_dict({k: v.float() for k, v in values.items()}, prog_bar=True, sync_dist=True)
+        for m in (self.val_loss, self.val_acc, self.val_edit, *self.val_f1.values()):
+            m.reset()
 
 
 def class_weights_of(videos: list) -> list[float]:
@@ -199,6 +244,34 @@ class FoldResult:
     metrics: dict
 
 
+class RankFailedError(RuntimeError):
+    """A training process other than rank 0 ended with an error."""
+
+
+def _children(launcher: Any) -> list:
+    """Processes Lightning's launcher started for the other ranks (only rank 0 of a locally launched run has any)."""
+    return list(getattr(launcher, "procs", None) or [])
+
+
+def _wait_for_children(procs: list) -> None:
+    """Rank 0 waits for the ranks it launched and fails when one of them failed."""
+    failed = [(i + 1, p.wait()) for i, p in enumerate(procs)]
+    failed = [(rank, rc) for rank, rc in failed if rc != 0]
+    if failed:
+        rank, rc = failed[0]
+        raise RankFailedError(f"training process of rank {rank} failed (exit code {rc})")
+
+
+def resume_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from: ``last`` = ``<run_dir>/checkpoints/last.ckpt``, else the given file."""
+    if resume is None:
+        return None
+    ckpt = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not ckpt.is_file():
+        raise InputError("no checkpoint to resume from (train without --resume first)", ckpt)
+    return ckpt
+
+
 def train_phases(
     data_dir: str | Path,
     out: str | Path,
@@ -213,18 +286,34 @@ def train_phases(
     batch_size: int = 2,
     lr: float = 5e-4,
     fps: float = 5.0,
+    layout: str = "auto",
+    background: Sequence[str] = (),
     precision: str = "auto",
     accelerator: str = "auto",
-    devices: int | str = "auto",
+    devices: int | str | list[int] = "auto",
     max_time: str | None = None,
+    resume: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
     seed: int = 0,
+    notice: Callable[[str], None] | None = None,
 ) -> list[FoldResult]:
     """Train one fold (``fold``) or all folds (``fold=None``): ``out`` gets ``_fold<k>`` inserted for each fold.
+
     With ``groups`` (CSV video,group) folds never split a group; ``folds=0`` with groups is leave-one-group-out;
-    ``split_dir`` takes fixed MS-TCN split bundles instead."""
-    ids, videos, classes = load_dataset(data_dir)
+    ``split_dir`` takes fixed MS-TCN split bundles instead (fold k = ``*.split<k+1>.bundle``). ``seed`` is set before
+    each fold's model is built, so two runs with the same seed give the same weights. ``resume``: ``"last"`` (each
+    fold's ``<out>_run/checkpoints/last.ckpt``) or a checkpoint file (one fold only).
+
+    Under DDP (``devices`` > 1) every rank runs this function; rank 0 alone exports one model file per fold and
+    scores it, the other ranks return ``[]``; rank 0 waits for the ranks it launched and raises
+    :class:`RankFailedError` when one of them failed."""
+    ids, videos, classes = load_dataset(data_dir, layout=layout, notice=notice)
+    index = {c.lower(): i for i, c in enumerate(classes)}
+    unknown = [b for b in background if b.lower() not in index]
+    if unknown:
+        raise InputError(f"--background: unknown class {unknown[0]!r} (classes: {', '.join(classes)})")
+    bg = [index[b.lower()] for b in background]
     dim = videos[0][0].shape[1]
     if split_dir:
         splits = bundle_splits(split_dir, ids)
@@ -235,30 +324,66 @@ def train_phases(
     todo = range(len(splits)) if fold is None else [fold]
     if fold is not None and not 0 <= fold < len(splits):
         raise InputError(f"--fold {fold} out of range (0..{len(splits) - 1})")
+    if resume not in (None, "last") and len(todo) > 1:
+        raise InputError("--resume with a checkpoint file needs one --fold (or --resume alone for every fold)")
     out = Path(out)
-    results = []
-    for k in todo:
-        tr, va = splits[k]
-        train_v, val_v = [videos[i] for i in tr], [videos[i] for i in va]
-        kw = {"in_features": dim, **(arch_kwargs or {})}
-        module = PhasesModule(arch, kw, classes, class_weights_of(train_v), fps, lr)
-        path = out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}")
-        trainer = build_trainer(
-            path.parent / f"{path.stem}_run",
-            max_epochs=epochs,
-            max_time=max_time,
-            precision=precision,
-            accelerator=accelerator,
-            devices=devices,
-            quiet=quiet,
-            seed=seed,
-            log_every_n_steps=1,
-        )
-        res = fit(module, PhasesDataModule(train_v, val_v, batch_size), trainer, export_to=path, overwrite=overwrite)
-        from medseg.phases.predict import PhaseModel
+    paths = {k: out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}") for k in todo}
+    prepare_outputs(paths.values(), overwrite=overwrite or resume is not None)  # before any fold is trained
+    results: list[FoldResult] = []
+    launcher = None  # the first fold's launcher starts the other ranks; later folds reuse the processes
+    try:
+        for k in todo:
+            tr, va = splits[k]
+            train_v, val_v = [videos[i] for i in tr], [videos[i] for i in va]
+            path = paths[k]
+            run_dir = path.parent / f"{path.stem}_run"
+            ckpt = resume_checkpoint(run_dir, resume)
+            L.seed_everything(seed, workers=True, verbose=False)  # before the model is built
+            kw = {"in_features": dim, **(arch_kwargs or {})}
+            module = PhasesModule(arch, kw, classes, class_weights_of(train_v), fps, lr, background=bg)
+            trainer = build_trainer(
+                run_dir,
+                max_epochs=epochs,
+                max_time=max_time,
+                precision=precision,
+                accelerator=accelerator,
+                devices=devices,
+                quiet=quiet,
+                seed=seed,
+                log_every_n_steps=1,
+            )
+            launcher = launcher or getattr(trainer.strategy, "launcher", None)
+            world = trainer.num_devices * trainer.num_nodes
+            if len(val_v) < world:
+                raise InputError(f"fold {k} has {len(val_v)} validation video(s), fewer than the {world} processes")
+            try:
+                res = fit(module, PhasesDataModule(train_v, val_v, batch_size), trainer, export_to=path,
+                          ckpt_path=ckpt, overwrite=overwrite or ckpt is not None)
+            except RuntimeError as exc:
+                if ckpt is not None and "state_dict" in str(exc):
+                    raise InputError("the checkpoint does not fit this model (another --arch, --blocks, --stages, "
+                                     "feature width or class list?)", ckpt) from None
+                raise
+            if not trainer.is_global_zero:
+                continue
+            if res.model_file is None:
+                raise InputError(f"fold {k}: no checkpoint was saved (training stopped before its first validation; "
+                                 "allow more --max-time or --epochs)", run_dir)
+            from medseg.phases.predict import PhaseModel
 
-        pm = PhaseModel.from_file(res.model_file, "cpu", "fp32")
-        preds = [pm.probabilities(f).argmax(1) for f, _ in val_v]
-        _, total = evaluate_predictions(preds, [y for _, y in val_v], [ids[i] for i in va], classes, fps)
-        results.append(FoldResult(k, res.model_file, {c: total[c] for c in COLUMNS if c in total}))
+            pm = PhaseModel.from_file(res.model_file, "cpu", "fp32")
+            preds = [pm.probabilities(f).argmax(1) for f, _ in val_v]
+            _, total = evaluate_predictions(preds, [y for _, y in val_v], [ids[i] for i in va], classes, fps, bg)
+            results.append(FoldResult(k, res.model_file, {c: total[c] for c in COLUMNS if c in total}))
+    except BaseException:
+        for p in _children(launcher):  # never leave the other ranks waiting in a collective
+            if p.poll() is None:
+                p.kill()
+        raise
+    _wait_for_children(_children(launcher))
     return results
+
+
+def is_worker_rank() -> bool:
+    """True in a process that Lightning's launcher started for a rank other than 0."""
+    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0

@@ -1,57 +1,79 @@
-"""Evaluate a phase model on a labelled data folder: per-video and overall metrics, table and CSV."""
+"""Evaluate a phase model on a labelled data folder: per-video and overall metrics (MS-TCN definitions), as a table
+and a report file (CSV / TSV / JSON through :mod:`shared_backbones.report`)."""
 
 from __future__ import annotations
 
-import csv
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from shared_backbones.cliutil import atomic_output, progress
+from shared_backbones.cliutil import progress
+from shared_backbones.errors import InputError
+from shared_backbones.report import format_table as report_table
+from shared_backbones.report import write_report
 
-from .io import dataset_videos, label_path, load_features, load_labels
+from .io import dataset_videos, label_path, load_features, load_labels, match_length, read_split
 from .metrics import evaluate_videos
 
 COLUMNS = ("accuracy", "edit", "f1@10", "f1@25", "f1@50", "withdrawal_error_s")
 
 
 def evaluate_predictions(preds: list[np.ndarray], refs: list[np.ndarray], ids: list[str], classes: list[str],
-                         fps: float) -> tuple[list[dict], dict]:
-    """Per-video rows and the overall metrics (F1 counts summed over videos, Edit averaged)."""
-    rows = [{"video": v, **{k: m[k] for k in COLUMNS if k in m}}
-            for v, p, r in zip(ids, preds, refs) for m in [evaluate_videos([p], [r], len(classes), classes, fps)]]
-    return rows, evaluate_videos(preds, refs, len(classes), classes, fps)
+                         fps: float, background: Sequence[int] = ()) -> tuple[list[dict], dict]:
+    """Per-video rows and the overall metrics (F1 counts summed over videos, Edit averaged); ``background`` class
+    indices are left out of Edit and F1."""
+    rows = []
+    for v, p, r in zip(ids, preds, refs):
+        m = evaluate_videos([p], [r], len(classes), classes, fps, background=background)
+        rows.append({"video": v, **{k: m[k] for k in COLUMNS if k in m}})
+    return rows, evaluate_videos(preds, refs, len(classes), classes, fps, background=background)
 
 
-def evaluate_dataset(pm, data_dir: str | Path, layout: str = "auto", quiet: bool = True) -> tuple[list[dict], dict]:
-    """Predict every labelled video of ``data_dir`` with ``pm`` (a PhaseModel) and score it."""
+def evaluate_dataset(pm, data_dir: str | Path, layout: str = "auto", quiet: bool = True,
+                     background: Sequence[int] = (), split: str | Path | None = None,
+                     notice: Callable[[str], None] | None = None) -> tuple[list[dict], dict]:
+    """Predict every labelled video of ``data_dir`` (or those listed in an MS-TCN ``split`` bundle) with ``pm``
+    (a :class:`~medseg.phases.predict.PhaseModel`) and score it. Label files follow
+    :func:`~medseg.phases.io.match_length`; its notices go to ``notice``."""
     ids, feats_dir, labels_dir = dataset_videos(data_dir)
+    if split is not None:
+        wanted = read_split(split)
+        missing = [v for v in wanted if v not in ids]
+        if missing:
+            raise InputError(f"video {missing[0]!r} has no features/labels in {data_dir}", split)
+        ids = wanted
     preds, refs = [], []
     for vid in progress(ids, desc="videos", unit="video", quiet=quiet):
-        preds.append(pm.probabilities(load_features(feats_dir / f"{vid}.npy", layout, pm.in_features)).argmax(1))
-        refs.append(load_labels(label_path(labels_dir, vid), pm.classes)[: len(preds[-1])])
-    return evaluate_predictions(preds, refs, ids, pm.classes, pm.fps)
+        feats = load_features(feats_dir / f"{vid}.npy", layout, pm.in_features)
+        lp = label_path(labels_dir, vid)
+        ref, note = match_length(load_labels(lp, pm.classes), len(feats), lp)
+        if note and notice:
+            notice(note)
+        preds.append(pm.probabilities(feats).argmax(1))
+        refs.append(ref)
+    return evaluate_predictions(preds, refs, ids, pm.classes, pm.fps, background)
+
+
+def metric_rows(rows: list[dict], total: dict) -> list[dict]:
+    """Per-video rows followed by the overall ``ALL`` row, with the metric columns present."""
+    return [*rows, {"video": "ALL", **{c: total[c] for c in COLUMNS if c in total}}]
+
+
+def class_rows(total: dict) -> list[dict]:
+    """Per-class precision / recall / F1 / Jaccard (%) and reference frame counts."""
+    return [{"class": name, **{k: m[k] for k in ("precision", "recall", "f1", "jaccard", "frames")}}
+            for name, m in total["per_class"].items()]
 
 
 def format_table(rows: list[dict], total: dict) -> str:
     """Per-video lines, the overall line, then per-class precision / recall / F1 / Jaccard."""
-    cols = [c for c in COLUMNS if c in total]
-    lines = [f"{'video':<24}" + "".join(f"{c:>20}" for c in cols)]
-    for r in rows + [{"video": "ALL", **total}]:
-        lines.append(f"{r['video'][:24]:<24}" + "".join(f"{r.get(c, float('nan')):>20.2f}" for c in cols))
-    lines.append(f"\n{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'jaccard':>10}{'frames':>10}")
-    for name, m in total["per_class"].items():
-        lines.append(f"{name:<14}{m['precision']:>10.1f}{m['recall']:>10.1f}{m['f1']:>10.1f}{m['jaccard']:>10.1f}"
-                     f"{m['frames']:>10d}")
-    return "\n".join(lines)
+    cols = ["video", *[c for c in COLUMNS if c in total]]
+    return (report_table(metric_rows(rows, total), cols, digits=2) + "\n\n"
+            + report_table(class_rows(total), digits=1))
 
 
 def write_csv(rows: list[dict], total: dict, path: str | Path, overwrite: bool = False) -> Path:
-    """Per-video rows and an ``ALL`` row."""
-    cols = [c for c in COLUMNS if c in total]
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["video", *cols], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        w.writerow({"video": "ALL", **total})
-    return Path(path)
+    """Per-video rows and an ``ALL`` row (``.csv``, ``.tsv`` or ``.json`` by suffix)."""
+    return write_report(path, metric_rows(rows, total), ["video", *[c for c in COLUMNS if c in total]],
+                        overwrite=overwrite)

@@ -4,6 +4,9 @@ Frames are read in name order (PNG/JPG/BMP), sampled from ``source_fps`` down to
 centre crop 224), ImageNet-normalised, and encoded to the 2048-d pooled ResNet-50 features. The encoder's weights come
 from a file you give (``torch.load(weights_only=True)``; a torchvision ResNet-50 state_dict, optionally with the ``fc``
 layer); without one the encoder is randomly initialised, which is only useful for testing the pipeline.
+
+Imports: torchvision (ResNet-50 and its transforms) and Pillow (image reading), both runtime dependencies of
+convsuite (pyproject.toml); they are imported only by this command, and a missing one is a one-line error.
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ FRAME_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg"}
 
 
+def _require(module: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise InputError(f"'medseg phases extract' needs {package} (pip install {package})")
+
+
 def frame_encoder(weights: str | Path | None = None) -> torch.nn.Module:
     """ResNet-50 without its classifier (outputs [N, 2048])."""
+    _require("torchvision", "torchvision")
     from torchvision.models import resnet50
 
     model = resnet50(weights=None)
@@ -61,6 +72,7 @@ def list_frames(folder: str | Path) -> list[Path]:
 
 
 def _load(path: Path) -> torch.Tensor:
+    _require("PIL", "Pillow")
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import center_crop, normalize, pil_to_tensor, resize
 

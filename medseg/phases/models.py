@@ -1,6 +1,12 @@
 """Temporal segmentation models for colonoscopy phases: ColonTCN and MS-TCN on the shared TCN blocks.
 
-ColonTCN (REAL-Colon temporal segmentation): per-frame features -> Conv1d(D -> 64, k=1) + ReLU -> N temporal blocks of
+- ColonTCN: C. Biffi, G. Roffo, P. Salvagnini, A. Cherubini, "A Temporal Convolutional Network-Based Approach and a
+  Benchmark Dataset for Colonoscopy Video Temporal Segmentation", 2025, https://arxiv.org/abs/2502.03430
+  (REAL-Colon annotations: 60 procedures, 9 classes; 4-fold leave-one-study-out and 5-fold protocols).
+- MS-TCN: Y. Abu Farha, J. Gall, "MS-TCN: Multi-Stage Temporal Convolutional Network for Action Segmentation",
+  CVPR 2019, https://arxiv.org/abs/1903.01945 (reference code: https://github.com/yabufarha/ms-tcn).
+
+ColonTCN: per-frame features -> Conv1d(D -> 64, k=1) + ReLU -> N temporal blocks of
 64 channels (block i: two weight-normed Conv1d k=7, dilation 2^i, symmetric padding, ReLU + Dropout, residual) ->
 Conv1d 1x1 to the classes. N=12 gives 822,921 parameters at D=2048 and 9 classes; N=13 gives 880,521.
 MS-TCN (Farha & Gall, CVPR 2019): stages of 10 dilated residual layers (k=3, dilation 2^i, 64 channels); each later
@@ -22,8 +28,11 @@ COLON_CLASSES = ["outside", "insertion", "cecum", "ileum", "ascending", "transve
 
 
 class ColonTCN(nn.Module):
-    """ColonTCN. Args: in_features <D>, num_classes, channels (64), num_blocks <N>, kernel_size (7), dropout (0.5),
-    causal, reversible (blocks become additive couplings of two half-width bodies: memory flat in N)."""
+    """ColonTCN (Biffi et al. 2025, "A Temporal Convolutional Network-Based Approach and a Benchmark Dataset for
+    Colonoscopy Video Temporal Segmentation", https://arxiv.org/abs/2502.03430).
+
+    Args: in_features <D>, num_classes, channels (64), num_blocks <N>, kernel_size (7), dropout (0.5), causal,
+    reversible (blocks become additive couplings of two half-width bodies: memory flat in N)."""
 
     def __init__(
         self,
@@ -94,7 +103,11 @@ class SingleStage(nn.Module):
 
 
 class MSTCN(nn.Module):
-    """Multi-stage TCN; ``forward`` returns the stages' logits stacked [S, N, C, T] (the last is the prediction)."""
+    """MS-TCN (Abu Farha & Gall, "MS-TCN: Multi-Stage Temporal Convolutional Network for Action Segmentation",
+    CVPR 2019, https://arxiv.org/abs/1903.01945).
+
+    Args: in_features <D>, num_classes, num_stages (4), num_layers per stage (10), channels (64), dropout (0.5),
+    causal. ``forward`` returns the stages' logits stacked [S, N, C, T] (the last is the prediction)."""
 
     def __init__(
         self,

@@ -4,37 +4,46 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from shared_backbones.checkpoint import load_for_inference
 from shared_backbones.cliutil import atomic_output, check_output
-from shared_backbones.precision import PrecisionPolicy
+from shared_backbones.errors import InputError
+from shared_backbones.loaded import LoadedModel
 
-from . import models as _models  # noqa: F401  (registers the architectures)
 from .metrics import evaluate_videos, segments, withdrawal_seconds
-from .models import COLON_CLASSES, final_logits
+from .models import COLON_CLASSES, TASK, final_logits
 
 
-@dataclass
-class PhaseModel:
-    """A loaded phase model with its class names, input size and frame rate."""
+class PhaseModel(LoadedModel):
+    """A loaded phase model (ColonTCN / MS-TCN) with its class names, input width and frame rate."""
 
-    model: torch.nn.Module
-    classes: list[str]
-    in_features: int
-    fps: float
-    device: torch.device
-    policy: PrecisionPolicy
+    TASK = TASK
 
-    @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> PhaseModel:
-        mf, model, dev, policy = load_for_inference(path, "phases", device, precision)
-        return cls(model, mf.classes or list(COLON_CLASSES), int(mf.arch_kwargs.get("in_features", 2048)),
-                   float(mf.preprocessing.get("fps", 5.0)), dev, policy)
+    @property
+    def classes(self) -> list[str]:
+        return list(self.file.classes) or list(COLON_CLASSES)
+
+    @property
+    def in_features(self) -> int:
+        """The feature width D the model takes per frame."""
+        return int(self.file.arch_kwargs.get("in_features", 2048))
+
+    @property
+    def fps(self) -> float:
+        """The frame rate of the features it was trained on."""
+        return float(self.preprocessing.get("fps", 5.0))
+
+    def class_indices(self, names: Sequence[str]) -> list[int]:
+        """Indices of class ``names`` (case-insensitive); an unknown name is a one-line error."""
+        index = {c.lower(): i for i, c in enumerate(self.classes)}
+        unknown = [n for n in names if n.lower() not in index]
+        if unknown:
+            raise InputError(f"unknown class {unknown[0]!r} (classes: {', '.join(self.classes)})", self.path)
+        return [index[n.lower()] for n in names]
 
     @torch.inference_mode()
     def probabilities(self, feats: np.ndarray) -> np.ndarray:
@@ -83,13 +92,17 @@ def write_timeline(path: Path, pred: np.ndarray, classes: list[str], fps: float,
 
 def predict_video(pm: PhaseModel, features: np.ndarray, stem_path: Path, out_dir: Path | None = None,
                   fps: float | None = None, reference: np.ndarray | None = None, png: bool = True,
-                  overwrite: bool = False) -> dict:
-    """Predict one video and write its outputs; returns the summary dict."""
+                  overwrite: bool = False, background: Sequence[int] = ()) -> dict:
+    """Predict one video and write its outputs; returns the summary dict. ``reference`` (labels, already of the
+    features' length: see :func:`medseg.phases.io.match_length`) adds metrics; ``background`` class indices are left
+    out of Edit and F1 as in MS-TCN's evaluation."""
     fps = fps or pm.fps
     outs = outputs_for(stem_path, out_dir)
     for key, p in outs.items():
         if key != "timeline" or png:
             check_output(p, overwrite)
+    if reference is not None and len(reference) != len(features):  # checked before anything is written
+        raise InputError(f"reference has {len(reference)} frames, features have {len(features)}")
     probs = pm.probabilities(features)
     pred = probs.argmax(1)
     with atomic_output(outs["frames"], overwrite) as tmp, open(tmp, "w", newline="") as fh:
@@ -107,12 +120,9 @@ def predict_video(pm: PhaseModel, features: np.ndarray, stem_path: Path, out_dir
                "segments": len(segs), "withdrawal_s": withdrawal_seconds(pred, pm.classes, fps),
                "class_seconds": {c: float((pred == i).sum() / fps) for i, c in enumerate(pm.classes)}}
     if reference is not None:
-        if len(reference) != len(pred):
-            from shared_backbones.errors import InputError
-
-            raise InputError(f"reference has {len(reference)} frames, features have {len(pred)}")
-        m = evaluate_videos([pred], [reference], len(pm.classes), pm.classes, fps)
+        m = evaluate_videos([pred], [reference], len(pm.classes), pm.classes, fps, background=background)
         summary["metrics"] = {k: v for k, v in m.items() if k not in ("per_class", "confusion")}
+        summary["background"] = [pm.classes[i] for i in background]
         summary["reference_withdrawal_s"] = withdrawal_seconds(reference, pm.classes, fps)
     with atomic_output(outs["summary"], overwrite) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))

@@ -22,8 +22,8 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
         shutil.rmtree(out_dir)
     data = write_dataset(out_dir / "data", n_videos=8 if quick else 16, dim=64, seed=0)
     res = train_phases(data, out_dir / "colontcn.pt", arch_kwargs={"num_blocks": 10}, folds=4, fold=0,
-                       groups=data / "groups.csv", epochs=2 if quick else 30, accelerator="cpu", quiet=quiet,
-                       overwrite=True)[0]
+                       groups=data / "groups.csv", epochs=2 if quick else 30, accelerator="cpu", devices=1,
+                       seed=0, quiet=quiet, overwrite=True)[0]
     pm = PhaseModel.from_file(res.model_file, "cpu", "fp32")
     vid = "c0_v000"  # centre 0 is the held-out centre of fold 0
     s = predict_video(pm, load_features(data / "features" / f"{vid}.npy", expected_dim=pm.in_features),

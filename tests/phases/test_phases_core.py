@@ -92,3 +92,61 @@ def test_evaluate_videos_with_unlabeled_frames_and_withdrawal():
     assert m["per_class"]["cecum"]["precision"] == pytest.approx(5 / 7 * 100)
     assert np.array(m["confusion"]).sum() == 20
     assert withdrawal_seconds(ref, names, 5.0) == 2.0
+
+
+# Hand-made example against MS-TCN's eval.py (github.com/yabufarha/ms-tcn, read, not copied): classes
+# 0 = background, 1 = A, 2 = B (12 frames).
+#   ref  = bg bg A  A  A  A  bg B  B  B  B  bg  -> foreground segments A[2,6) B[7,11)
+#   pred = bg A  A  A  bg A  A  B  B  bg B  B   -> foreground segments A[1,4) A[5,7) B[7,9) B[10,12)
+# With bg_class=[background]: Edit: AABB vs AB, distance 2, max 4 -> 50.
+#   IoU: A[1,4)-A[2,6) = 2/5, A[5,7)-A[2,6) = 1/5, B[7,9)-B[7,11) = 2/4, B[10,12)-B[7,11) = 1/5.
+#   F1@10 and F1@25: TP 2 (first A, first B), FP 2 (their targets already hit), FN 0 -> P .5 R 1 -> 66.67;
+#   F1@50: TP 1 (B[7,9) at exactly .5), FP 3, FN 1 -> P .25 R .5 -> 33.33.
+# Without a background class the bg runs are segments too (7 vs 5 segments): Edit (1 - 2/7) * 100 = 71.43;
+#   F1@10: TP 3 (bg[0,1) IoU .5, A, B), FP 4, FN 2 -> 50.0; F1@50: TP 2, FP 5, FN 3 -> 33.33.
+# Accuracy counts every frame either way: 7 of 12.
+MSTCN_REF = np.array([0, 0, 1, 1, 1, 1, 0, 2, 2, 2, 2, 0])
+MSTCN_PRED = np.array([0, 1, 1, 1, 0, 1, 1, 2, 2, 0, 2, 2])
+
+
+@pytest.mark.parametrize("background,edit,counts", [
+    ([0], 50.0, {0.10: (2, 2, 0), 0.25: (2, 2, 0), 0.50: (1, 3, 1)}),
+    ([], 100 * (1 - 2 / 7), {0.10: (3, 4, 2), 0.25: (3, 4, 2), 0.50: (2, 5, 3)}),
+])
+def test_background_classes_as_mstcn_eval(background, edit, counts):
+    assert edit_score(MSTCN_PRED, MSTCN_REF, background) == pytest.approx(edit)
+    for k, c in counts.items():
+        assert f1_counts(MSTCN_PRED, MSTCN_REF, k, background) == c
+    m = evaluate_videos([MSTCN_PRED], [MSTCN_REF], 3, ["background", "A", "B"], background=background)
+    assert m["accuracy"] == pytest.approx(7 / 12 * 100)
+    f1 = {0.10: 200 / 3, 0.25: 200 / 3, 0.50: 100 / 3} if background else {0.10: 50.0, 0.25: 50.0, 0.50: 100 / 3}
+    for k, v in f1.items():
+        assert m[f"f1@{int(k * 100)}"] == pytest.approx(v)
+
+
+def test_background_counts_sum_over_videos():
+    # a second, perfect video A A B B: Edit 100, 2 TP. With background: Edit (50 + 100) / 2 = 75;
+    # F1@50: TP 3 FP 3 FN 1 -> P .5 R .75 -> 60; F1@10: TP 4 FP 2 FN 0 -> 80; accuracy (7 + 4) / 16.
+    v2 = np.array([1, 1, 2, 2])
+    m = evaluate_videos([MSTCN_PRED, v2], [MSTCN_REF, v2], 3, background=[0])
+    assert (m["edit"], m["f1@10"], m["f1@50"], m["accuracy"]) == pytest.approx((75.0, 80.0, 60.0, 68.75))
+
+
+def test_torchmetrics_segment_metrics_equal_numpy_metrics():
+    from medseg.phases.segmetrics import SegmentalEdit, SegmentalF1
+
+    rng = np.random.default_rng(0)
+    refs = [np.repeat(rng.integers(0, 4, 8), rng.integers(3, 12, 8)) for _ in range(3)]
+    preds = [np.where(rng.random(len(r)) < 0.15, rng.integers(0, 4, len(r)), r) for r in refs]
+    refs[1][:5] = -1  # unlabeled frames are removed first
+    expect = evaluate_videos(preds, refs, 4, background=[3])
+    edit, f1 = SegmentalEdit(ignore_index=-1, background=[3]), SegmentalF1(0.25, ignore_index=-1, background=[3])
+    t = max(map(len, refs))
+    for p, r in zip(preds, refs):  # padded batches of one video, the padding ignored
+        pp, rr = torch.zeros(1, t, dtype=torch.long), torch.full((1, t), -1)
+        pp[0, : len(p)], rr[0, : len(r)] = torch.from_numpy(p), torch.from_numpy(r)
+        edit.update(pp, rr)
+        f1.update(pp, rr)
+    assert float(edit.compute()) == pytest.approx(expect["edit"])
+    assert float(f1.compute()) == pytest.approx(expect["f1@25"])
+    assert int(edit.videos) == 3
