@@ -33,6 +33,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
@@ -84,12 +85,20 @@ class _Source:
                 return pydicom.dcmread(raw, stop_before_pixels=not pixels)
             except InvalidDicomError:
                 # no 128-byte preamble: accept raw data sets that start with a group 0008 element
-                head = raw.getvalue()[:2] if isinstance(raw, io.BytesIO) else Path(raw).open("rb").read(2)
+                if isinstance(raw, io.BytesIO):
+                    head = raw.getvalue()[:2]
+                    raw.seek(0)
+                else:
+                    with open(raw, "rb") as fh:
+                        head = fh.read(2)
                 if head != b"\x08\x00":
                     return None
-                if isinstance(raw, io.BytesIO):
-                    raw.seek(0)
-                return pydicom.dcmread(raw, stop_before_pixels=not pixels, force=True)
+                ds = pydicom.dcmread(raw, stop_before_pixels=not pixels, force=True)
+                if "TransferSyntaxUID" not in ds.file_meta:  # say how it was encoded, for the pixel decoder
+                    implicit, little = ds.original_encoding
+                    explicit = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+                    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else explicit
+                return ds
         except InvalidDicomError:
             return None
         except (OSError, zipfile.BadZipFile) as exc:
@@ -104,7 +113,8 @@ class _Source:
 
 def is_dicom_source(path: str | Path) -> bool:
     """True for a .zip file, or a folder that holds no NIfTI file at its top level and at least one DICOM file
-    (a ``.dcm`` name, or the ``DICM`` marker after the 128-byte preamble, PS3.10 7.1)."""
+    (a ``.dcm`` name, the ``DICM`` marker after the 128-byte preamble (PS3.10 7.1), or a raw data set starting
+    with a group 0008 element)."""
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() == ".zip"
@@ -119,11 +129,11 @@ def is_dicom_source(path: str | Path) -> bool:
             return True
         try:
             with p.open("rb") as fh:
-                fh.seek(128)
-                if fh.read(4) == b"DICM":
-                    return True
+                head = fh.read(132)
         except OSError:
             continue
+        if head[128:132] == b"DICM" or head[:2] == b"\x08\x00":
+            return True
     return False
 
 
@@ -144,6 +154,7 @@ class SeriesInfo:
     number: int | None = None
     members: list[str] = field(default_factory=list)
     multiframe: bool = False
+    headers: list[Dataset] = field(default_factory=list, repr=False)  # the members' attributes, no pixel data
 
     @property
     def slices(self) -> int:
@@ -182,6 +193,7 @@ def _scan(src: _Source) -> list[SeriesInfo]:
             )
         info.multiframe = info.multiframe or int(ds.get("NumberOfFrames", 1) or 1) > 1
         info.members.append(name)
+        info.headers.append(ds)
     return sorted(series.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
 
 
@@ -217,7 +229,7 @@ def choose_series(found: Sequence[SeriesInfo], uid: str | None, path: str | Path
 @dataclass
 class DicomSeries:
     """A series read as a volume: modality values ``[X, Y, Z]`` (float32, dcm2niix's layout), the RAS affine,
-    and the source datasets in slice order (pixel data dropped), for writing a SEG that references them."""
+    and the source datasets in slice order (attributes only, no pixel data), for a SEG that references them."""
 
     data: np.ndarray
     affine: np.ndarray
@@ -339,28 +351,23 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
             )
         if info.slices < 2:
             raise InputError(f"series {info.uid} has a single slice; a 3-D volume is required", path)
-        datasets, names = [], []
-        for name in info.members:
-            ds = src.read(name, pixels=True)
-            if ds is None:  # pragma: no cover - it was readable a moment ago
-                raise InputError("no longer a readable DICOM file", src.display(name))
-            datasets.append(ds)
-            names.append(src.display(name))
+        names = [src.display(name) for name in info.members]
+        order, lps = _geometry(info.headers, names)  # checked on the headers before any pixel is decoded
+        rows, cols = int(info.headers[0].Rows), int(info.headers[0].Columns)
+        data = np.empty((cols, rows, len(order)), dtype=np.float32)
+        for k, i in enumerate(order):  # one slice's pixel data in memory at a time
+            ds = src.read(info.members[i], pixels=True)
+            if ds is None or ds.get("SOPInstanceUID") != info.headers[i].get("SOPInstanceUID"):
+                raise InputError("changed while being read", names[i])
+            data[:, :, k] = _modality_values(ds, names[i])[::-1, :].T
     finally:
         src.close()
-    order, lps = _geometry(datasets, names)
-    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
-    data = np.empty((cols, rows, len(order)), dtype=np.float32)
-    for k, i in enumerate(order):
-        data[:, :, k] = _modality_values(datasets[i], names[i])[::-1, :].T
-        if "PixelData" in datasets[i]:
-            del datasets[i].PixelData  # the SEG needs the attributes only; keep memory at one volume
     # dcm2niix's layout: the row axis reversed, so the affine starts at the last row of the first slice
     flip = np.eye(4)
     flip[1, 1] = -1
     flip[1, 3] = rows - 1
     affine = _LPS_TO_RAS @ lps @ flip
-    return DicomSeries(data, affine, [datasets[i] for i in order], info, path)
+    return DicomSeries(data, affine, [info.headers[i] for i in order], info, path)
 
 
 def nifti_header(affine: np.ndarray, shape: Sequence[int]) -> nib.Nifti1Header:

@@ -118,7 +118,13 @@ def test_geometry_and_voxels_equal_dcm2niix(tmp_path, orientation, modality, ord
 
 
 def test_zip_is_read_without_extracting_and_equals_the_folder(tmp_path, monkeypatch):
-    write_series(tmp_path / "s", ORIENTATIONS["coronal"], order="shuffled")
+    vol = write_series(tmp_path / "s", ORIENTATIONS["coronal"], order="shuffled")
+    raw = tmp_path / "s" / "IM0002.dcm"  # an old-style data set: no preamble, no file meta, implicit VR
+    ds = pydicom.dcmread(raw)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(raw, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert raw.read_bytes()[:2] == b"\x08\x00"
     archive = tmp_path / "study.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for p in sorted((tmp_path / "s").iterdir()):
@@ -134,6 +140,7 @@ def test_zip_is_read_without_extracting_and_equals_the_folder(tmp_path, monkeypa
     assert b.name == "study"
     np.testing.assert_array_equal(a.data, b.data)
     np.testing.assert_array_equal(a.affine, b.affine)
+    np.testing.assert_array_equal(a.data[0][:, ::-1].transpose(2, 1, 0), vol - 1024.0)
 
 
 def test_several_series_are_listed_and_chosen(tmp_path, capsys, model_file):
