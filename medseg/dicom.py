@@ -146,33 +146,81 @@ def source_name(path: str | Path) -> str:
 # ------------------------------------------------------------------------------------------------- listing
 @dataclass
 class SeriesInfo:
-    """One series found in a source: its UID, modality, description, number and member names."""
+    """One series found in a source: its UID, modality, description, number, and one entry per slice: the member
+    (file or zip member) holding it, its frame number in a multi-frame object (None for a single-frame file) and its
+    Image Plane attributes (no pixel data). ``files`` holds each member's own header."""
 
     uid: str
     modality: str = ""
     description: str = ""
     number: int | None = None
     members: list[str] = field(default_factory=list)
-    multiframe: bool = False
-    headers: list[Dataset] = field(default_factory=list, repr=False)  # the members' attributes, no pixel data
+    frames: list[int | None] = field(default_factory=list)
+    headers: list[Dataset] = field(default_factory=list, repr=False)
+    files: dict[str, Dataset] = field(default_factory=dict, repr=False)
 
     @property
     def slices(self) -> int:
         return len(self.members)
+
+    @property
+    def multiframe(self) -> bool:
+        return any(f is not None for f in self.frames)
 
     def summary(self) -> str:
         """``UID (CT, 'Thorax 1.0', 120 slices)``."""
         parts = [self.modality or "?"]
         if self.description:
             parts.append(repr(self.description))
-        parts.append(f"{self.slices} {'files' if self.multiframe else 'slices'}")
+        where = f" in {len(self.files)} multi-frame file(s)" if self.multiframe else ""
+        parts.append(f"{self.slices} slices{where}")
         return f"{self.uid} ({', '.join(parts)})"
 
 
+#: Modalities of objects that are not images of the patient (they are skipped when listing series).
+_NOT_IMAGES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "SR", "KO", "REG", "DOC", "PLAN"}
+
+
+def _is_enhanced(ds: Dataset) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+
+
 def _is_image(ds: Dataset) -> bool:
+    if str(ds.get("Modality", "")).upper() in _NOT_IMAGES:
+        return False
     return "Rows" in ds and "Columns" in ds and "SeriesInstanceUID" in ds and (
-        "ImageOrientationPatient" in ds or int(ds.get("NumberOfFrames", 1) or 1) > 1
+        "ImageOrientationPatient" in ds or _is_enhanced(ds)
     )
+
+
+def _frame_headers(ds: Dataset) -> list[Dataset]:
+    """Per-frame Image Plane attributes of a multi-frame (enhanced) image, from its Per-frame and Shared Functional
+    Groups (PS3.3 C.7.6.16: Plane Position, Plane Orientation, Pixel Measures, Pixel Value Transformation)."""
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else Dataset()
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    wanted = (
+        ("PlanePositionSequence", "ImagePositionPatient"),
+        ("PlaneOrientationSequence", "ImageOrientationPatient"),
+        ("PixelMeasuresSequence", "PixelSpacing"),
+        ("PixelValueTransformationSequence", "RescaleSlope"),
+        ("PixelValueTransformationSequence", "RescaleIntercept"),
+    )
+    out = []
+    for i in range(n):
+        frame = Dataset()
+        frame.Rows, frame.Columns = ds.Rows, ds.Columns
+        for macro, keyword in wanted:
+            for group in ((per[i],) if i < len(per) else ()) + (shared,):
+                items = group.get(macro)
+                if items and keyword in items[0]:
+                    setattr(frame, keyword, items[0][keyword].value)
+                    break
+            else:
+                if keyword in ds:
+                    setattr(frame, keyword, ds[keyword].value)
+        out.append(frame)
+    return out
 
 
 def _scan(src: _Source) -> list[SeriesInfo]:
@@ -191,9 +239,16 @@ def _scan(src: _Source) -> list[SeriesInfo]:
                 str(ds.get("SeriesDescription", "")).strip(),
                 int(number) if number not in (None, "") else None,
             )
-        info.multiframe = info.multiframe or int(ds.get("NumberOfFrames", 1) or 1) > 1
-        info.members.append(name)
-        info.headers.append(ds)
+        info.files[name] = ds
+        if _is_enhanced(ds):
+            frames = _frame_headers(ds)
+            info.members += [name] * len(frames)
+            info.frames += list(range(len(frames)))
+            info.headers += frames
+        else:
+            info.members.append(name)
+            info.frames.append(None)
+            info.headers.append(ds)
     return sorted(series.values(), key=lambda s: (s.number if s.number is not None else 1 << 30, s.uid))
 
 
@@ -228,18 +283,25 @@ def choose_series(found: Sequence[SeriesInfo], uid: str | None, path: str | Path
 # ------------------------------------------------------------------------------------------------- reading
 @dataclass
 class DicomSeries:
-    """A series read as a volume: modality values ``[X, Y, Z]`` (float32, dcm2niix's layout), the RAS affine,
-    and the source datasets in slice order (attributes only, no pixel data), for a SEG that references them."""
+    """A series read as a volume: modality values ``[X, Y, Z]`` (float32, dcm2niix's layout), the RAS affine, and
+    for each volume slice the index of its entry in ``info`` (member, frame, header), for a SEG that references it."""
 
     data: np.ndarray
     affine: np.ndarray
-    datasets: list[Dataset]
+    order: list[int]
     info: SeriesInfo
     source: Path
 
     @property
     def spacing(self) -> np.ndarray:
         return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        """The source files' headers (no pixel data): one per slice in volume order, or the multi-frame file(s)."""
+        if self.info.multiframe:
+            return list(self.info.files.values())
+        return [self.info.files[self.info.members[i]] for i in self.order]
 
 
 def _vec(ds: Dataset, key: str, n: int, where: str) -> np.ndarray:
@@ -253,20 +315,24 @@ def _vec(ds: Dataset, key: str, n: int, where: str) -> np.ndarray:
     return arr
 
 
-def _modality_values(ds: Dataset, where: str) -> np.ndarray:
-    """Pixel data of one slice as float32 modality values (RescaleSlope * stored + RescaleIntercept)."""
+def _pixels(ds: Dataset, where: str) -> np.ndarray:
+    """Stored values of a file: ``[rows, columns]`` or ``[frames, rows, columns]``."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise InputError(f"colour image ({ds.get('PhotometricInterpretation')}); a grey-scale CT/MR is required", where)
     try:
-        pix = ds.pixel_array
+        return ds.pixel_array
     except Exception as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", str(ts))
         raise InputError(f"cannot decode the pixel data ({ts_name}): {str(exc).splitlines()[0][:120]}", where) from None
-    if pix.ndim != 2:
-        raise InputError(f"pixel data of shape {pix.shape}; one 2-D frame per file is required", where)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+
+
+def _modality_values(pix: np.ndarray, header: Dataset, where: str) -> np.ndarray:
+    """One slice as float32 modality values: RescaleSlope * stored + RescaleIntercept (PS3.3 C.11.1.1.2)."""
+    if pix.ndim != 2 or pix.shape != (int(header.Rows), int(header.Columns)):
+        raise InputError(f"pixel data of shape {pix.shape} does not match Rows x Columns", where)
+    slope = float(header.get("RescaleSlope", 1) or 1)
+    intercept = float(header.get("RescaleIntercept", 0) or 0)
     out = pix.astype(np.float32)
     if slope != 1.0:
         out *= np.float32(slope)
@@ -343,23 +409,25 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
     src = _Source(path)
     try:
         info = choose_series(_scan(src), series_uid, path)
-        if info.multiframe:
-            raise InputError(
-                f"series {info.uid} holds multi-frame (enhanced) images; only single-frame slices are read "
-                "(convert it with dcm2niix first)",
-                path,
-            )
         if info.slices < 2:
             raise InputError(f"series {info.uid} has a single slice; a 3-D volume is required", path)
-        names = [src.display(name) for name in info.members]
+        names = [src.display(m) + ("" if f is None else f" frame {f + 1}") for m, f in zip(info.members, info.frames)]
         order, lps = _geometry(info.headers, names)  # checked on the headers before any pixel is decoded
         rows, cols = int(info.headers[0].Rows), int(info.headers[0].Columns)
         data = np.empty((cols, rows, len(order)), dtype=np.float32)
-        for k, i in enumerate(order):  # one slice's pixel data in memory at a time
-            ds = src.read(info.members[i], pixels=True)
-            if ds is None or ds.get("SOPInstanceUID") != info.headers[i].get("SOPInstanceUID"):
-                raise InputError("changed while being read", names[i])
-            data[:, :, k] = _modality_values(ds, names[i])[::-1, :].T
+        targets: dict[str, list[tuple[int, int]]] = {}
+        for k, i in enumerate(order):
+            targets.setdefault(info.members[i], []).append((k, i))
+        for member, slots in targets.items():  # one file's pixel data in memory at a time
+            ds = src.read(member, pixels=True)
+            if ds is None or ds.get("SOPInstanceUID") != info.files[member].get("SOPInstanceUID"):
+                raise InputError("changed while being read", src.display(member))
+            pix = _pixels(ds, src.display(member))
+            del ds
+            for k, i in slots:
+                frame = info.frames[i]
+                one = pix if frame is None or pix.ndim == 2 else pix[frame]
+                data[:, :, k] = _modality_values(one, info.headers[i], names[i])[::-1, :].T
     finally:
         src.close()
     # dcm2niix's layout: the row axis reversed, so the affine starts at the last row of the first slice
@@ -367,7 +435,7 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
     flip[1, 1] = -1
     flip[1, 3] = rows - 1
     affine = _LPS_TO_RAS @ lps @ flip
-    return DicomSeries(data, affine, [info.headers[i] for i in order], info, path)
+    return DicomSeries(data, affine, order, info, path)
 
 
 def nifti_header(affine: np.ndarray, shape: Sequence[int]) -> nib.Nifti1Header:
@@ -445,7 +513,8 @@ def _with_type2_attributes(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 def seg_frames(labels: np.ndarray, series: DicomSeries) -> np.ndarray:
-    """Label map ``[X, Y, Z]`` in the reader's layout -> ``[slices, rows, columns]`` in source slice order."""
+    """Label map ``[X, Y, Z]`` in the reader's layout -> ``[slices, rows, columns]`` in volume slice order (ascending
+    along the normal; ``series.order`` maps them to the source slices)."""
     if labels.shape != series.data.shape:
         raise ValueError(f"label shape {labels.shape} != series shape {series.data.shape}")
     return np.ascontiguousarray(np.transpose(labels[:, ::-1, :], (2, 1, 0)))
@@ -467,6 +536,16 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: S
     if int(labels.max(initial=0)) >= len(classes):
         raise ValueError(f"label {int(labels.max())} has no class name ({len(classes)} classes)")
     frames = seg_frames(labels, series).astype(np.uint8 if len(classes) <= 256 else np.uint16)
+    if series.info.multiframe:  # frames in the source's frame order (highdicom maps frame i to source frame i)
+        if len(series.info.files) != 1:
+            raise InputError(
+                f"a DICOM SEG on a series of {len(series.info.files)} multi-frame files is not supported (one "
+                "multi-frame file, or single-frame slices, are)",
+                case.paths[0],
+            )
+        by_frame = np.empty_like(frames)
+        by_frame[[series.info.frames[i] for i in series.order]] = frames
+        frames = by_frame
     version = package_version()
     seg = hd.seg.Segmentation(
         source_images=_with_type2_attributes(series.datasets),

@@ -199,6 +199,67 @@ def test_unusable_series_are_refused_in_one_line(tmp_path, capsys, model_file, k
     assert not out.exists()
 
 
+def _enhanced(tmp_path: Path, orientation: str, order: str) -> tuple[Path, Path]:
+    """The same series twice: single-frame files, and one Legacy Converted Enhanced CT (multi-frame) made from
+    them with highdicom."""
+    import highdicom as hd
+
+    write_series(tmp_path / "single", ORIENTATIONS[orientation], order=order, n=6)
+    legacy = [pydicom.dcmread(p) for p in sorted((tmp_path / "single").iterdir())]
+    for ds in legacy:
+        ds.PatientBirthDate, ds.PatientSex = "", ""
+    (tmp_path / "multi").mkdir()
+    hd.legacy.LegacyConvertedEnhancedCTImage(legacy, hd.UID(), 4, hd.UID(), 1).save_as(tmp_path / "multi" / "ct.dcm")
+    return tmp_path / "single", tmp_path / "multi"
+
+
+@pytest.mark.parametrize("orientation,order", [("oblique", "shuffled"), ("sagittal", "descending")])
+def test_multiframe_enhanced_series_equals_dcm2niix_and_single_frames(tmp_path, orientation, order):
+    single, multi = _enhanced(tmp_path, orientation, order)
+    ref = dcm2niix(multi, tmp_path / "ref")
+    case, flat = read_case(multi), read_case(single)
+    assert case.source.info.multiframe and case.source.info.slices == 6
+    np.testing.assert_allclose(case.affine, ref.affine, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(case.data[0], ref.get_fdata())
+    np.testing.assert_array_equal(case.data, flat.data)
+    np.testing.assert_allclose(case.affine, flat.affine, atol=1e-6, rtol=0)
+
+
+def _seg_volume_by_position(seg_path: Path, case) -> np.ndarray:
+    """Rebuild a label volume from a SEG's own plane positions (what viewers use), through the NIfTI affine."""
+    seg = pydicom.dcmread(seg_path)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.array([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient])
+    ps = [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing]
+    out = np.zeros(case.spatial_shape, np.int64)
+    inv = np.linalg.inv(case.affine)
+    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    for frame, fg in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        lps = np.array([float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient])
+        number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        for r, c in zip(*np.nonzero(frame)):
+            world = (lps + iop[:3] * ps[1] * c + iop[3:] * ps[0] * r) * [-1, -1, 1]
+            i, j, k = np.round(inv @ [*world, 1])[:3].astype(int)
+            assert out[i, j, k] == 0
+            out[i, j, k] = number
+    return out
+
+
+def test_dicom_seg_on_a_multiframe_source(tmp_path):
+    _, multi = _enhanced(tmp_path, "oblique", "shuffled")
+    case = read_case(multi)
+    labels = np.random.default_rng(5).integers(0, 3, case.spatial_shape).astype(np.uint8)
+    seg_path = write_dicom_seg(tmp_path / "seg.dcm", labels, case, ["background", "liver", "tumour"])
+    np.testing.assert_array_equal(_seg_volume_by_position(seg_path, case), labels)
+    seg = pydicom.dcmread(seg_path)
+    src = pydicom.dcmread(multi / "ct.dcm", stop_before_pixels=True)
+    refs = {
+        (item.ReferencedSOPInstanceUID, int(item.ReferencedFrameNumber))
+        for fg in seg.PerFrameFunctionalGroupsSequence for item in fg.DerivationImageSequence[0].SourceImageSequence
+    }
+    assert {uid for uid, _ in refs} == {src.SOPInstanceUID} and {f for _, f in refs} <= set(range(1, 7))
+
+
 # -------------------------------------------------------------------------------------------------- SEG out
 def _seg_volume(seg_path: Path, source: Path, case) -> np.ndarray:
     """Rebuild a label volume on the case's grid from a SEG: each frame goes to the slice of the source image it
