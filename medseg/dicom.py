@@ -324,7 +324,22 @@ def _pixels(ds: Dataset, where: str) -> np.ndarray:
     except Exception as exc:
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         ts_name = getattr(ts, "name", str(ts))
+        if ts is not None and ts.is_compressed and not _decoder_available(ts):
+            raise InputError(
+                f"cannot decode the pixel data ({ts_name}): no decoder installed; pip install python-gdcm "
+                "(or convsuite[dicom])",
+                where,
+            ) from None
         raise InputError(f"cannot decode the pixel data ({ts_name}): {str(exc).splitlines()[0][:120]}", where) from None
+
+
+def _decoder_available(ts: pydicom.uid.UID) -> bool:
+    try:
+        from pydicom.pixels import get_decoder
+
+        return bool(get_decoder(ts).is_available)
+    except Exception:  # no pixel decoder framework for this transfer syntax
+        return False
 
 
 def _modality_values(pix: np.ndarray, header: Dataset, where: str) -> np.ndarray:

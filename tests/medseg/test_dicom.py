@@ -143,6 +143,32 @@ def test_zip_is_read_without_extracting_and_equals_the_folder(tmp_path, monkeypa
     np.testing.assert_array_equal(a.data[0][:, ::-1].transpose(2, 1, 0), vol - 1024.0)
 
 
+def test_compressed_pixel_data(tmp_path, capsys, model_file):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1, RLELossless
+
+    vol = write_series(tmp_path / "rle", ORIENTATIONS["axial"])
+    for p in (tmp_path / "rle").iterdir():  # RLE Lossless: decoded by pydicom itself
+        ds = pydicom.dcmread(p)
+        ds.compress(RLELossless)
+        ds.save_as(p)
+    assert pydicom.dcmread(next((tmp_path / "rle").iterdir())).file_meta.TransferSyntaxUID == RLELossless
+    np.testing.assert_array_equal(read_case(tmp_path / "rle").data[0][:, ::-1].transpose(2, 1, 0), vol - 1024.0)
+
+    write_series(tmp_path / "jpeg", ORIENTATIONS["axial"])
+    bad = sorted((tmp_path / "jpeg").iterdir())[2]
+    ds = pydicom.dcmread(bad)
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.PixelData = encapsulate([b"\xff\xd8 not a JPEG stream \xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(bad)
+    out = tmp_path / "o.nii.gz"
+    assert main(["predict", str(tmp_path / "jpeg"), "-m", str(model_file), "-o", str(out), "--quiet"]) == 2
+    err = _one_error(capsys)
+    assert f"{bad}: cannot decode the pixel data (JPEG Lossless, Non-Hierarchical, First-Order Prediction" in err
+    assert not out.exists()
+
+
 def test_several_series_are_listed_and_chosen(tmp_path, capsys, model_file):
     ct_uid, mr_uid = generate_uid(), generate_uid()
     write_series(tmp_path / "study" / "ct", series_uid=ct_uid, description="Abdomen 2.5", n=5)
