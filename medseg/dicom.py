@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -34,6 +35,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
@@ -514,14 +516,31 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
           "AccessionNumber", "ReferringPhysicianName")
 
 
+def _conformant(ds: Dataset, keyword: str) -> bool:
+    if keyword not in ds:
+        return False
+    value = ds[keyword].value
+    parse = {"DA": DA, "TM": TM}.get(ds[keyword].VR)
+    if parse is None or value in (None, ""):
+        return True
+    try:
+        parse(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _with_type2_attributes(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Copies of the source datasets with missing type 2 patient/study attributes added empty (PS3.5 7.4.3)."""
+    """Copies of the source datasets where type 2 patient/study attributes that are missing, or dates/times that do
+    not conform to their VR, are empty (PS3.5 7.4.3: a type 2 attribute may be empty)."""
     out = []
     for ds in datasets:
-        missing = [k for k in _TYPE2 if k not in ds]
-        if missing:
+        bad = [k for k in _TYPE2 if not _conformant(ds, k)]
+        if bad:
             ds = copy.deepcopy(ds)
-            for k in missing:
+            for k in bad:
+                if k in ds:
+                    del ds[k]
                 setattr(ds, k, "")
         out.append(ds)
     return out
@@ -539,10 +558,6 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: S
                     model_name: str = "", overwrite: bool = False) -> Path:
     """Write ``labels`` (the case's ``[X, Y, Z]`` label map) as a BINARY DICOM SEG (Segmentation IOD, PS3.3 A.51)
     referencing the source series of a case read with :func:`read_dicom_case`; one segment per model class."""
-    import highdicom as hd
-
-    from shared_backbones.cliutil import package_version
-
     series = case.source
     if not isinstance(series, DicomSeries):
         raise InputError("--dicom-seg needs a DICOM input (a series folder or zip)", case.paths[0])
@@ -561,8 +576,26 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: S
         by_frame = np.empty_like(frames)
         by_frame[[series.info.frames[i] for i in series.order]] = frames
         frames = by_frame
+    try:
+        seg = _segmentation(series, frames, classes, model_name)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refusing a source attribute
+        raise InputError(
+            f"cannot build a DICOM SEG on this series ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
+            case.paths[0],
+        ) from None
+    with atomic_output(path, overwrite) as tmp:
+        seg.save_as(str(tmp))
+    return Path(path)
+
+
+def _segmentation(series: DicomSeries, frames: np.ndarray, classes: Sequence[str], model_name: str) -> Any:
+    """The highdicom Segmentation (BINARY; frames ``[n, rows, columns]`` of segment numbers in source order)."""
+    import highdicom as hd
+
+    from shared_backbones.cliutil import package_version
+
     version = package_version()
-    seg = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=_with_type2_attributes(series.datasets),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -578,6 +611,3 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: S
         series_description=f"medseg {model_name}".strip()[:64],
         omit_empty_frames=bool(frames.any()),  # all frames of an empty result: a SEG needs at least one
     )
-    with atomic_output(path, overwrite) as tmp:
-        seg.save_as(str(tmp))
-    return Path(path)
