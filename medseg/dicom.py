@@ -105,8 +105,11 @@ class _Source:
             return None
         except (OSError, zipfile.BadZipFile) as exc:
             raise InputError(f"cannot read ({type(exc).__name__}: {exc})", self.display(name)) from None
-        except Exception:  # a truncated or corrupt DICOM file
-            return None
+        except Exception as exc:  # a truncated or corrupt DICOM file: skipped while listing, an error when needed
+            if not pixels:
+                return None
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            raise InputError(f"not a readable DICOM file ({why})", self.display(name)) from None
 
     def close(self) -> None:
         if self._zip is not None:
@@ -437,7 +440,7 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
             targets.setdefault(info.members[i], []).append((k, i))
         for member, slots in targets.items():  # one file's pixel data in memory at a time
             ds = src.read(member, pixels=True)
-            if ds is None or ds.get("SOPInstanceUID") != info.files[member].get("SOPInstanceUID"):
+            if ds is None or ds.get("SOPInstanceUID") != info.files[member].get("SOPInstanceUID"):  # replaced
                 raise InputError("changed while being read", src.display(member))
             pix = _pixels(ds, src.display(member))
             del ds

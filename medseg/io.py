@@ -135,9 +135,9 @@ def _channels_of(img: nib.Nifti1Image, path: Path) -> np.ndarray:
 def fill_nonfinite(data: np.ndarray, path: str | Path | None = None) -> np.ndarray | None:
     """Set NaN/Inf voxels of ``[C, X, Y, Z]`` (in place) to each channel's minimum finite value, the background
     intensity; return the mask ``[X, Y, Z]`` of voxels non-finite in any channel, or None when all are finite."""
-    finite = np.isfinite(data)
-    if finite.all():
+    if data.size == 0 or (np.isfinite(data.min()) and np.isfinite(data.max())):  # NaN propagates: no mask needed
         return None
+    finite = np.isfinite(data)
     for c in range(data.shape[0]):
         ok = finite[c]
         if not ok.any():

@@ -208,6 +208,11 @@ def _refused(tmp_path: Path, kind: str) -> tuple[Path, str]:
     if kind == "single":
         write_series(folder, n=1)
         return folder, "single slice"
+    if kind == "truncated":
+        write_series(folder)
+        last = sorted(folder.iterdir())[3]
+        last.write_bytes(last.read_bytes()[:-30])
+        return folder, f"{last}: cannot decode the pixel data (Explicit VR Little Endian): The number of bytes"
     if kind == "zip":
         folder = tmp_path / "broken.zip"
         folder.write_bytes(b"PK\x03\x04 truncated")
@@ -215,7 +220,7 @@ def _refused(tmp_path: Path, kind: str) -> tuple[Path, str]:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["tilt", "gap", "duplicate", "single", "zip"])
+@pytest.mark.parametrize("kind", ["tilt", "gap", "duplicate", "single", "truncated", "zip"])
 def test_unusable_series_are_refused_in_one_line(tmp_path, capsys, model_file, kind):
     source, message = _refused(tmp_path, kind)
     out = tmp_path / "o.nii.gz"
