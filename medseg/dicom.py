@@ -434,7 +434,7 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
         names = [src.display(m) + ("" if f is None else f" frame {f + 1}") for m, f in zip(info.members, info.frames)]
         order, lps = _geometry(info.headers, names)  # checked on the headers before any pixel is decoded
         rows, cols = int(info.headers[0].Rows), int(info.headers[0].Columns)
-        data = np.empty((cols, rows, len(order)), dtype=np.float32)
+        slabs = np.empty((len(order), rows, cols), dtype=np.float32)  # written slice by slice, contiguously
         targets: dict[str, list[tuple[int, int]]] = {}
         for k, i in enumerate(order):
             targets.setdefault(info.members[i], []).append((k, i))
@@ -447,7 +447,7 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
             for k, i in slots:
                 frame = info.frames[i]
                 one = pix if frame is None or pix.ndim == 2 else pix[frame]
-                data[:, :, k] = _modality_values(one, info.headers[i], names[i])[::-1, :].T
+                slabs[k] = _modality_values(one, info.headers[i], names[i])[::-1]
     finally:
         src.close()
     # dcm2niix's layout: the row axis reversed, so the affine starts at the last row of the first slice
@@ -455,7 +455,7 @@ def read_series(path: str | Path, series_uid: str | None = None) -> DicomSeries:
     flip[1, 1] = -1
     flip[1, 3] = rows - 1
     affine = _LPS_TO_RAS @ lps @ flip
-    return DicomSeries(data, affine, order, info, path)
+    return DicomSeries(slabs.transpose(2, 1, 0), affine, order, info, path)  # [X, Y, Z] view, no copy
 
 
 def nifti_header(affine: np.ndarray, shape: Sequence[int]) -> nib.Nifti1Header:
