@@ -191,6 +191,9 @@ def test_several_series_are_listed_and_chosen(tmp_path, capsys, model_file):
     assert main(["predict", str(tmp_path / "study"), "-m", str(model_file), "-o", str(out), "--series", "1.2.3",
                  "--overwrite", "--quiet"]) == 2
     assert "no series '1.2.3'; found 2" in _one_error(capsys)
+    assert main(["predict", str(out), "-m", str(model_file), "-o", str(tmp_path / "x.nii.gz"), "--series", mr_uid,
+                 "--quiet"]) == 2
+    assert "--series applies to DICOM input" in _one_error(capsys)
 
 
 def _refused(tmp_path: Path, kind: str) -> tuple[Path, str]:
