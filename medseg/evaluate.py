@@ -3,7 +3,9 @@ normalised surface Dice (NSD at a tolerance in mm), per class and per case, spac
 
 Conventions: a class absent from the reference gives NaN for every metric of that case (it is skipped in the
 means); a class present in the reference but missing from the prediction gives Dice 0, NSD 0 and HD95 = NaN
-(reported as missing); means are over the finite values.
+(reported as missing); means are over the finite values. Prediction labels outside the class list (e.g. 5 when
+dataset.json names 4 classes) belong to no class: those voxels count as wrong (a missed reference voxel, never a
+hit) and the evaluation notes them; a reference label outside the class list is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Evaluation:
 
     classes: list[str]
     rows: list[dict[str, Any]] = field(default_factory=list)  # case, class, label, dice, hd95, nsd
+    notes: list[str] = field(default_factory=list)  # one line per case with labels outside the class list
 
     def class_means(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -61,12 +64,16 @@ def _labels(case: Case) -> np.ndarray:
 def case_metrics(
     pred: np.ndarray, ref: np.ndarray, n_classes: int, spacing: tuple[float, ...], tolerance_mm: float = 2.0
 ) -> dict[str, np.ndarray]:
-    """Dice, HD95 (mm) and NSD for labels 1..n_classes-1 of one case (arrays of length n_classes-1)."""
+    """Dice, HD95 (mm) and NSD for labels 1..n_classes-1 of one case (arrays of length n_classes-1). Voxels with a
+    label outside 0..n_classes-1 belong to no class (in the prediction they count as wrong)."""
     from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
     from monai.networks.utils import one_hot
 
-    p = one_hot(torch.from_numpy(np.clip(pred, 0, n_classes - 1))[None, None], n_classes)
-    r = one_hot(torch.from_numpy(np.clip(ref, 0, n_classes - 1))[None, None], n_classes)
+    # labels outside 0..n_classes-1 go to an extra channel that is dropped: they match no class
+    p = one_hot(torch.from_numpy(np.where((pred >= 0) & (pred < n_classes), pred, n_classes))[None, None],
+                n_classes + 1)[:, :n_classes]
+    r = one_hot(torch.from_numpy(np.where((ref >= 0) & (ref < n_classes), ref, n_classes))[None, None],
+                n_classes + 1)[:, :n_classes]
     present_ref = r[0, 1:].flatten(1).any(1).numpy()
     present_pred = p[0, 1:].flatten(1).any(1).numpy()
     with warnings.catch_warnings():
@@ -144,7 +151,20 @@ def evaluate_folders(
             raise InputError(f"shape {pc.spatial_shape} differs from the reference's {rc.spatial_shape}", p)
         if not np.allclose(pc.affine, rc.affine, atol=1e-3):
             raise InputError("affine differs from the reference's (prediction not on the reference grid)", p)
-        m = case_metrics(_labels(pc), _labels(rc), len(classes), tuple(float(v) for v in rc.voxel_sizes), tolerance_mm)
+        pl, rl = _labels(pc), _labels(rc)
+        if int(rl.max(initial=0)) >= len(classes):
+            raise InputError(
+                f"reference label {int(rl.max())} is not in the class list of {dataset_json} ({len(classes)} "
+                f"classes: {', '.join(classes)})",
+                r,
+            )
+        unknown = pl >= len(classes)
+        if unknown.any():
+            ev.notes.append(
+                f"{p}: {int(unknown.sum())} voxels with labels {sorted(int(v) for v in np.unique(pl[unknown]))} "
+                f"outside the {len(classes)} classes count as wrong"
+            )
+        m = case_metrics(pl, rl, len(classes), tuple(float(v) for v in rc.voxel_sizes), tolerance_mm)
         for k in range(1, len(classes)):
             ev.rows.append(
                 {"case": name, "class": classes[k], "label": k, **{key: float(m[key][k - 1]) for key in METRICS}}

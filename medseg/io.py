@@ -5,6 +5,11 @@ Model axis convention (nnU-Net / STU-Net / TotalSegmentator): the volume is reor
 orientation (RAS+ by default, with ``nibabel.orientations``: only axis permutations and flips, never
 interpolation) and the nibabel array is transposed (2, 1, 0) to (z, y, x). Spacing is taken from the affine's
 column norms, so oblique affines and LPS/RAS files are handled alike. :class:`Geometry` undoes both steps exactly.
+
+A DICOM series (a folder or a zip; :mod:`medseg.dicom`) is read into the same :class:`Case`. Non-finite voxels
+(NaN/Inf, e.g. outside the field of view of SPM-resampled images) are set to the channel's minimum finite value
+and remembered in ``Case.nonfinite``: prediction leaves them out of the normalisation statistics and labels them
+background.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -64,6 +70,15 @@ class Case:
     header: nib.Nifti1Header
     paths: list[Path]
     name: str = ""
+    #: voxels ``[X, Y, Z]`` that were NaN/Inf in any channel (filled with the channel's minimum finite value)
+    nonfinite: np.ndarray | None = field(default=None, repr=False)
+    #: the DICOM series a case was read from (:class:`medseg.dicom.DicomSeries`), for writing a DICOM SEG
+    source: Any = field(default=None, repr=False)
+
+    @property
+    def nonfinite_count(self) -> int:
+        """Number of voxels that were NaN/Inf in the input."""
+        return 0 if self.nonfinite is None else int(self.nonfinite.sum())
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -114,17 +129,44 @@ def _channels_of(img: nib.Nifti1Image, path: Path) -> np.ndarray:
         raise InputError(f"cannot read the image data ({type(exc).__name__}; truncated file?)", path) from None
     data = data.reshape(shape[:4]) if data.ndim > 4 else data
     data = data[None] if data.ndim == 3 else np.moveaxis(data, 3, 0)
-    if not np.isfinite(data).all():
-        bad = "NaN" if np.isnan(data).any() else "infinite"
-        raise InputError(f"image contains {bad} values", path)
     return np.ascontiguousarray(data)
 
 
-def read_case(paths: list[str | Path] | str | Path, name: str | None = None) -> Case:
-    """Read one case from one file (3-D, or 4-D channels-last) or several files (one channel set each)."""
+def fill_nonfinite(data: np.ndarray, path: str | Path | None = None) -> np.ndarray | None:
+    """Set NaN/Inf voxels of ``[C, X, Y, Z]`` (in place) to each channel's minimum finite value, the background
+    intensity; return the mask ``[X, Y, Z]`` of voxels non-finite in any channel, or None when all are finite."""
+    if data.size == 0 or (np.isfinite(data.min()) and np.isfinite(data.max())):  # NaN propagates: no mask needed
+        return None
+    finite = np.isfinite(data)
+    for c in range(data.shape[0]):
+        ok = finite[c]
+        if not ok.any():
+            raise InputError("image has no finite voxel (all NaN/Inf)" + (f" in channel {c}" if c else ""), path)
+        if not ok.all():
+            data[c][~ok] = data[c][ok].min()
+    return ~finite.all(axis=0)
+
+
+def is_dicom_input(paths: list[str | Path] | str | Path) -> bool:
+    """True when ``paths`` is one DICOM source: a .zip, or a folder of DICOM files without NIfTI files."""
+    from .dicom import is_dicom_source
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return len(paths) == 1 and is_dicom_source(paths[0])
+
+
+def read_case(paths: list[str | Path] | str | Path, name: str | None = None, series: str | None = None) -> Case:
+    """Read one case from one file (3-D, or 4-D channels-last), several files (one channel set each), or one
+    DICOM series folder / zip (``series``: the SeriesInstanceUID when the source holds several)."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
         raise InputError("no input files")
+    if is_dicom_input(paths):
+        from .dicom import read_dicom_case
+
+        return read_dicom_case(paths[0], series, name)
+    if series is not None:
+        raise InputError("--series applies to DICOM input (a series folder or zip), not to NIfTI files", paths[0])
     arrays, ref = [], None
     for p in paths:
         img = load_nifti(p)
@@ -145,6 +187,7 @@ def read_case(paths: list[str | Path] | str | Path, name: str | None = None) -> 
         header=img0.header.copy(),
         paths=paths,
         name=name or case_name(p0),
+        nonfinite=fill_nonfinite(data, p0),
     )
 
 
@@ -267,7 +310,7 @@ def discover_cases(folder: str | Path, channels: int) -> OrderedDict[str, list[P
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
     if not files:
-        raise InputError("no .nii/.nii.gz files in folder", folder)
+        raise InputError("no .nii/.nii.gz files (and no DICOM series) in folder", folder)
     cases: OrderedDict[str, list[Path]] = OrderedDict()
     for p in files:
         m = _CHANNEL_RE.match(p.name)

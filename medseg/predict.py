@@ -151,7 +151,8 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False
         with timer("preprocess"):
             arr, geom = model_array(case, m.orientation)
             geom0 = geom0 or geom
-            image = normalise(torch.from_numpy(arr), m.pre.get("normalization") or [{"scheme": "zscore"}])
+            exclude = None if case.nonfinite is None else torch.from_numpy(geom.forward(case.nonfinite[None])[0])
+            image = normalise(torch.from_numpy(arr), m.pre.get("normalization") or [{"scheme": "zscore"}], exclude)
             del arr  # keep one copy of the image at a time
             image = resample(image, target_shape(image.shape[1:], geom.spacing, m.spacing))
         with timer("network"):
@@ -171,10 +172,14 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False
         slabs = resample_slabs(acc, model_shape, lambda p: class_labels(p, label_type))
         labels_model = torch.cat(slabs, 0).numpy()
         labels = geom0.backward(labels_model)
+        if case.nonfinite is not None:  # NaN/Inf in the input (outside the field of view): background
+            labels[case.nonfinite] = 0
         probs_out = None
         if probabilities:
             full = torch.cat(resample_slabs(acc, model_shape, lambda p: p), 1).numpy()
             probs_out = geom0.backward(full).astype(np.float32)
+            if case.nonfinite is not None:
+                probs_out[case.nonfinite] = np.eye(probs_out.shape[-1], dtype=np.float32)[0]
     return Prediction(case, labels, models[0].classes, probs_out, dict(timer.times))
 
 

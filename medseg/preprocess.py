@@ -24,8 +24,10 @@ from shared_backbones.errors import InputError
 Shape3 = tuple[int, int, int]
 
 
-def normalise(image: torch.Tensor, schemes: Sequence[dict[str, Any]]) -> torch.Tensor:
-    """Normalise ``[C, z, y, x]`` channel by channel (new tensor, float32)."""
+def normalise(image: torch.Tensor, schemes: Sequence[dict[str, Any]], exclude: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Normalise ``[C, z, y, x]`` channel by channel (new tensor, float32). ``exclude`` (bool ``[z, y, x]``) marks
+    voxels left out of per-image statistics (e.g. voxels that were NaN in the file)."""
     if len(schemes) == 1 and image.shape[0] > 1:
         schemes = list(schemes) * image.shape[0]
     if len(schemes) != image.shape[0]:
@@ -35,7 +37,8 @@ def normalise(image: torch.Tensor, schemes: Sequence[dict[str, Any]]) -> torch.T
         x = image[c].float()
         kind = sch.get("scheme", "zscore")
         if kind == "zscore":
-            mean, std = x.mean(), x.std(unbiased=False)
+            v = x if exclude is None else x[~exclude]
+            mean, std = v.mean(), v.std(unbiased=False)
             out[c] = (x - mean) / (std + 1e-8)
         elif kind == "ct":
             out[c] = (x.clamp(float(sch["lower"]), float(sch["upper"])) - float(sch["mean"])) / max(

@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         help="a .nii/.nii.gz file, several files forming the channels of one "
-        "case, or one folder of cases (<case>_0000.nii.gz ... for multi-channel models)",
+        "case, one folder of cases (<case>_0000.nii.gz ... for multi-channel models), or one DICOM series "
+        "(a folder or .zip of CT/MR slices)",
     )
     p.add_argument(
         "-m",
@@ -56,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", help="write per-class voxel counts and volumes (mm^3) to this JSON file")
     p.add_argument(
         "--preview", help="write a PNG with three orthogonal slices and the labels (a folder when predicting a folder)"
+    )
+    p.add_argument(
+        "--series", metavar="UID", help="SeriesInstanceUID to read when a DICOM folder or zip holds several series"
+    )
+    p.add_argument(
+        "--dicom-seg",
+        metavar="OUT.dcm",
+        help="also write the labels as a DICOM SEG object referencing the source series (DICOM input only)",
     )
     add_run_options(p)
 
@@ -124,12 +133,18 @@ def _parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------- predict
 def _plan_cases(inputs: list[str], output: str | None, channels: int) -> list[tuple[str, list[Path], Path]]:
     """(case name, channel files, output path) for every case to predict."""
-    from .io import case_name, discover_cases
+    from .io import case_name, discover_cases, is_dicom_input
 
     paths = [Path(p) for p in inputs]
     for p in paths:
         if not p.exists():
             raise InputError("file not found", p)
+    if is_dicom_input(paths):  # one DICOM series (folder or zip): one case named after it
+        from .dicom import source_name
+
+        name = source_name(paths[0])
+        out = Path(output) if output else paths[0].with_name(f"{name}_seg.nii.gz")
+        return [(name, paths, out / f"{name}.nii.gz" if out.is_dir() else out)]
     if len(paths) == 1 and paths[0].is_dir():
         out_dir = Path(output) if output else paths[0].with_name(paths[0].name + "_seg")
         if out_dir.exists() and not out_dir.is_dir():
@@ -147,7 +162,7 @@ def _plan_cases(inputs: list[str], output: str | None, channels: int) -> list[tu
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .io import check_channels, read_case, write_labels, write_like
+    from .io import check_channels, is_dicom_input, read_case, write_labels, write_like
     from .predict import (
         class_indices,
         count_windows,
@@ -172,12 +187,19 @@ def _predict(args: argparse.Namespace) -> int:
         check_output(out, args.overwrite)
     if args.stats:
         check_output(args.stats, args.overwrite)
+    if args.dicom_seg:
+        if len(cases) != 1 or not is_dicom_input(cases[0][1]):
+            raise InputError("--dicom-seg needs one DICOM input (a series folder or zip)", args.inputs[0])
+        check_output(args.dicom_seg, args.overwrite)
     all_stats = {}
     bar_cases = progress(total=len(cases), desc="cases", unit="case", quiet=args.quiet or len(cases) == 1)
     for name, files, out in cases:
         with timer("read"):
-            case = read_case(files, name=name)
+            case = read_case(files, name=name, series=args.series)
             check_channels(case, models[0].in_channels)
+        if case.nonfinite_count:
+            say(f"{name}: {case.nonfinite_count} NaN/Inf voxels treated as background (left out of the "
+                "normalisation, labelled 0)", False)
         bar = progress(total=count_windows(case, models), desc=f"{name} windows", unit="win", quiet=args.quiet)
         pred = predict_case(
             case,
@@ -196,6 +218,11 @@ def _predict(args: argparse.Namespace) -> int:
                 labels = largest_component(labels)
         with timer("write"):
             write_labels(out, labels, case, overwrite=args.overwrite)
+            if args.dicom_seg:
+                from .dicom import write_dicom_seg
+
+                write_dicom_seg(args.dicom_seg, labels, case, classes, model_name=models[0].path.stem,
+                                overwrite=args.overwrite)
             if pred.probabilities is not None:
                 write_like(
                     out.with_name(out.name.replace(".nii.gz", "").replace(".nii", "") + "_probabilities.nii.gz"),
@@ -281,6 +308,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         on_case=lambda _: bar.update(1),
     )
     bar.close()
+    for note in ev.notes:
+        say(note, False)
     print(format_table(ev))
     if args.csv:
         write_csv(args.csv, ev, overwrite=args.overwrite)

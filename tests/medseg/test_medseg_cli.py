@@ -30,8 +30,7 @@ def _bad_inputs(tmp_path):
     text.write_text("not an image")
     flat = save_nifti(tmp_path / "flat.nii.gz", np.zeros((16, 16, 1), np.float32), aff)
     four = save_nifti(tmp_path / "four.nii.gz", np.zeros((8, 8, 8, 3), np.float32), aff)
-    nan = np.zeros((8, 8, 8), np.float32)
-    nan[1, 2, 3] = np.nan
+    nan = np.full((8, 8, 8), np.nan, np.float32)
     nanf = save_nifti(tmp_path / "nan.nii.gz", nan, aff)
     png = tmp_path / "scan.png"
     png.write_bytes(b"\x89PNG\r\n")
@@ -39,7 +38,7 @@ def _bad_inputs(tmp_path):
         "garbage": (text, "not a readable NIfTI"),
         "2d": (flat, "2-D image"),
         "4d": (four, "4-D image with 3 channels; the model expects 1"),
-        "nan": (nanf, "NaN"),
+        "nan": (nanf, "no finite voxel"),
         "png": (png, "not a NIfTI file"),
         "missing": (tmp_path / "absent.nii.gz", "file not found"),
     }
