@@ -14,7 +14,9 @@ import numpy as np
 from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
 
-from .io import Grid, _open, read_single_band
+from .reader import open_raster as _open
+from .reader import read_single_band
+from .resample import Grid
 
 
 def confusion_matrix(pred: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:

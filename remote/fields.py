@@ -24,7 +24,9 @@ import numpy as np
 
 from shared_backbones.errors import InputError
 
-from .io import Grid, _open, read_window_band
+from .reader import open_raster as _open
+from .reader import read_window_band
+from .resample import Grid
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".sqlite")
 DEFAULT_ID_ATTRS = ("field_id", "id", "fid", "FID", "ID")
