@@ -98,7 +98,12 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[_Unit]:
             units.append(_Unit("stac", p))
         else:
             units.append(_Unit("raster", p, f"{p.stem} {p.parent.name}"))
-    return units
+    referenced: set[str] = set()
+    for u in units:
+        if u.kind == "stac":
+            referenced |= {sb.path for scene in read_stac(u.path) for sb in scene.bands}
+    # rasters that a STAC item describes are read through the item (its date and radiometry)
+    return [u for u in units if not (u.kind == "raster" and str(u.path.absolute()) in referenced)]
 
 
 def _repeating(names: Sequence[str | None]) -> list[str] | None:
@@ -266,7 +271,8 @@ def choose_native(band: str, refs: list[BandRef], date: dt.date) -> tuple[BandRe
         res = r.res or native
         return (abs(math.log(res / native)) if res > 0 else math.inf, res)
 
-    ordered = sorted(refs, key=rank)
+    unique = {(str(r.path), r.index): r for r in refs}  # the same file reached twice (a folder and its item)
+    ordered = sorted(unique.values(), key=rank)
     best = ordered[0]
     same = [r for r in ordered[1:] if math.isclose(r.res or native, best.res or native, rel_tol=1e-6)]
     if same:
