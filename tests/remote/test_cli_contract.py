@@ -90,3 +90,24 @@ def test_synth_output_spellings(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["synth", "-o", str(tmp_path / "file" / "sub"), "--size", "16", "-q"]) == 2
     assert "a parent path is a file" in capsys.readouterr().err
+
+
+def test_predict_each_site_equals_predicting_it_alone(tmp_path, scene, ffdnn_file, capsys):
+    import shutil
+
+    sites = []
+    for name, files in (("north", sorted(scene.images.iterdir())), ("south", sorted(scene.images.iterdir())[2:])):
+        d = tmp_path / name
+        d.mkdir()
+        for f in files:
+            shutil.copy(f, d / f.name)
+        sites.append(d)
+    assert main(["predict", *map(str, sites), "-m", str(ffdnn_file), "-o", str(tmp_path / "maps"), "--each",
+                 "--device", "cpu", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["north.tif", "north_prob.tif", "south.tif",
+                                                                      "south_prob.tif"]
+    assert main(["predict", str(sites[1]), "-m", str(ffdnn_file), "-o", str(tmp_path / "alone.tif"), "--device",
+                 "cpu", "-q"]) == 0
+    with rasterio.open(tmp_path / "maps" / "south_prob.tif") as a, rasterio.open(tmp_path / "alone_prob.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+    assert capsys.readouterr().err == ""  # -q: no progress, no summary
