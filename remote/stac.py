@@ -69,8 +69,12 @@ def is_stac_file(path: Path) -> bool:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    return isinstance(doc, dict) and ("stac_version" in doc or "stac_extensions" in doc) and \
-        doc.get("type") in ("Feature", "FeatureCollection")
+    if not isinstance(doc, dict):
+        return False
+    if doc.get("type") == "FeatureCollection":  # an ItemCollection (e.g. a saved search): its features are items
+        feats = doc.get("features") or [{}]
+        return isinstance(feats[0], dict) and "stac_version" in feats[0]
+    return doc.get("type") == "Feature" and "stac_version" in doc
 
 
 def _href(asset: Any, item_path: Path) -> str:

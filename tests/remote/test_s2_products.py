@@ -4,6 +4,7 @@ the product metadata, explicit output grid. Small faithful products built by ``s
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 
@@ -182,6 +183,23 @@ def test_stac_items_in_both_key_styles(tmp_path):
             assert np.isnan(r[t][:, 10:, 10:]).all()  # SCL 8 in the last 20 m pixel
     assert s.sources[0].bands["B04"].origin.endswith("raster:bands scale/offset")
     assert s.sources[1].bands["B04"].origin.endswith("earthsearch:boa_offset_applied")
+    # the same two items as one ItemCollection file (hrefs made absolute, as a search result saved to disk)
+    docs = []
+    for item in (item1, item0):
+        d = json.loads(item.read_text())
+        for a in d["assets"].values():
+            if not a["href"].startswith("https:"):
+                a["href"] = str((item.parent / a["href"]).resolve())
+        docs.append(d)
+    coll = tmp_path / "items.json"
+    coll.write_text(json.dumps({"type": "FeatureCollection", "features": docs}))
+    (tmp_path / "search").mkdir()
+    coll_in_folder = tmp_path / "search" / "items.json"
+    coll.rename(coll_in_folder)
+    for inputs in ([coll_in_folder], [coll_in_folder.parent]):  # the file, or a folder holding it
+        with open_series(inputs) as s2:
+            assert s2.dates == s.dates
+            np.testing.assert_array_equal(s2.read(FULL, ["B02", "B04", "B08", "B05"]), r)
 
 
 def test_earth_search_scene_folder_takes_its_date_from_the_folder_name(tmp_path):
@@ -222,7 +240,7 @@ def test_output_grid_default_bounds_grid_and_partial_coverage(tmp_path):
         r = s.read(Window(0, 0, 18, 12), ["B04"], scl_invalid=None)
     np.testing.assert_array_equal(r[1, 0][:, 6:], _expected_10m("B04"))
     # --grid: a reference raster's grid (20 m here) is copied
-    ref = write_tif(tmp_path.parent / "grid.tif", np.zeros((3, 3), np.uint8), res=20, origin=(600020.0, 5299980.0))
+    ref = write_tif(tmp_path / "grid.tif", np.zeros((3, 3), np.uint8), res=20, origin=(600020.0, 5299980.0))
     s = open_series([tmp_path / "a"], grid=ref)
     assert (s.grid.res, s.grid.width, s.grid.transform.c) == (20.0, 3, 600020.0)
     with pytest.raises(InputError, match="either --grid or --bounds"):
