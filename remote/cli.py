@@ -121,7 +121,11 @@ def _jobs(args: argparse.Namespace, suffix: str) -> list[tuple[list[str], Path]]
         name = Path(item).name
         for ext in (".zip", ".SAFE", ".json", ".tif", ".tiff"):
             name = name[: -len(ext)] if name.endswith(ext) else name
-        jobs.append(([item], folder / f"{name}{suffix}"))
+        out = folder / f"{name}{suffix}"
+        if any(o == out for _, o in jobs):
+            raise InputError(f"two inputs would both write {out.name} (same name in different folders); run them "
+                             "separately", item)
+        jobs.append(([item], out))
     return jobs
 
 
@@ -138,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_inputs(q)
     add_common(q, output="output GeoTIFF (float32, bands 'NDVI 2024-05-01'...); a folder with --each",
                output_required=True, device=False, precision=False)
-    q.add_argument("--indices", type=_str_list, default=["NDVI"],
+    q.add_argument("--indices", type=_str_list, default="NDVI",
                    help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI")
     q.add_argument("--soil-slope", type=float, default=1.0, help="soil-line slope s of WDVI = N - s R")
     q.add_argument("--grid-days", type=int, default=None,
@@ -262,11 +266,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("prediction", help="class map written by 'remote predict'")
     q.add_argument("reference", help="reference label raster (class index, 255 = none)")
     q.add_argument("--classes", type=_str_list, default=None, help="class names [from the class map's tags]")
-    q.add_argument("-o", "--output", action="append", default=[],
+    q.add_argument("-o", "--output", action="append", default=None,
                    help="report file: .csv, .tsv or .json (one row per class, an 'overall' row, confusion matrix "
                         "columns pred_<class>); repeat for several formats")
-    add_deprecated(q, "--csv", "-o/--output scores.csv", "output")
-    add_deprecated(q, "--json", "-o/--output scores.json", "output")
+    add_deprecated(q, "--csv", "-o/--output scores.csv", "csv_report")
+    add_deprecated(q, "--json", "-o/--output scores.json", "json_report")
     add_common(q, device=False, precision=False)
 
     q = add_command(sub, "models", help="list the architectures with their parameter counts (FFDNN vs 1-D CNN)",
@@ -443,7 +447,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_maps, format_report, write_reports
 
-    outputs = args.output if isinstance(args.output, list) else [args.output]
+    outputs = [*(args.output or []),
+               *(p for p in (getattr(args, "csv_report", None), getattr(args, "json_report", None)) if p)]
     prepare_outputs(outputs, [args.prediction, args.reference], overwrite=args.overwrite)
     m = evaluate_maps(args.prediction, args.reference, args.classes)
     print(format_report(m))

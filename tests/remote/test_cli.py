@@ -115,8 +115,11 @@ def test_train_from_rasters_exports_model_then_evaluate(tmp_path, scene, capsys)
     # the former spellings still work, with a deprecation line; an existing report needs --overwrite
     assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s.csv"), "-q"]) == 2
     assert "exists" in capsys.readouterr().err
-    assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s2.csv"), "-q"]) == 0
-    assert "--csv is deprecated" in capsys.readouterr().err and (tmp_path / "s2.csv").exists()
+    assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s2.csv"), "--json",
+                 str(tmp_path / "s2.json"), "-q"]) == 0
+    assert "--csv is deprecated" in capsys.readouterr().err
+    assert (tmp_path / "s2.csv").read_text() == (tmp_path / "s.csv").read_text()
+    assert json.loads((tmp_path / "s2.json").read_text()) == js
 
 
 def test_train_from_csv_table(tmp_path, capsys, monkeypatch):
