@@ -346,6 +346,9 @@ def open_series(
             rules.add(ref.origin)
         if offset is None and rules:
             ds.offset_rule = "; ".join(sorted(rules))
+        offsets = {r.offset for b, r in ds.bands.items() if b != SCL}
+        if len(offsets) == 1:  # the date's offset as its bands have it (metadata, not the calendar)
+            ds.offset = offsets.pop()
         if "no metadata" in ds.offset_rule:
             guessed.append(date.isoformat())
         sources.append(ds)

@@ -57,6 +57,7 @@ def test_safe_folder_native_bands_metadata_offset_and_masks(tmp_path):
     assert sorted(x.split()[0].rsplit("_", 2)[1] for x in prod.ignored) == sorted(["AOT", "WVP", "TCI"] * 3)
     s = open_series([safe])
     assert s.dates == [dt.date(2021, 5, 12)] and s.bands == ALL and s.has_scl
+    assert s.sources[0].offset == -1000 and s.sources[0].offset_rule == "MTD_MSIL2A.xml BOA_ADD_OFFSET"
     src = s.sources[0]
     # every band from its native-resolution file, never from sen2cor's coarser copies
     for band, ref in src.bands.items():
