@@ -6,8 +6,10 @@ rededge1 rededge2 rededge3 nir nir08 nir09 swir16 swir22 scl``) and ``sentinel-s
 ``B8A``, ``SCL``); ``aot``, ``wvp``, ``visual``, thumbnails and the ``*-jp2`` duplicates are ignored.
 
 Radiometry per asset, first rule that applies: ``earthsearch:boa_offset_applied: true`` (the provider already
-applied the offset: reflectance = DN x scale); the raster extension's ``scale`` / ``offset`` (reflectance = DN x
-scale + offset); the item's ``s2:processing_baseline`` (-1000 DN from 04.00); else the date (caller's last resort).
+applied the offset: reflectance = DN x scale); ``earthsearch:boa_offset_applied: false`` with ``s2:processing_baseline``
+>= 04.00 (the DNs carry the +1000 shift: -0.1 reflectance, even where an item declares offset 0); the raster
+extension's ``scale`` / ``offset`` (reflectance = DN x scale + offset); the item's ``s2:processing_baseline`` (-0.1
+from 04.00); else the date (the caller's last resort, with a notice).
 """
 
 from __future__ import annotations
@@ -95,18 +97,20 @@ def _radiometry(item: Any, asset: Any) -> tuple[float | None, float, str]:
     rb = (asset.extra_fields.get("raster:bands") or [{}])[0] or {}
     scale = rb.get("scale")
     scale = float(scale) if scale not in (None, 0) else 1.0 / QUANTIFICATION
-    if props.get("earthsearch:boa_offset_applied") is True:
+    applied = props.get("earthsearch:boa_offset_applied")
+    if applied is True:
         return 0.0, 1.0 / scale, "earthsearch:boa_offset_applied"
+    baseline = props.get("s2:processing_baseline")
+    try:
+        b = float(baseline) if baseline is not None else None
+    except (TypeError, ValueError):
+        b = None
+    if applied is False and b is not None and b >= 4.0:  # DNs still carry the +1000 shift, whatever offset is declared
+        return -0.1 / scale, 1.0 / scale, f"earthsearch:boa_offset_applied false, baseline {baseline}"
     if "offset" in rb and rb["offset"] is not None:
         return float(rb["offset"]) / scale, 1.0 / scale, "raster:bands scale/offset"
-    baseline = props.get("s2:processing_baseline")
-    if baseline is not None:
-        try:
-            b = float(baseline)
-        except (TypeError, ValueError):
-            b = None
-        if b is not None:
-            return (-1000.0 if b >= 4.0 else 0.0), 1.0 / scale, f"s2:processing_baseline {baseline}"
+    if b is not None:
+        return (-0.1 / scale if b >= 4.0 else 0.0), 1.0 / scale, f"s2:processing_baseline {baseline}"
     return None, 1.0 / scale, ""
 
 
@@ -124,6 +128,7 @@ def _scene(item: Any, item_path: Path) -> StacScene:
         if band is None:
             continue
         off, quant, rule = _radiometry(item, asset)
+        off, quant = (None if off is None else round(off, 6)), round(quant, 6)  # -0.1 / 1e-4 = -1000, not -999.99..
         if band == "SCL":
             off, quant, rule = 0.0, 1.0, ""
         res = (asset.extra_fields.get("raster:bands") or [{}])[0] or {}

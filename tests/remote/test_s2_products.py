@@ -183,6 +183,12 @@ def test_stac_items_in_both_key_styles(tmp_path):
             np.testing.assert_allclose(r[t, 3][:10, :10], 0.2, atol=1e-6)
             assert np.isnan(r[t][:, 10:, 10:]).all()  # SCL 8 in the last 20 m pixel
     assert s.sources[0].bands["B04"].origin.endswith("raster:bands scale/offset")
+    # an item that declares offset 0 while saying the offset was not applied at baseline 05.00: -1000 DN still
+    flagged = stac_item(tmp_path / "flagged.json", "2024-05-01", {b: str(item1.parent / h) for b, h in h1.items()},
+                        props={"earthsearch:boa_offset_applied": False, "s2:processing_baseline": "05.00"},
+                        raster={"scale": 0.0001, "offset": 0.0})
+    ref = open_series([flagged]).sources[0].bands["B04"]
+    assert ref.offset == -1000 and ref.quantification == 10000
     assert s.sources[1].bands["B04"].origin.endswith("earthsearch:boa_offset_applied")
     # the same two items as one ItemCollection file (hrefs made absolute, as a search result saved to disk)
     docs = []
