@@ -83,7 +83,8 @@ def _add_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def _series(args: argparse.Namespace, offset: float | None = None, inputs: Sequence[str] | None = None):
+def _series(args: argparse.Namespace, offset: float | None = None, inputs: Sequence[str] | None = None,
+            exclude: Sequence[Path] = ()):
     from .discovery import open_series
 
     dates = read_date_list(args.dates) if args.dates else None
@@ -94,6 +95,7 @@ def _series(args: argparse.Namespace, offset: float | None = None, inputs: Seque
         offset=args.offset if args.offset is not None else offset,
         grid=getattr(args, "grid", None),
         bounds=getattr(args, "bounds", None),
+        exclude=exclude,
     )
     quiet = getattr(args, "quiet", False)
     if getattr(args, "verbose", False):
@@ -306,7 +308,7 @@ def _cmd_indices(args: argparse.Namespace) -> int:
     def work(job: tuple[list[str], Path]) -> None:
         inputs, out = job
         res = write_index_stack(
-            _series(args, inputs=inputs),
+            _series(args, inputs=inputs, exclude=[o for _, o in jobs]),
             out,
             args.indices,
             soil_slope=args.soil_slope,
@@ -342,7 +344,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     def work(job: tuple[list[str], PredictOutputs]) -> None:
         inputs, outs = job
         with timer("read"):
-            series = _series(args, offset=rm.preprocessing.get("offset"), inputs=inputs)
+            series = _series(args, offset=rm.preprocessing.get("offset"), inputs=inputs,
+                             exclude=[p for _, o in jobs for p in o.paths()])
         with timer("predict"):
             s = predict_series(
                 series,

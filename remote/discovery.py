@@ -77,9 +77,11 @@ def _scan_folder(folder: Path, depth: int, units: list[_Unit]) -> None:
             _scan_folder(p, depth + 1, units)
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[_Unit]:
-    """Products, STAC items and raster files in ``inputs`` (files and folders, searched to ``MAX_DEPTH``)."""
+def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[_Unit]:
+    """Products, STAC items and raster files in ``inputs`` (files and folders, searched to ``MAX_DEPTH``); files in
+    ``exclude`` (this run's outputs, e.g. written into the input folder by an earlier run) are left out of folders."""
     units: list[_Unit] = []
+    skip = {Path(p).absolute() for p in exclude}
     for item in inputs:
         if is_virtual(item):
             units.append(_Unit("raster", Path(str(item)), Path(str(item)).stem))
@@ -90,6 +92,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[_Unit]:
         if p.is_dir():
             n = len(units)
             _scan_folder(p, 0, units)
+            units[n:] = [u for u in units[n:] if u.path.absolute() not in skip]
             if len(units) == n:
                 raise InputError("folder holds no GeoTIFF/JP2 files, .SAFE product or STAC item", p)
         elif p.suffix.lower() == ".zip":
@@ -299,13 +302,15 @@ def open_series(
     offset: float | None = None,
     grid: str | Path | Grid | None = None,
     bounds: Sequence[float] | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> S2Series:
     """Describe a time series from files, folders, products and STAC items (module docstring for the rules).
 
     ``grid`` (a raster path or a :class:`Grid`) or ``bounds`` choose the output grid; by default the 10 m grid of
-    the first date. ``series.notices`` lists what the user should know (partial coverage, offsets from the date)
+    the first date; ``exclude`` names files that folders must not contribute (the run's own outputs).
+    ``series.notices`` lists what the user should know (partial coverage, offsets from the date)
     and ``series.provenance()`` which file each band of each date is read from."""
-    units = expand_inputs(inputs)
+    units = expand_inputs(inputs, exclude)
     if not units:
         raise InputError("no input rasters given")
     if band_order is not None:

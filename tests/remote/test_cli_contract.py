@@ -111,3 +111,13 @@ def test_predict_each_site_equals_predicting_it_alone(tmp_path, scene, ffdnn_fil
     with rasterio.open(tmp_path / "maps" / "south_prob.tif") as a, rasterio.open(tmp_path / "alone_prob.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
     assert capsys.readouterr().err == ""  # -q: no progress, no summary
+
+
+def test_outputs_in_the_input_folder_are_not_read_back(tmp_path, capsys):
+    """Writing the stack into the downloads folder, then rerunning with --overwrite, reads the products only."""
+    make_safe(tmp_path / "downloads")
+    out = tmp_path / "downloads" / "ndvi.tif"
+    for extra in ([], ["--overwrite"]):
+        assert main(["indices", str(tmp_path / "downloads"), "-o", str(out), "-q", *extra]) == 0, capsys.readouterr()
+    with rasterio.open(out) as ds:
+        assert ds.count == 1 and ds.descriptions == ("NDVI 2021-05-12",)
