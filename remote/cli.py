@@ -1,13 +1,7 @@
-"""``remote`` command: Sentinel-2 crop-stress mapping (indices, predict, train, evaluate, synth).
+"""``remote`` command: Sentinel-2 crop-stress mapping (indices, predict, train, evaluate, models, synth).
 
-Examples::
-
-    remote synth demo_s2                                   # synthetic season with labels and field IDs
-    remote indices demo_s2/images -o ndvi.tif --indices NDVI,NDRE,TCARI/OSAVI
-    remote train demo_s2/images --labels demo_s2/labels.tif -o ffdnn.pt --epochs 20
-    remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain
-    remote evaluate stress.tif demo_s2/labels.tif --csv scores.csv
-    remote models                                          # parameter counts: FFDNN vs the same-depth 1-D CNN
+Inputs are Sentinel-2 L2A products as delivered: ESA ``.SAFE`` folders or ``.SAFE.zip`` files, STAC items (Earth
+Search), per-date or per-band GeoTIFFs, folders of any of these, or one stacked GeoTIFF; see docs/remote.md.
 """
 
 from __future__ import annotations
@@ -17,11 +11,30 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from shared_backbones.cliutil import StageTimer, check_output, run_cli, say
+from shared_backbones.cliutil import (
+    StageTimer,
+    add_command,
+    add_common,
+    add_deprecated,
+    check_output,
+    make_parser,
+    prepare_outputs,
+    run_batch,
+    run_cli,
+    say,
+)
 from shared_backbones.errors import InputError
 from shared_backbones.precision import PRECISION_CHOICES
 
-from .io import DEFAULT_SCL_INVALID, read_date_list
+from .naming import DEFAULT_SCL_INVALID, read_date_list
+
+PROG = "remote"
+EXAMPLES = [
+    "remote indices S2B_MSIL2A_20240501T102031_N0510_R065_T32UQD_20240501T130000.SAFE.zip downloads/ "
+    "-o ndvi.tif --indices NDVI,TCARI/OSAVI",
+    "remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain",
+    "remote evaluate stress.tif demo_s2/labels.tif -o scores.csv",
+]
 
 
 def _int_list(text: str) -> list[int]:
@@ -35,50 +48,61 @@ def _str_list(text: str) -> list[str]:
     return [v for v in text.replace(",", " ").split() if v]
 
 
-def _add_inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", help="per-date GeoTIFFs, per-band GeoTIFFs, folders of them, or one stack")
-    p.add_argument(
-        "--dates",
-        type=_str_list,
-        default=None,
-        help="acquisition dates (YYYY-MM-DD, comma-separated, or a text file with one date per line) "
-        "for files without a date in the name, or for a stacked GeoTIFF (date-major)",
-    )
-    p.add_argument(
-        "--band-order",
-        type=_str_list,
-        default=None,
-        help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one date for a stack)",
-    )
-    p.add_argument(
-        "--offset",
-        type=float,
-        default=None,
-        help="DN offset added before /10000 (overrides metadata: -1000 for baseline >= 04.00, 0 before)",
-    )
+def _add_inputs(p: argparse.ArgumentParser, each: bool = True) -> None:
+    p.add_argument("inputs", nargs="+",
+                   help="ESA .SAFE folders or .SAFE.zip files, STAC item/collection JSON, per-date or per-band "
+                        "GeoTIFFs, folders of them (searched to the product's depth), or one stacked GeoTIFF")
+    p.add_argument("--dates", type=_str_list, default=None,
+                   help="acquisition dates (YYYY-MM-DD, comma-separated, or a text file with one date per line) "
+                        "for files without a date in the name, or for a stacked GeoTIFF (date-major)")
+    p.add_argument("--band-order", type=_str_list, default=None,
+                   help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one "
+                        "date for a stack)")
+    p.add_argument("--offset", type=float, default=None,
+                   help="DN offset added before dividing by the quantification value; overrides the product "
+                        "metadata (MTD_MSIL2A.xml, STAC, tags); without metadata the date decides")
     g = p.add_mutually_exclusive_group()
-    g.add_argument(
-        "--scl-invalid",
-        type=_int_list,
-        default=None,
-        help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})",
-    )
+    g.add_argument("--scl-invalid", type=_int_list, default=None,
+                   help=f"SCL classes masked as invalid [{','.join(map(str, DEFAULT_SCL_INVALID))}]")
     g.add_argument("--no-cloud-mask", action="store_true", help="ignore the SCL band")
+    o = p.add_mutually_exclusive_group()
+    o.add_argument("--grid", default=None, metavar="REF.tif",
+                   help="write on the grid (CRS, transform, size) of this raster [the 10 m grid of the first date]")
+    o.add_argument("--bounds", type=float, nargs=4, default=None, metavar=("MINX", "MINY", "MAXX", "MAXY"),
+                   help="write on the first date's 10 m grid extended or cut to these bounds (grid CRS units)")
     p.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory is bounded by it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    if each:
+        p.add_argument("--each", action="store_true",
+                       help="treat every input as its own time series (e.g. one folder per site): -o is then a "
+                            "folder, a bad input is reported and the others go on")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="list the file each band of each date is read from, its resolution and radiometry")
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
-def _series(args: argparse.Namespace, offset: float | None = None):
-    from .io import open_series
+def _series(args: argparse.Namespace, offset: float | None = None, inputs: Sequence[str] | None = None,
+            exclude: Sequence[Path] = ()):
+    from .discovery import open_series
 
     dates = read_date_list(args.dates) if args.dates else None
-    return open_series(
-        args.inputs, dates=dates, band_order=args.band_order, offset=args.offset if args.offset is not None else offset
+    series = open_series(
+        list(inputs if inputs is not None else args.inputs),
+        dates=dates,
+        band_order=args.band_order,
+        offset=args.offset if args.offset is not None else offset,
+        grid=getattr(args, "grid", None),
+        bounds=getattr(args, "bounds", None),
+        exclude=exclude,
     )
+    quiet = getattr(args, "quiet", False)
+    if getattr(args, "verbose", False):
+        print("\n".join(series.provenance()), file=sys.stderr)
+    for line in series.notices:
+        say(f"{PROG}: note: {line}", quiet)
+    return series
 
 
 def _scl(args: argparse.Namespace) -> list[int] | None:
@@ -87,69 +111,70 @@ def _scl(args: argparse.Namespace) -> list[int] | None:
     return args.scl_invalid
 
 
+def _jobs(args: argparse.Namespace, suffix: str) -> list[tuple[list[str], Path]]:
+    """(inputs, output) per series: all inputs to ``-o``, or with ``--each`` one per input into the folder ``-o``."""
+    if not getattr(args, "each", False):
+        return [(list(args.inputs), Path(args.output))]
+    folder = Path(args.output)
+    if folder.suffix.lower() in (".tif", ".tiff"):
+        raise InputError("with --each, -o/--output is a folder", folder)
+    jobs = []
+    for item in args.inputs:
+        name = Path(item).name
+        for ext in (".zip", ".SAFE", ".json", ".tif", ".tiff"):
+            name = name[: -len(ext)] if name.endswith(ext) else name
+        out = folder / f"{name}{suffix}"
+        if any(o == out for _, o in jobs):
+            raise InputError(f"two inputs would both write {out.name} (same name in different folders); run them "
+                             "separately", item)
+        jobs.append(([item], out))
+    return jobs
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="remote", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = p.add_subparsers(dest="command", required=True)
+    p = make_parser(PROG, __doc__, EXAMPLES)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    q = sub.add_parser("indices", help="vegetation-index time stack as one GeoTIFF")
+    q = add_command(sub, "indices", help="vegetation-index time stack as one GeoTIFF", examples=[
+        "remote indices S2B_MSIL2A_20210512T102619_N0500_R108_T32UQD_20230301T120000.SAFE.zip "
+        "S2A_MSIL2A_20210522T102619_N0500_R108_T32UQD_20230302T120000.SAFE -o ndvi.tif -v",
+        "remote indices demo_s2/images -o stack.tif --indices NDVI,NDRE,TCARI/OSAVI --grid-days 10",
+        "remote indices earth-search/items.json -o ndvi.tif --bounds 600000 5290000 610000 5300000",
+    ])
     _add_inputs(q)
-    q.add_argument("-o", "--output", required=True, help="output GeoTIFF (float32, bands 'NDVI 2024-05-01'...)")
-    q.add_argument(
-        "--indices",
-        type=_str_list,
-        default=["NDVI"],
-        help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI (default NDVI)",
-    )
-    q.add_argument("--soil-slope", type=float, default=1.0, help="soil-line slope s of WDVI = N - s R (default 1)")
-    q.add_argument(
-        "--grid-days",
-        type=int,
-        default=None,
-        help="gap-fill onto a regular grid with this step in days (default: the acquisition dates)",
-    )
-    _add_out(q)
+    add_common(q, output="output GeoTIFF (float32, bands 'NDVI 2024-05-01'...); a folder with --each",
+               output_required=True, device=False, precision=False)
+    q.add_argument("--indices", type=_str_list, default="NDVI",
+                   help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI")
+    q.add_argument("--soil-slope", type=float, default=1.0, help="soil-line slope s of WDVI = N - s R")
+    q.add_argument("--grid-days", type=int, default=None,
+                   help="gap-fill onto a regular grid with this step in days [the acquisition dates]")
 
-    q = sub.add_parser("predict", help="class and probability maps (tiled, any raster size)")
+    q = add_command(sub, "predict", help="class and probability maps (tiled, any raster size)", examples=[
+        "remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain",
+        "remote predict downloads/ -m ffdnn.pt -o stress.tif --device cuda --prob-dtype uint8",
+        "remote predict site_a/ site_b/ -m ffdnn.pt -o maps/ --each -q",
+    ])
     _add_inputs(q)
-    q.add_argument("-m", "--model", required=True, help="remote model file (.pt)")
-    q.add_argument("-o", "--output", required=True, help="class map GeoTIFF (uint8; X_prob.tif is written beside)")
+    add_common(q, model="one", model_help="remote model file (.pt)",
+               output="class map GeoTIFF (uint8; X_prob.tif is written beside); a folder with --each",
+               output_required=True)
     q.add_argument("--no-prob", action="store_true", help="do not write the probability GeoTIFF")
-    q.add_argument(
-        "--prob-dtype",
-        choices=("float32", "uint8"),
-        default="float32",
-        help="probabilities as float32 or uint8 scaled by 250 (nodata 255)",
-    )
-    q.add_argument(
-        "--explain",
-        action="store_true",
-        help="also write X_capsules.tif (class-capsule lengths), X_attribution.tif (per-date gradient x "
-        "input) and X_frequency.tif (gradient x input per temporal frequency of the index traits)",
-    )
-    q.add_argument(
-        "--fields",
-        default=None,
-        help="field IDs: a GeoTIFF (0/nodata = no field) or a vector file (GeoJSON; GeoPackage/Shapefile "
-        "with fiona): writes the per-field summary CSV",
-    )
-    q.add_argument(
-        "--field-id-attr",
-        default=None,
-        help="attribute holding the field ID in a vector file (default field_id, id, fid, FID or ID)",
-    )
-    q.add_argument(
-        "--per-field",
-        action="store_true",
-        help="classify each field's mean time series instead of every pixel (needs --fields)",
-    )
-    q.add_argument("--fields-csv", default=None, help="per-field summary path (default X_fields.csv)")
+    q.add_argument("--prob-dtype", choices=("float32", "uint8"), default="float32",
+                   help="probabilities as float32 or uint8 scaled by 250 (nodata 255)")
+    q.add_argument("--explain", action="store_true",
+                   help="also write X_capsules.tif (class-capsule lengths), X_attribution.tif (per-date gradient x "
+                        "input) and X_frequency.tif (gradient x input per temporal frequency of the index traits)")
+    q.add_argument("--fields", default=None,
+                   help="field IDs: a GeoTIFF (0/nodata = no field) or a vector file (GeoJSON; GeoPackage, "
+                        "Shapefile... with the 'vector' extra): writes the per-field summary CSV")
+    q.add_argument("--field-id-attr", default=None,
+                   help="attribute holding the field ID in a vector file [field_id, id, fid, FID or ID]")
+    q.add_argument("--per-field", action="store_true",
+                   help="classify each field's mean time series instead of every pixel (needs --fields)")
+    q.add_argument("--fields-csv", default=None, help="per-field summary path [X_fields.csv]")
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
-    q.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    q.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
-    _add_out(q)
 
     q = sub.add_parser("train", help="train a model (spatially blocked k-fold) and export the model file")
     q.add_argument("inputs", nargs="*", help="image time series (as for predict); omit with --table")
@@ -236,98 +261,114 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_out(q)
 
-    q = sub.add_parser("evaluate", help="accuracy, per-class F1, confusion matrix and kappa of a class map")
+    q = add_command(sub, "evaluate", help="accuracy, per-class F1, confusion matrix and kappa of a class map",
+                    examples=["remote evaluate stress.tif demo_s2/labels.tif",
+                              "remote evaluate stress.tif labels.tif -o scores.csv -o scores.json --classes "
+                              "healthy,yellow_rust,nitrogen_deficiency"])
     q.add_argument("prediction", help="class map written by 'remote predict'")
     q.add_argument("reference", help="reference label raster (class index, 255 = none)")
-    q.add_argument("--classes", type=_str_list, default=None, help="class names (default: from the class map)")
-    q.add_argument("--csv", default=None, help="write per-class scores + confusion matrix as CSV")
-    q.add_argument("--json", default=None, help="write all metrics as JSON")
-    _add_out(q)
+    q.add_argument("--classes", type=_str_list, default=None, help="class names [from the class map's tags]")
+    q.add_argument("-o", "--output", action="append", default=None,
+                   help="report file: .csv, .tsv or .json (one row per class, an 'overall' row, confusion matrix "
+                        "columns pred_<class>); repeat for several formats")
+    add_deprecated(q, "--csv", "-o/--output scores.csv", "csv_report")
+    add_deprecated(q, "--json", "-o/--output scores.json", "json_report")
+    add_common(q, device=False, precision=False)
 
-    q = sub.add_parser("models", help="list the architectures with their parameter counts (FFDNN vs 1-D CNN)")
-    q.add_argument("--bands", type=_str_list, default=None, help="input bands (default the 10 and 20 m bands)")
+    q = add_command(sub, "models", help="list the architectures with their parameter counts (FFDNN vs 1-D CNN)",
+                    examples=["remote models", "remote models --channels 16 --depth 3 --dates 24"])
+    q.add_argument("--bands", type=_str_list, default=None, help="input bands [the 10 and 20 m bands]")
     q.add_argument("--indices", type=_str_list, default=None, help="index traits of the photochemical filter")
     q.add_argument("--channels", type=int, default=None, help="width of the temporal blocks")
     q.add_argument("--depth", type=int, default=None, help="number of temporal blocks")
     q.add_argument("--dates", type=int, default=12, help="dates of the time grid (unet2d input channels)")
+    add_common(q, device=False, precision=False, overwrite=False)
 
-    q = sub.add_parser("synth", help="write a synthetic Sentinel-2 season with labels and field IDs")
-    q.add_argument("out_dir")
-    q.add_argument("--size", type=int, default=128, help="raster size in 10 m pixels (even; default 128)")
-    q.add_argument("--n-dates", type=int, default=24)
-    q.add_argument("--step-days", type=int, default=6)
-    q.add_argument("--field-size", type=int, default=16)
-    q.add_argument("--cloud-cover", type=float, default=0.25)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--quiet", action="store_true")
-    _add_out(q)
+    q = add_command(sub, "synth", help="write a synthetic Sentinel-2 season with labels and field IDs",
+                    examples=["remote synth -o demo_s2", "remote synth -o big --size 1024 --n-dates 30 -q"])
+    q.add_argument("out_dir", nargs="?", default=None, help="output folder (same as -o/--output)")
+    add_common(q, output="output folder (created; must be empty unless --overwrite)", device=False,
+               precision=False)
+    q.add_argument("--size", type=int, default=128, help="raster size in 10 m pixels (even)")
+    q.add_argument("--n-dates", type=int, default=24, help="number of acquisition dates")
+    q.add_argument("--step-days", type=int, default=6, help="days between acquisitions")
+    q.add_argument("--field-size", type=int, default=16, help="field size in pixels")
+    q.add_argument("--cloud-cover", type=float, default=0.25, help="mean cloud fraction per date")
+    q.add_argument("--seed", type=int, default=0, help="random seed of the scene")
     return p
 
 
 def _cmd_indices(args: argparse.Namespace) -> int:
     from .products import write_index_stack
 
-    check_output(args.output, args.overwrite)
-    series = _series(args)
+    jobs = _jobs(args, "_indices.tif")
+    prepare_outputs([out for _, out in jobs], args.inputs, overwrite=args.overwrite)
     scl = _scl(args)
-    res = write_index_stack(
-        series,
-        args.output,
-        args.indices,
-        soil_slope=args.soil_slope,
-        scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
-        grid_days=args.grid_days,
-        tile=args.tile,
-        overwrite=args.overwrite,
-        quiet=args.quiet,
-    )
-    say(
-        f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
-        f"{res['size'][0]} x {res['size'][1]} px",
-        args.quiet,
-    )
-    return 0
+
+    def work(job: tuple[list[str], Path]) -> None:
+        inputs, out = job
+        res = write_index_stack(
+            _series(args, inputs=inputs, exclude=[o for _, o in jobs]),
+            out,
+            args.indices,
+            soil_slope=args.soil_slope,
+            scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
+            grid_days=args.grid_days,
+            tile=args.tile,
+            overwrite=args.overwrite,
+            quiet=args.quiet,
+        )
+        say(f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
+            f"{res['size'][0]} x {res['size'][1]} px", args.quiet)
+
+    return run_batch(jobs, work, prog=PROG, quiet=args.quiet, name=lambda j: ", ".join(j[0]))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import PredictOutputs, RemoteModel, predict_series
 
     timer = StageTimer()
-    outs = PredictOutputs.beside(
-        args.output, probabilities=not args.no_prob, explain=args.explain, fields=args.fields is not None
-    )
-    if args.fields_csv:
-        outs.fields_csv = Path(args.fields_csv)
-    for p in outs.paths():
-        check_output(p, args.overwrite)
+    if args.each and args.fields_csv:
+        raise InputError("--fields-csv names one file: it cannot be used with --each")
+    jobs = []
+    for inputs, out in _jobs(args, ".tif"):
+        outs = PredictOutputs.beside(out, probabilities=not args.no_prob, explain=args.explain,
+                                     fields=args.fields is not None)
+        if args.fields_csv:
+            outs.fields_csv = Path(args.fields_csv)
+        jobs.append((inputs, outs))
+    prepare_outputs([p for _, o in jobs for p in o.paths()], [*args.inputs, args.model], overwrite=args.overwrite)
     with timer("load"):
         rm = RemoteModel.from_file(args.model, args.device, args.precision)
-        series = _series(args, offset=rm.preprocessing.get("offset"))
-    with timer("predict"):
-        s = predict_series(
-            series,
-            rm,
-            outs,
-            tile=args.tile,
-            halo=args.halo,
-            batch_size=args.batch_size,
-            prob_dtype=args.prob_dtype,
-            fields=args.fields,
-            field_id_attr=args.field_id_attr,
-            per_field=args.per_field,
-            scl_invalid=_scl(args),
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-        )
-    frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
-    fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
-    say(
-        f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
-        f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}): {frac}; "
-        f"{timer.summary()}",
-        args.quiet,
-    )
-    return 0
+
+    def work(job: tuple[list[str], PredictOutputs]) -> None:
+        inputs, outs = job
+        with timer("read"):
+            series = _series(args, offset=rm.preprocessing.get("offset"), inputs=inputs,
+                             exclude=[p for _, o in jobs for p in o.paths()])
+        with timer("predict"):
+            s = predict_series(
+                series,
+                rm,
+                outs,
+                tile=args.tile,
+                halo=args.halo,
+                batch_size=args.batch_size,
+                prob_dtype=args.prob_dtype,
+                fields=args.fields,
+                field_id_attr=args.field_id_attr,
+                per_field=args.per_field,
+                scl_invalid=_scl(args),
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+            )
+        frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
+        fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
+        say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
+            f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}): {frac}; "
+            f"{timer.summary()}", args.quiet)
+
+    return run_batch(jobs, work, prog=PROG, quiet=args.quiet, name=lambda j: ", ".join(j[0]))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -409,47 +450,61 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_maps, format_report, write_reports
 
-    for p in (args.csv, args.json):
-        if p:
-            check_output(p, args.overwrite)
+    outputs = [*(args.output or []),
+               *(p for p in (getattr(args, "csv_report", None), getattr(args, "json_report", None)) if p)]
+    prepare_outputs(outputs, [args.prediction, args.reference], overwrite=args.overwrite)
     m = evaluate_maps(args.prediction, args.reference, args.classes)
     print(format_report(m))
-    write_reports(m, args.csv, args.json, args.overwrite)
+    write_reports(m, outputs, overwrite=args.overwrite)
+    say(f"wrote {', '.join(map(str, outputs))}" if outputs else "", args.quiet or not outputs)
     return 0
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
+def model_sizes(bands: Sequence[str] | None = None, indices: Sequence[str] | None = None,
+                channels: int | None = None, depth: int | None = None, dates: int = 12) -> list[dict]:
+    """Parameter counts of the registered remote architectures for one configuration (``remote models``)."""
     from shared_backbones.registry import create_model
 
-    from .io import DEFAULT_BANDS
     from .models import DEFAULT_INDICES
+    from .naming import DEFAULT_BANDS
 
-    bands = args.bands or list(DEFAULT_BANDS)
-    kw = {"bands": bands, "indices": args.indices or list(DEFAULT_INDICES)}
-    kw.update({k: v for k, v in (("channels", args.channels), ("depth", args.depth)) if v is not None})
+    bands = list(bands or DEFAULT_BANDS)
+    kw: dict = {"bands": bands, "indices": list(indices or DEFAULT_INDICES)}
+    kw.update({k: v for k, v in (("channels", channels), ("depth", depth)) if v is not None})
+    sizes = {a: sum(p.numel() for p in create_model(a, **kw).parameters()) for a in ("ffdnn", "cnn1d")}
+    sizes["unet2d"] = sum(p.numel() for p in create_model("unet2d", in_channels=dates * len(bands)).parameters())
+    d = kw.get("depth", 2)
+    return [
+        {"arch": "ffdnn", "parameters": sizes["ffdnn"],
+         "description": f"index filter -> {d} Fourier blocks -> capsules + routing"},
+        {"arch": "cnn1d", "parameters": sizes["cnn1d"],
+         "description": f"same filter -> {d} conv blocks (same depth) -> linear "
+                        f"({sizes['cnn1d'] / sizes['ffdnn']:.2f}x the FFDNN)"},
+        {"arch": "unet2d", "parameters": sizes["unet2d"],
+         "description": f"smp U-Net (resnet18), {dates} dates x {len(bands)} bands in"},
+    ]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
     try:
-        sizes = {a: sum(p.numel() for p in create_model(a, **kw).parameters()) for a in ("ffdnn", "cnn1d")}
-        sizes["unet2d"] = sum(
-            p.numel() for p in create_model("unet2d", in_channels=args.dates * len(bands)).parameters()
-        )
+        rows = model_sizes(args.bands, args.indices, args.channels, args.depth, args.dates)
     except (KeyError, ValueError) as exc:
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
-    depth = kw.get("depth", 2)
-    print(f"ffdnn   {sizes['ffdnn']:>12,} parameters  index filter -> {depth} Fourier blocks -> capsules + routing")
-    print(
-        f"cnn1d   {sizes['cnn1d']:>12,} parameters  same filter -> {depth} conv blocks (same depth) -> linear "
-        f"({sizes['cnn1d'] / sizes['ffdnn']:.2f}x the FFDNN)"
-    )
-    print(
-        f"unet2d  {sizes['unet2d']:>12,} parameters  smp U-Net (resnet18), {args.dates} dates x {len(bands)} bands in"
-    )
+    for r in rows:
+        print(f"{r['arch']:<7} {r['parameters']:>12,} parameters  {r['description']}")
     return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from .synthetic import make_season
 
-    out = Path(args.out_dir)
+    if args.out_dir and args.output and Path(args.out_dir) != Path(args.output):
+        raise InputError("give the output folder once (positional or -o/--output)")
+    target = args.output or args.out_dir
+    if not target:
+        raise InputError("no output folder: remote synth -o FOLDER")
+    out = Path(target)
+    prepare_outputs([], folders=[out])
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError("output folder exists and is not empty (use --overwrite)", out)
     if args.size < 16 or args.size % 2:
@@ -465,11 +520,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         cloud_cover=args.cloud_cover,
         overwrite=True,
     )
-    say(
-        f"wrote {len(sc.dates)} dates ({sc.dates[0]} .. {sc.dates[-1]}) under {sc.images}, labels {sc.labels}, "
-        f"fields {sc.fields}",
-        args.quiet,
-    )
+    say(f"wrote {len(sc.dates)} dates ({sc.dates[0]} .. {sc.dates[-1]}) under {sc.images}, labels {sc.labels}, "
+        f"fields {sc.fields}", args.quiet)
     return 0
 
 
@@ -489,7 +541,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="remote")
+    return run_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

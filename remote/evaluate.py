@@ -1,20 +1,20 @@
 """Classification metrics for crop-stress maps: overall accuracy, per-class precision/recall/F1, confusion matrix,
-Cohen's kappa; map-against-reference evaluation and CSV/JSON reports."""
+Cohen's kappa; map-against-reference evaluation; reports through :mod:`shared_backbones.report`."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
+from shared_backbones.report import format_table, write_report
 
-from .io import Grid, _open, read_single_band
+from .reader import open_raster as _open
+from .reader import read_single_band
+from .resample import Grid
 
 
 def confusion_matrix(pred: np.ndarray, ref: np.ndarray, k: int) -> np.ndarray:
@@ -83,33 +83,31 @@ def evaluate_maps(pred_path: str | Path, ref_path: str | Path, classes: Sequence
     return classification_metrics(pred[keep], ref[keep], classes)
 
 
+def report_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the report: one per class (precision, recall, F1, support, confusion-matrix row as ``pred_<class>``)
+    and an ``overall`` row (overall accuracy, kappa, macro F1, pixel count)."""
+    rows: list[dict[str, Any]] = []
+    for (c, v), cm_row in zip(m["per_class"].items(), m["confusion_matrix"]):
+        rows.append({"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1"],
+                     "support": v["support"], **{f"pred_{p}": int(n) for p, n in zip(m["classes"], cm_row)}})
+    rows.append({"class": "overall", "f1": m["macro_f1"], "support": m["samples"],
+                 "overall_accuracy": m["overall_accuracy"], "kappa": m["kappa"]})
+    return rows
+
+
 def format_report(m: dict[str, Any]) -> str:
-    """A short human-readable report (printed by ``remote evaluate``)."""
-    lines = [f"overall accuracy {m['overall_accuracy']:.4f}  kappa {m['kappa']:.4f}  macro F1 {m['macro_f1']:.4f}  "
-             f"({m['samples']} pixels)"]
-    w = max(len(c) for c in m["classes"])
-    lines.append(f"{'class':<{w}}  precision  recall     F1  support")
-    for c, v in m["per_class"].items():
-        lines.append(f"{c:<{w}}  {v['precision']:9.4f}  {v['recall']:6.4f}  {v['f1']:.4f}  {v['support']:7d}")
-    lines.append("confusion matrix (rows = reference, columns = predicted):")
-    lines.append(" " * (w + 2) + "  ".join(f"{c[:8]:>8}" for c in m["classes"]))
-    for c, row in zip(m["classes"], m["confusion_matrix"]):
-        lines.append(f"{c:<{w}}  " + "  ".join(f"{v:>8d}" for v in row))
-    return "\n".join(lines)
+    """A short human-readable report (printed by ``remote evaluate``), tables by :mod:`shared_backbones.report`."""
+    rows = report_rows(m)
+    head = (f"overall accuracy {m['overall_accuracy']:.4f}  kappa {m['kappa']:.4f}  macro F1 {m['macro_f1']:.4f}  "
+            f"({m['samples']} pixels)")
+    scores = format_table(rows[:-1], ["class", "precision", "recall", "f1", "support"])
+    cm = format_table([{"reference": r["class"], **{c[:8]: r[f"pred_{c}"] for c in m["classes"]}} for r in rows[:-1]])
+    return f"{head}\n{scores}\nconfusion matrix (rows = reference, columns = predicted):\n{cm}"
 
 
-def write_reports(m: dict[str, Any], csv_path: str | Path | None = None, json_path: str | Path | None = None,
-                  overwrite: bool = False) -> None:
-    """CSV (per-class rows + overall row + confusion matrix rows) and/or JSON (everything)."""
-    if csv_path is not None:
-        with atomic_output(csv_path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["class", "precision", "recall", "f1", "support"] + [f"pred_{c}" for c in m["classes"]])
-            for (c, v), row in zip(m["per_class"].items(), m["confusion_matrix"]):
-                w.writerow([c, f"{v['precision']:.6f}", f"{v['recall']:.6f}", f"{v['f1']:.6f}", v["support"]] + row)
-            w.writerow(["overall_accuracy", f"{m['overall_accuracy']:.6f}", "", "", m["samples"]])
-            w.writerow(["kappa", f"{m['kappa']:.6f}"])
-            w.writerow(["macro_f1", f"{m['macro_f1']:.6f}"])
-    if json_path is not None:
-        with atomic_output(json_path, overwrite) as tmp:
-            Path(tmp).write_text(json.dumps(m, indent=1))
+def write_reports(m: dict[str, Any], paths: Sequence[str | Path] = (), overwrite: bool = False) -> list[Path]:
+    """Write the report rows to every path (.csv, .tsv or .json by suffix, :func:`shared_backbones.report.
+    write_report`)."""
+    cols = ["class", "precision", "recall", "f1", "support", *[f"pred_{c}" for c in m["classes"]],
+            "overall_accuracy", "kappa"]
+    return [write_report(p, report_rows(m), cols, overwrite=overwrite) for p in paths]

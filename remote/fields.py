@@ -3,9 +3,10 @@
 * Raster: band 1 holds an integer field ID per pixel; 0 and the file's nodata value mean "no field". It is read
   window by window on the image grid (nearest-neighbour resampling when the grids differ; same CRS required).
 * Vector: GeoJSON is read directly (``json`` + ``rasterio.features.rasterize``, no extra package); other formats
-  (GeoPackage, Shapefile, FlatGeobuf...) through ``fiona`` when it is installed. Geometries are reprojected to the
-  image CRS (GeoJSON without a ``crs`` member is WGS 84 longitude/latitude, RFC 7946) and burnt into each window:
-  a pixel belongs to a field when its centre lies inside the polygon; where polygons overlap the later one wins.
+  (GeoPackage, Shapefile, FlatGeobuf...) through GDAL with the ``vector`` extra (``pyogrio``; ``fiona`` also
+  works). Geometries are reprojected to the image CRS (GeoJSON without a ``crs`` member is WGS 84
+  longitude/latitude, RFC 7946) and burnt into each window: a pixel belongs to a field when its centre lies inside
+  the polygon; where polygons overlap the later one wins.
   The ID comes from ``id_attr`` (default: the first of ``field_id``, ``id``, ``fid``, ``FID``, ``ID`` present, else
   the feature's ``id`` member, else its position 1, 2, ...). Non-integer IDs (names) are numbered 1..n internally
   and reported under their original value.
@@ -24,7 +25,9 @@ import numpy as np
 
 from shared_backbones.errors import InputError
 
-from .io import Grid, _open, read_window_band
+from .reader import open_raster as _open
+from .reader import read_window_band
+from .resample import Grid
 
 VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml", ".sqlite")
 DEFAULT_ID_ATTRS = ("field_id", "id", "fid", "FID", "ID")
@@ -139,11 +142,52 @@ def _read_features(path: Path) -> tuple[list[dict], Any]:
             if crs.upper() in ("OGC:1.3:CRS84", "OGC:CRS84"):
                 crs = "EPSG:4326"
         return [f for f in feats if isinstance(f, dict)], crs
+    return _read_with_gdal(path)
+
+
+VECTOR_EXTRA = "pip install 'convsuite[vector]'"
+
+
+def _read_with_gdal(path: Path) -> tuple[list[dict], Any]:
+    """Features of a GeoPackage / Shapefile / FlatGeobuf... through pyogrio (the ``vector`` extra) or fiona."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyogrio") is not None:
+        return _read_pyogrio(path)
+    if importlib.util.find_spec("fiona") is not None:
+        return _read_fiona(path)
+    raise InputError(f"reading {path.suffix} files needs the 'vector' extra (pyogrio): `{VECTOR_EXTRA}`, or save "
+                     "the fields as GeoJSON, or rasterise them to a GeoTIFF of field IDs", path)
+
+
+def _unreadable(exc: Exception, path: Path) -> InputError:
+    return InputError(f"unreadable vector file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                      path)
+
+
+def _read_pyogrio(path: Path) -> tuple[list[dict], Any]:
+    """GDAL reads the layer and writes it back as GeoJSON in memory (no geometry decoding here)."""
+    import io
+
+    import pyogrio.raw
+
     try:
-        import fiona
-    except ImportError:
-        raise InputError(f"reading {path.suffix} files needs fiona (not installed): `pip install fiona`, or save the "
-                         "fields as GeoJSON, or rasterise them to a GeoTIFF of field IDs", path) from None
+        meta, fids, geoms, data = pyogrio.raw.read(str(path), return_fids=True)
+        buf = io.BytesIO()
+        pyogrio.raw.write(buf, geoms, data, meta["fields"], driver="GeoJSON", crs=meta["crs"],
+                          geometry_type=meta["geometry_type"], layer="fields")
+        doc = json.loads(buf.getvalue())
+    except Exception as exc:
+        raise _unreadable(exc, path) from None
+    feats = doc.get("features", [])
+    for f, fid in zip(feats, fids):
+        f.setdefault("id", int(fid))
+    return feats, meta["crs"]
+
+
+def _read_fiona(path: Path) -> tuple[list[dict], Any]:
+    import fiona
+
     try:
         with fiona.open(path) as src:
             crs = src.crs_wkt or None
@@ -153,8 +197,7 @@ def _read_features(path: Path) -> tuple[list[dict], Any]:
                 feats.append({"geometry": dict(geom) if geom else None, "properties": dict(f["properties"] or {}),
                               "id": f.get("id") if hasattr(f, "get") else None})
     except Exception as exc:
-        raise InputError(f"unreadable vector file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                         path) from None
+        raise _unreadable(exc, path) from None
     return feats, crs
 
 

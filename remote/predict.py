@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared_backbones.checkpoint import load_for_inference
 from shared_backbones.cliutil import atomic_output, check_output, progress
 from shared_backbones.errors import InputError
-from shared_backbones.precision import PrecisionPolicy
+from shared_backbones.loaded import LoadedModel
 
 from . import models as _models  # noqa: F401  (registers the architectures)
 from .fields import FieldSeries, field_series, open_fields
@@ -40,45 +39,41 @@ PALETTE = [(26, 150, 65), (230, 97, 1), (253, 219, 60), (44, 123, 182), (215, 25
 
 
 @dataclass
-class RemoteModel:
-    """A loaded remote model with the preprocessing it was trained with."""
+class RemoteModel(LoadedModel):
+    """A loaded remote model (:class:`shared_backbones.loaded.LoadedModel`) with the preprocessing it was trained
+    with: bands, the regular time grid, normalisation (spatial model) and the SCL classes it masked."""
 
-    model: torch.nn.Module
-    classes: list[str]
-    bands: list[str]
-    grid_dates: list[dt.date]
-    device: torch.device
-    policy: PrecisionPolicy
-    norm_mean: np.ndarray | None = None
-    norm_std: np.ndarray | None = None
-    scl_invalid: tuple[int, ...] = DEFAULT_SCL_INVALID
-    preprocessing: dict = field(default_factory=dict)
+    TASK = "remote"
+
+    bands: list[str] = field(init=False)
+    grid_dates: list[dt.date] = field(init=False)
+    norm_mean: np.ndarray | None = field(init=False, default=None)
+    norm_std: np.ndarray | None = field(init=False, default=None)
+    scl_invalid: tuple[int, ...] = field(init=False, default=DEFAULT_SCL_INVALID)
+
+    def __post_init__(self) -> None:
+        pp = self.file.preprocessing
+        if "bands" not in pp or "dates" not in pp:
+            raise InputError("model file lacks the preprocessing (bands, dates) of a remote model",
+                             self.path or "model")
+        self.bands = list(pp["bands"])
+        self.grid_dates = parse_dates(pp["dates"])
+        if pp.get("norm_mean") is not None:
+            self.norm_mean = np.asarray(pp["norm_mean"], dtype=np.float32)
+            self.norm_std = np.asarray(pp["norm_std"], dtype=np.float32)
+        self.scl_invalid = tuple(pp.get("scl_invalid", DEFAULT_SCL_INVALID))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.file.classes or CLASSES)
 
     @property
     def spatial(self) -> bool:
-        return getattr(self.model, "input_kind", "pixel") == "spatial"
+        return getattr(self.net, "input_kind", "pixel") == "spatial"
 
     @property
     def output_kind(self) -> str:
-        return getattr(self.model, "output_kind", "logits")
-
-    @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> RemoteModel:
-        mf, model, dev, policy = load_for_inference(path, "remote", device, precision)
-        return cls.from_parts(model, mf.classes, mf.preprocessing, dev, policy)
-
-    @classmethod
-    def from_parts(cls, model: torch.nn.Module, classes: Sequence[str], preprocessing: dict,
-                   device: torch.device | str = "cpu", policy: PrecisionPolicy | None = None) -> RemoteModel:
-        pp = dict(preprocessing)
-        if "bands" not in pp or "dates" not in pp:
-            raise InputError("model file lacks the preprocessing (bands, dates) of a remote model")
-        mean = np.asarray(pp["norm_mean"], dtype=np.float32) if pp.get("norm_mean") is not None else None
-        std = np.asarray(pp["norm_std"], dtype=np.float32) if pp.get("norm_std") is not None else None
-        device = torch.device(device)
-        return cls(model.eval().to(device), list(classes or CLASSES), list(pp["bands"]), parse_dates(pp["dates"]),
-                   device, policy or PrecisionPolicy.resolve("fp32", device), mean, std,
-                   tuple(pp.get("scl_invalid", DEFAULT_SCL_INVALID)), pp)
+        return getattr(self.net, "output_kind", "logits")
 
     # -- model calls ---------------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -13,8 +13,10 @@ from shared_backbones.cliutil import atomic_output, progress
 from shared_backbones.errors import InputError
 
 from .indices import INDEX_BANDS, canonical_index, compute_indices
-from .io import DEFAULT_SCL_INVALID, S2_BANDS, S2Series, geotiff_profile
+from .naming import DEFAULT_SCL_INVALID, S2_BANDS
+from .reader import S2Series
 from .timeseries import day_numbers, fill_gaps, regular_grid
+from .writer import geotiff_profile
 
 
 def write_index_stack(series: S2Series, out: str | Path, names: Sequence[str], *, soil_slope: float = 1.0,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import types
 from importlib.util import find_spec
 
 import numpy as np
@@ -19,7 +18,7 @@ from remote.cli import main
 from remote.evaluate import classification_metrics
 from remote.samples import spatial_block_splits
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
-from shared_backbones.registry import create_model
+from shared_backbones.errors import InputError
 
 
 def _err(capsys) -> str:
@@ -97,18 +96,30 @@ def test_train_from_rasters_exports_model_then_evaluate(tmp_path, scene, capsys)
     pred = tmp_path / "p.tif"
     assert main(["predict", str(scene.images), "-m", str(out), "-o", str(pred), "--no-prob", "--quiet"]) == 0
     assert not (tmp_path / "p_prob.tif").exists()
-    assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s.csv"),
-                 "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["evaluate", str(pred), str(scene.labels), "-o", str(tmp_path / "s.csv"),
+                 "-o", str(tmp_path / "s.json")]) == 0
     text = capsys.readouterr().out
     assert "overall accuracy" in text and "confusion matrix" in text
     js = json.loads((tmp_path / "s.json").read_text())
     with rasterio.open(pred) as p, rasterio.open(scene.labels) as r:
         a, b = p.read(1), r.read(1)
     keep = (b != 255) & (a != 255)
-    assert js["samples"] == int(keep.sum())
-    assert js["overall_accuracy"] == pytest.approx(float((a[keep] == b[keep]).mean()))
+    overall = js[-1]
+    assert overall["class"] == "overall" and overall["support"] == int(keep.sum())
+    assert overall["overall_accuracy"] == pytest.approx(float((a[keep] == b[keep]).mean()))
+    for k, row in enumerate(js[:-1]):  # confusion-matrix columns: reference class k predicted as j
+        assert [row[f"pred_{c}"] for c in mf.classes] == [int(((b == k) & (a == j) & keep).sum()) for j in range(3)]
     rows = list(csv.reader(open(tmp_path / "s.csv")))
-    assert rows[0][:5] == ["class", "precision", "recall", "f1", "support"] and rows[4][0] == "overall_accuracy"
+    assert rows[0][:5] == ["class", "precision", "recall", "f1", "support"] and rows[4][0] == "overall"
+    assert float(rows[4][rows[0].index("overall_accuracy")]) == pytest.approx(overall["overall_accuracy"], rel=1e-5)
+    # the former spellings still work, with a deprecation line; an existing report needs --overwrite
+    assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s.csv"), "-q"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["evaluate", str(pred), str(scene.labels), "--csv", str(tmp_path / "s2.csv"), "--json",
+                 str(tmp_path / "s2.json"), "-q"]) == 0
+    assert "--csv is deprecated" in capsys.readouterr().err
+    assert (tmp_path / "s2.csv").read_text() == (tmp_path / "s.csv").read_text()
+    assert json.loads((tmp_path / "s2.json").read_text()) == js
 
 
 def test_train_from_csv_table(tmp_path, capsys, monkeypatch):
@@ -131,47 +142,20 @@ def test_train_from_csv_table(tmp_path, capsys, monkeypatch):
     mf = load_model_file(out)
     assert mf.preprocessing["bands"] == bands and mf.preprocessing["dates"] == dates
     assert mf.arch_kwargs["bands"] == bands and mf.metrics["n_test"] + mf.metrics["n_train"] == 60
-    (tmp_path / "t.parquet").write_bytes(b"PAR1")
-    for name in ("pyarrow", "pyarrow.parquet", "pandas", "polars"):   # as on a machine without a Parquet reader
-        monkeypatch.setitem(sys.modules, name, None)
-    assert main(["train", "--table", str(tmp_path / "t.parquet"), "-o", str(tmp_path / "x.pt")]) == 2
-    assert "t.parquet: Parquet tables need a Parquet reader (pyarrow, pandas or polars; none is installed)" \
-        in _err(capsys)
 
 
-class _FakeColumn:
-    def __init__(self, values):
-        self.values = values
+def test_parquet_table_through_the_tables_extra_equals_the_csv(tmp_path, monkeypatch):
+    """Parquet is read by pandas + pyarrow (the 'tables' extra): typed values (floats, None, integer labels) give
+    the same samples as the same table in CSV; without the extra, one line names it."""
+    from remote.tables import read_table
 
-    def to_pylist(self):
-        return list(self.values)
-
-
-class _FakeTable:
-    def __init__(self, columns):
-        self.columns = columns
-        self.column_names = list(columns)
-
-    def column(self, name):
-        return _FakeColumn(self.columns[name])
-
-
-def test_parquet_table_goes_through_the_installed_reader(tmp_path, monkeypatch):
-    """A Parquet table is read through pyarrow when it is installed (here a stand-in module with pyarrow's API,
-    returning typed values: floats, None for missing, integer labels) and gives the same samples as the CSV."""
-    from remote.samples import read_table
-
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
     cols = {"label": [0, 2, None, 1], "field_id": [1, 1, 2, 3], "B04_2024-05-01": [0.1, None, 0.3, 0.4],
             "B08_2024-05-01": [0.5, 0.6, 0.7, 0.8], "B04_2024-05-11": [0.11, 0.21, float("nan"), 0.41],
             "B08_2024-05-11": [0.51, 0.61, 0.71, 0.81]}
-    calls = []
-    fake = types.ModuleType("pyarrow.parquet")
-    fake.read_table = lambda path: calls.append(path) or _FakeTable(cols)
-    monkeypatch.setitem(sys.modules, "pyarrow", types.ModuleType("pyarrow"))
-    monkeypatch.setitem(sys.modules, "pyarrow.parquet", fake)
-    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    pd.DataFrame(cols).astype({"label": "Int64"}).to_parquet(tmp_path / "t.parquet")
     obs, dates, bands, y, extra = read_table(tmp_path / "t.parquet", ["a", "b", "c"])
-    assert calls == [str(tmp_path / "t.parquet")]
     with open(tmp_path / "t.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(list(cols))
@@ -180,7 +164,14 @@ def test_parquet_table_goes_through_the_installed_reader(tmp_path, monkeypatch):
     obs_c, dates_c, bands_c, y_c, extra_c = read_table(tmp_path / "t.csv", ["a", "b", "c"])
     assert dates == dates_c and bands == bands_c == ["B04", "B08"] and y.tolist() == y_c.tolist() == [0, 2, -1, 1]
     assert np.array_equal(obs, obs_c, equal_nan=True) and np.isnan(obs[1, 0, 0]) and np.isnan(obs[2, 1, 0])
-    assert extra["field_id"].tolist() == extra_c["field_id"].tolist() == [1, 1, 2, 3]
+    assert extra["field_id"].tolist() == [1, 1, 2, 3]
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="bad.parquet: unreadable Parquet table"):
+        read_table(tmp_path / "bad.parquet", ["a", "b", "c"])
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as on a machine without the extra
+    with pytest.raises(InputError, match=r"t.parquet: Parquet tables need the 'tables' extra \(pandas \+ pyarrow\)"
+                                         r": `pip install 'convsuite\[tables\]'`"):
+        read_table(tmp_path / "t.parquet", ["a", "b", "c"])
 
 
 def test_spatial_block_folds_are_disjoint_with_buffer():
@@ -238,7 +229,8 @@ def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
         (["predict", img, "-m", str(tmp_path / "none.pt"), "-o", o], "model file not found"),
         (["predict", str(tmp_path / "nothing"), "-m", str(ffdnn_file), "-o", o], "file not found"),
         (["predict", img, "-m", str(ffdnn_file), "-o", o, "--fields", str(tmp_path / "f.gpkg")],
-         "f.gpkg: reading .gpkg files needs fiona (not installed)" if find_spec("fiona") is None
+         "f.gpkg: reading .gpkg files needs the 'vector' extra"
+         if find_spec("pyogrio") is None and find_spec("fiona") is None
          else "f.gpkg: unreadable vector file"),
         (["predict", img, "-m", str(ffdnn_file), "-o", o, "--per-field"], "--per-field needs --fields"),
         (["train", img, "--labels", str(scene.labels), "-o", str(tmp_path / "m.pt"), "--per-field"],
@@ -292,15 +284,27 @@ def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_models_command_prints_both_parameter_counts(capsys):
-    assert main(["models", "--channels", "16", "--depth", "3"]) == 0
-    out = capsys.readouterr().out
-    counts = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}
-    ffdnn = create_model("ffdnn", channels=16, depth=3)
-    cnn = create_model("cnn1d", channels=16, depth=3)
-    assert counts["ffdnn"] == sum(p.numel() for p in ffdnn.parameters())
-    assert counts["cnn1d"] == sum(p.numel() for p in cnn.parameters()) and counts["ffdnn"] < counts["cnn1d"]
+def test_models_command_prints_counts_that_follow_the_options(capsys):
+    def counts(*argv):
+        assert main(["models", "-q", *argv]) == 0
+        out = capsys.readouterr().out
+        return {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}, out
+
+    base, out = counts("--channels", "16", "--depth", "3")
     assert "3 Fourier blocks" in out and "3 conv blocks" in out
+    assert base["ffdnn"] < base["cnn1d"]
+    assert f"({base['cnn1d'] / base['ffdnn']:.2f}x the FFDNN)" in out
+    # the options reach the models: more channels / blocks, more parameters
+    wider, _ = counts("--channels", "32", "--depth", "3")
+    deeper, _ = counts("--channels", "16", "--depth", "4")
+    assert wider["ffdnn"] > base["ffdnn"] and wider["cnn1d"] > base["cnn1d"]
+    assert deeper["ffdnn"] > base["ffdnn"] and deeper["cnn1d"] > base["cnn1d"]
+    # unet2d: one more date adds 10 input channels to ResNet-18's first conv (64 filters, 7 x 7, no bias) only
+    more, _ = counts("--channels", "16", "--depth", "3", "--dates", "13")
+    assert more["unet2d"] - base["unet2d"] == 64 * 7 * 7 * 10 and more["ffdnn"] == base["ffdnn"]
+    # fewer bands: the first conv shrinks by 64 x 49 per band and date
+    few, _ = counts("--bands", "B02,B03,B04,B08", "--indices", "NDVI")
+    assert counts()[0]["unet2d"] - few["unet2d"] == 64 * 7 * 7 * 12 * 6
 
 
 def test_train_unet2d_on_chips_then_predict_with_halo(tmp_path, scene, capsys):

@@ -81,6 +81,33 @@ def test_field_vector_errors(tmp_path, scene):
         open_fields(tmp_path / "float.tif", grid)
 
 
+@pytest.mark.parametrize("suffix,driver", [(".gpkg", "GPKG"), (".shp", "ESRI Shapefile")])
+def test_vector_formats_through_the_vector_extra(tmp_path, scene, suffix, driver):
+    pyogrio = pytest.importorskip("pyogrio")
+    src = tmp_path / "boxes.geojson"
+    src.write_text(json.dumps(_field_boxes(scene.fields, True, True)))
+    meta, _, geoms, data = pyogrio.raw.read(str(src))
+    out = tmp_path / f"fields{suffix}"
+    pyogrio.raw.write(str(out), geoms, data, meta["fields"], driver=driver, crs=meta["crs"],
+                      geometry_type=meta["geometry_type"])
+    grid = open_series([scene.images]).grid
+    vec, ras = open_fields(out, grid, "name"), open_fields(scene.fields, grid)
+    full = Window(0, 0, 64, 64)
+    assert isinstance(vec, FieldVector) and np.array_equal(vec.read(full), ras.read(full))
+    assert vec.label(3) == "plot-03"
+
+
+def test_vector_formats_without_the_extra_name_it(tmp_path, scene, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("pyogrio", "fiona") else real(n, *a))
+    (tmp_path / "f.gpkg").write_bytes(b"SQLite format 3\x00")
+    with pytest.raises(InputError, match=r"f.gpkg: reading .gpkg files needs the 'vector' extra \(pyogrio\): "
+                                         r"`pip install 'convsuite\[vector\]'`"):
+        open_fields(tmp_path / "f.gpkg", open_series([scene.images]).grid)
+
+
 def test_field_series_is_the_mean_of_valid_pixels_then_gap_filled(scene):
     series = open_series([scene.images])
     bands = ["B04", "B05", "B08"]

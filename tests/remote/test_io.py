@@ -173,7 +173,7 @@ def test_indices_cli_writes_described_georeferenced_stack(tmp_path, capsys):
         v = ds.read()
     n, r, g, re1 = 0.4, 0.1, 0.05, 0.03
     tcari = 3 * ((re1 - r) - 0.2 * (re1 - g) * (re1 / r))
-    osavi = (n - r) / (n + r + 0.16)
+    osavi = (1 + 0.16) * (n - r) / (n + r + 0.16)  # Haboudane et al. 2002
     assert v[0, 0, 0] == pytest.approx((n - r) / (n + r)) and v[1, 0, 0] == pytest.approx(n - 2 * r)
     assert v[2, 0, 0] == pytest.approx(tcari / osavi, rel=1e-5) and np.isnan(v[:, 3, 3]).all()
     assert main(["indices", str(tmp_path / "S2_20240501.tif"), "-o", str(out), "--quiet"]) == 2

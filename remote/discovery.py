@@ -1,0 +1,398 @@
+"""Finding the Sentinel-2 bands of every date in the inputs and opening them as one :class:`~remote.reader.S2Series`.
+
+Accepted inputs (any mix; folders are searched to the depth the product needs, see docs/remote.md):
+
+* ESA L2A products: ``.SAFE`` folders or ``.SAFE.zip`` files as downloaded (:mod:`remote.safe`);
+* STAC Item / ItemCollection JSON files with local or ``/vsi`` asset hrefs (:mod:`remote.stac`);
+* one multi-band GeoTIFF per date: band names from the band descriptions (``B02``, ``B8A``, ``SCL``...) or from
+  ``band_order``; the date from the file or folder name (``20240501`` or ``2024-05-01``), a ``DATE`` /
+  ``ACQUISITION_DATE`` tag, or the ``dates`` list (in input order);
+* one file per band: the band name in the file name (``T32UQD_20240501T102031_B05_20m.tif``), the date in the file
+  name or in its folder's name (``S2B_32UQD_20240501_0_L2A/B05.tif``); several files of one date are merged;
+* one stacked GeoTIFF: band descriptions such as ``B02 2024-05-01`` / ``2024-05-01 B02``, or ``dates`` plus
+  ``band_order`` (date-major: all bands of the first date, then the next date...).
+
+Each band is read from its native-resolution file (10 m: B02 B03 B04 B08; 20 m: B05 B06 B07 B8A B11 B12 SCL; 60 m:
+B01 B09): a coarser resampled copy (sen2cor's R20m/R60m) is set aside whenever the native one is there, else the
+finest copy is taken. Two copies of one band at the same resolution for one date are refused (ambiguous).
+
+The output grid is the 10 m grid of the first date's finest band file, or ``grid`` (a raster whose grid is copied),
+or ``bounds`` (minx, miny, maxx, maxy in the grid CRS, snapped to the default grid's pixels). Coarser bands are
+resampled onto it; a date that covers only part of it is nodata elsewhere (and a notice says how much).
+
+DN offset per band, first rule that applies: ``offset`` given by the caller (``--offset``); the product's metadata
+(``MTD_MSIL2A.xml`` BOA_ADD_OFFSET, STAC ``earthsearch:boa_offset_applied`` / raster scale+offset /
+``s2:processing_baseline``); a ``BOA_ADD_OFFSET*`` or ``PROCESSING_BASELINE`` GeoTIFF tag; the baseline in an ESA
+product name (``N0500``); last resort, the acquisition date (-1000 from 2022-01-25), with a notice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared_backbones.errors import InputError
+
+from .naming import NATIVE_RES, S2_BANDS, SCL, TIF_SUFFIXES, parse_band, parse_baseline, parse_date, parse_dates
+from .reader import BandRef, DateSource, S2Series, is_virtual, open_raster, resolve_offset
+from .resample import Grid, covered_fraction, grid_from_bounds, grid_of
+from .safe import is_safe_folder, is_safe_zip, read_safe
+from .stac import is_stac_file, read_stac
+
+#: How deep below a given folder products, scene folders and rasters are looked for.
+MAX_DEPTH = 3
+
+
+@dataclass
+class _Unit:
+    kind: str  # "raster" | "safe" | "stac"
+    path: Path
+    date_text: str = ""
+
+
+@dataclass
+class _Date:
+    candidates: dict[str, list[BandRef]] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _scan_folder(folder: Path, depth: int, units: list[_Unit]) -> None:
+    if is_safe_folder(folder):
+        units.append(_Unit("safe", folder))
+        return
+    entries = sorted(folder.iterdir())
+    items = [p for p in entries if is_stac_file(p)]
+    units += [_Unit("stac", p) for p in items]
+    for p in entries:
+        if p.is_file() and p.suffix in TIF_SUFFIXES and not items:  # a scene folder with its item: the item rules
+            units.append(_Unit("raster", p, f"{p.stem} {folder.name}"))
+        elif p.is_file() and p.suffix.lower() == ".zip" and is_safe_zip(p):
+            units.append(_Unit("safe", p))
+        elif p.is_dir() and depth < MAX_DEPTH:
+            _scan_folder(p, depth + 1, units)
+
+
+def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[_Unit]:
+    """Products, STAC items and raster files in ``inputs`` (files and folders, searched to ``MAX_DEPTH``); files in
+    ``exclude`` (this run's outputs, e.g. written into the input folder by an earlier run) are left out of folders."""
+    units: list[_Unit] = []
+    skip = {Path(p).absolute() for p in exclude}
+    for item in inputs:
+        if is_virtual(item):
+            units.append(_Unit("raster", Path(str(item)), Path(str(item)).stem))
+            continue
+        p = Path(item)
+        if not p.exists():
+            raise InputError("file not found", p)
+        if p.is_dir():
+            n = len(units)
+            _scan_folder(p, 0, units)
+            units[n:] = [u for u in units[n:] if u.path.absolute() not in skip]
+            if len(units) == n:
+                raise InputError("folder holds no GeoTIFF/JP2 files, .SAFE product or STAC item", p)
+        elif p.suffix.lower() == ".zip":
+            units.append(_Unit("safe", p))
+        elif p.suffix.lower() in (".json", ".geojson"):
+            units.append(_Unit("stac", p))
+        else:
+            units.append(_Unit("raster", p, f"{p.stem} {p.parent.name}"))
+    referenced: set[str] = set()
+    for u in units:
+        if u.kind == "stac":
+            referenced |= {sb.path for scene in read_stac(u.path) for sb in scene.bands}
+    # rasters that a STAC item describes are read through the item (its date and radiometry)
+    return [u for u in units if not (u.kind == "raster" and str(u.path.absolute()) in referenced)]
+
+
+def _repeating(names: Sequence[str | None]) -> list[str] | None:
+    """The band names of one date when ``names`` (band descriptions of a stack) repeat them date after date."""
+    if not names or not all(names):
+        return None
+    for p in range(1, len(names) // 2 + 1):
+        if len(names) % p == 0 and len(set(names[:p])) == p and all(n == names[i % p] for i, n in enumerate(names)):
+            return list(names[:p])  # type: ignore[arg-type]
+    return None
+
+
+def _tag_dates(tags: dict[str, str]) -> list[dt.date] | None:
+    """Dates of a stack from a ``DATES`` / ``ACQUISITION_DATES`` tag (comma or space separated)."""
+    for k in ("DATES", "ACQUISITION_DATES"):
+        if tags.get(k):
+            try:
+                return parse_dates(tags[k])
+            except InputError:
+                return None
+    return None
+
+
+def _parse_desc(desc: str | None) -> tuple[str | None, dt.date | None]:
+    if not desc:
+        return None, None
+    return parse_band(desc), parse_date(desc)
+
+
+class _Collector:
+    """Band candidates per date, from every kind of input."""
+
+    def __init__(self, dates: Sequence[dt.date] | None, band_order: Sequence[str] | None) -> None:
+        self.by_date: dict[dt.date, _Date] = {}
+        self.date_list = list(dates) if dates is not None else None
+        self.band_order = band_order
+        self.per_date_files = 0
+        self.crs: Any = None
+        self.crs_path: str = ""
+        self.notices: list[str] = []
+
+    def add(self, date: dt.date, band: str, ref: BandRef, tags: dict[str, str] | None = None) -> None:
+        d = self.by_date.setdefault(date, _Date())
+        d.candidates.setdefault(band, []).append(ref)
+        if tags:
+            d.tags.update(tags)
+
+    def _check_crs(self, crs: Any, path: str | Path) -> None:
+        if crs is None:
+            raise InputError("raster has no CRS (georeferenced GeoTIFFs are needed)", path)
+        if self.crs is None:
+            self.crs, self.crs_path = crs, str(path)
+        elif crs != self.crs:
+            raise InputError(f"CRS mismatch between dates: {crs} here, {self.crs} in "
+                             f"{Path(self.crs_path).name}", path)
+
+    # -- ESA products ---------------------------------------------------------------------------------------------
+    def add_safe(self, path: Path) -> None:
+        prod = read_safe(path)
+        rad = prod.radiometry
+        baseline = prod.baseline
+        for sb in prod.bands:
+            ref = BandRef(sb.path, 1, sb.res)
+            if sb.band != SCL:
+                if rad is not None and rad.offsets:
+                    ref.offset = rad.offsets.get(sb.band, 0.0)
+                    ref.origin = "MTD_MSIL2A.xml BOA_ADD_OFFSET"
+                elif baseline is not None:
+                    ref.offset = -1000.0 if baseline >= 4.0 else 0.0
+                    where = "" if rad is not None else " (product name)"
+                    ref.origin = f"processing baseline {baseline:05.2f}{where}"
+                if rad is not None:
+                    ref.quantification = rad.quantification
+                    ref.saturated = rad.saturated
+                else:
+                    ref.saturated = 65535
+            self.add(prod.date, sb.band, ref)
+        d = self.by_date[prod.date]
+        d.skipped += [f"{x} in {prod.name}" for x in prod.ignored]
+        with open_raster(min(prod.bands, key=lambda b: b.res).path) as src:
+            self._check_crs(src.crs, path)
+
+    # -- STAC -----------------------------------------------------------------------------------------------------
+    def add_stac(self, path: Path) -> None:
+        for scene in read_stac(path):
+            first = True
+            for sb in scene.bands:
+                with open_raster(sb.path) as src:
+                    if first:
+                        self._check_crs(src.crs, sb.path)
+                        first = False
+                    res = abs(float(src.transform.a))
+                ref = BandRef(sb.path, 1, res, sb.offset, sb.quantification,
+                              None if sb.band == SCL else scene.saturated,
+                              f"STAC {scene.id}: {sb.rule}" if sb.rule else f"STAC {scene.id}")
+                self.add(scene.date, sb.band, ref)
+
+    # -- GeoTIFFs -------------------------------------------------------------------------------------------------
+    def add_raster(self, path: Path, date_text: str) -> None:
+        band_order = self.band_order
+        src = open_raster(path)
+        with src:
+            self._check_crs(src.crs, path)
+            res = abs(float(src.transform.a))
+            tags = {**src.tags(), **{k: v for i in range(1, src.count + 1) for k, v in src.tags(i).items()}}
+            parsed = [_parse_desc(d) for d in src.descriptions]
+            file_band = parse_band(path.stem)
+            file_date = parse_date(date_text) or parse_date(tags.get("DATE", tags.get("ACQUISITION_DATE", "")))
+            if all(b and d for b, d in parsed):  # stacked with "B02 2024-05-01" descriptions
+                for i, (b, d) in enumerate(parsed, 1):
+                    self.add(d, b, BandRef(path, i, res), tags)
+                return
+            desc_bands = [b for b, _ in parsed]
+            if all(desc_bands) and len(set(desc_bands)) == src.count:
+                names = desc_bands
+            elif src.count == 1 and file_band:
+                names = [file_band]
+            elif band_order is not None and src.count == len(band_order):
+                names = list(band_order)
+            else:  # a stack of several dates: bands per date x dates, date-major
+                per_date = list(band_order) if band_order is not None else _repeating(desc_bands)
+                stack_dates = self.date_list if self.date_list is not None else _tag_dates(tags)
+                if per_date and stack_dates and src.count == len(per_date) * len(stack_dates):
+                    for i in range(src.count):
+                        self.add(stack_dates[i // len(per_date)], per_date[i % len(per_date)],
+                                 BandRef(path, i + 1, res), tags)
+                    return
+                if per_date and stack_dates:
+                    raise InputError(
+                        f"stack has {src.count} bands, but {len(per_date)} band(s) per date x "
+                        f"{len(stack_dates)} date(s) = {len(per_date) * len(stack_dates)}",
+                        path,
+                    )
+                if per_date:
+                    raise InputError(
+                        f"{src.count} bands repeat {len(per_date)} band names: a stack of "
+                        f"{src.count // len(per_date)} dates needs --dates (or a DATES tag)",
+                        path,
+                    )
+                raise InputError(
+                    f"cannot tell which band is which ({src.count} band(s), no band names in the "
+                    "descriptions or the file name); pass --band-order (and --dates for a stack)",
+                    path,
+                )
+            if file_date is None and self.date_list is not None:
+                if self.per_date_files >= len(self.date_list):
+                    raise InputError(f"more per-date files than --dates ({len(self.date_list)})", path)
+                file_date = self.date_list[self.per_date_files]
+            self.per_date_files += 1
+            if file_date is None:
+                raise InputError("no acquisition date (put YYYYMMDD in the file or folder name, or pass --dates)", path)
+            baseline = parse_baseline(date_text)
+            if baseline is not None and not any("BASELINE" in k.upper() or "BOA_ADD_OFFSET" in k.upper()
+                                                for k in tags):
+                tags = {**tags, "PROCESSING_BASELINE": f"{baseline:05.2f}"}
+            for i, b in enumerate(names, 1):
+                self.add(file_date, b, BandRef(path, i, res), tags)
+
+
+def choose_native(band: str, refs: list[BandRef], date: dt.date) -> tuple[BandRef, list[str]]:
+    """The copy of ``band`` to read: the native-resolution one, else the finest; (choice, lines on the others)."""
+    native = NATIVE_RES.get(band, 10.0)
+
+    def rank(r: BandRef) -> tuple[float, float]:
+        res = r.res or native
+        return (abs(math.log(res / native)) if res > 0 else math.inf, res)
+
+    unique = {(str(r.path), r.index): r for r in refs}  # the same file reached twice (a folder and its item)
+    ordered = sorted(unique.values(), key=rank)
+    best = ordered[0]
+    same = [r for r in ordered[1:] if math.isclose(r.res or native, best.res or native, rel_tol=1e-6)]
+    if same:
+        raise InputError(f"band {band} of {date.isoformat()} is in two files of the same resolution "
+                         f"({best.res or native:g} m): {best.path} and {same[0].path}; give one of them",
+                         best.path)
+    skipped = [f"{band} in {r.name} ({(r.res or 0):g} m copy; native {native:g} m read from {best.name})"
+               for r in ordered[1:]]
+    return best, skipped
+
+
+def _grid_of_file(path: str | Path) -> Grid:
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise InputError("grid raster has no CRS", path)
+        return grid_of(src)
+
+
+def open_series(
+    inputs: Sequence[str | Path],
+    *,
+    dates: Sequence[dt.date] | None = None,
+    band_order: Sequence[str] | None = None,
+    offset: float | None = None,
+    grid: str | Path | Grid | None = None,
+    bounds: Sequence[float] | None = None,
+    exclude: Sequence[str | Path] = (),
+) -> S2Series:
+    """Describe a time series from files, folders, products and STAC items (module docstring for the rules).
+
+    ``grid`` (a raster path or a :class:`Grid`) or ``bounds`` choose the output grid; by default the 10 m grid of
+    the first date; ``exclude`` names files that folders must not contribute (the run's own outputs).
+    ``series.notices`` lists what the user should know (partial coverage, offsets from the date)
+    and ``series.provenance()`` which file each band of each date is read from."""
+    units = expand_inputs(inputs, exclude)
+    if not units:
+        raise InputError("no input rasters given")
+    if band_order is not None:
+        band_order = [parse_band(b) or b for b in band_order]
+        unknown = [b for b in band_order if b not in S2_BANDS + (SCL,)]
+        if unknown:
+            raise InputError(f"unknown band name(s) in --band-order: {', '.join(unknown)}")
+    col = _Collector(dates, band_order)
+    for u in units:
+        if u.kind == "safe":
+            col.add_safe(u.path)
+        elif u.kind == "stac":
+            col.add_stac(u.path)
+        else:
+            col.add_raster(u.path, u.date_text)
+    if not col.by_date:
+        raise InputError("no valid dates found in the inputs")
+
+    sources: list[DateSource] = []
+    guessed: list[str] = []
+    for date in sorted(col.by_date):
+        d = col.by_date[date]
+        ds = DateSource(date, skipped=list(d.skipped))
+        for band in [*S2_BANDS, SCL, *sorted(set(d.candidates) - set(S2_BANDS) - {SCL})]:
+            if band in d.candidates:
+                ds.bands[band], skipped = choose_native(band, d.candidates[band], date)
+                ds.skipped += skipped
+        ds.offset, ds.offset_rule = resolve_offset(offset, d.tags, date)
+        rules = set()
+        for b, ref in ds.bands.items():
+            if b == SCL:
+                continue
+            if offset is not None:
+                ref.offset, ref.origin = float(offset), "--offset"
+            elif ref.offset is None:
+                ref.offset = ds.offset
+                ref.origin = ref.origin or ds.offset_rule
+            rules.add(ref.origin)
+        if offset is None and rules:
+            ds.offset_rule = "; ".join(sorted(rules))
+        offsets = {r.offset for b, r in ds.bands.items() if b != SCL}
+        if len(offsets) == 1:  # the date's offset as its bands have it (metadata, not the calendar)
+            ds.offset = offsets.pop()
+        if "no metadata" in ds.offset_rule:
+            guessed.append(date.isoformat())
+        sources.append(ds)
+
+    notices = []
+    if guessed:
+        notices.append(f"no radiometric metadata for {len(guessed)} date(s) ({', '.join(guessed[:3])}"
+                       f"{', ...' if len(guessed) > 3 else ''}): BOA offset chosen from the acquisition date "
+                       "(-1000 from 2022-01-25); pass --offset if the products were reprocessed")
+
+    first = sources[0]
+    finest = min(first.bands.values(), key=lambda r: (r.res or math.inf))
+    default = _grid_of_file(finest.path)
+    if grid is not None and bounds is not None:
+        raise InputError("give either --grid or --bounds, not both")
+    if isinstance(grid, Grid):
+        out_grid = grid
+    elif grid is not None:
+        out_grid = _grid_of_file(grid)
+    elif bounds is not None:
+        if len(bounds) != 4:
+            raise InputError("--bounds needs 4 numbers: minx miny maxx maxy")
+        try:
+            out_grid = grid_from_bounds(default, tuple(float(v) for v in bounds))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise InputError(f"bad --bounds: {exc}") from None
+    else:
+        out_grid = default
+
+    for ds in sources:
+        ref = min(ds.bands.values(), key=lambda r: (r.res or math.inf))
+        with open_raster(ref.path) as src:
+            b = tuple(src.bounds)
+            if src.crs != out_grid.crs:
+                from rasterio.warp import transform_bounds
+
+                b = transform_bounds(src.crs, out_grid.crs, *b)
+        ds.coverage = covered_fraction(out_grid, b)
+        if ds.coverage < 0.9995:
+            notices.append(f"{ds.date.isoformat()} covers {ds.coverage:.1%} of the output grid ({ref.name}); "
+                           "the rest of that date is nodata")
+    return S2Series(sources, out_grid, offset, notices)

@@ -1,0 +1,314 @@
+"""The Sentinel-2 time-series reader: the bands of every date, read window by window on one output grid.
+
+A :class:`S2Series` holds, per date, where each band lives (:class:`BandRef`: a file or a GDAL ``/vsizip/`` path,
+its band index, its resolution and its radiometry) and reads windows of reflectance with nodata, saturation and SCL
+cloud masking. It is built by :func:`remote.discovery.open_series` from GeoTIFFs, ESA ``.SAFE`` products (folder or
+zip) and STAC items.
+
+Reflectance = (DN + offset) / quantification for integer inputs (DN 0, the file's nodata and the product's saturated
+value are nodata); floating-point inputs are reflectance already (NaN or the file's nodata is nodata).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared_backbones.errors import InputError
+
+from .naming import BASELINE_04_START, DEFAULT_SCL_INVALID, QUANTIFICATION, S2_BANDS, SCL
+from .resample import AlignedResampler, Grid
+
+
+@dataclass
+class BandRef:
+    """Where one band of one date lives and how its digital numbers become reflectance.
+
+    ``path`` is a file path or a GDAL virtual path (``/vsizip//data/S2B_...SAFE.zip/...jp2``); ``index`` is
+    1-based; ``res`` the pixel size in CRS units; ``offset`` the DN offset (None: the date's offset) and
+    ``quantification`` the divisor; ``saturated`` a DN masked like nodata; ``origin`` says where the radiometry
+    came from (shown by ``--verbose``)."""
+
+    path: str | Path
+    index: int
+    res: float | None = None
+    offset: float | None = None
+    quantification: float = QUANTIFICATION
+    saturated: int | None = None
+    origin: str = ""
+
+    @property
+    def name(self) -> str:
+        return str(self.path).rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass
+class DateSource:
+    """The bands (and SCL) of one acquisition date, the offset rule that applies, and what was set aside."""
+
+    date: dt.date
+    bands: dict[str, BandRef] = field(default_factory=dict)
+    offset: float | None = None
+    offset_rule: str = ""
+    skipped: list[str] = field(default_factory=list)
+    coverage: float = 1.0
+
+
+def is_virtual(path: str | Path) -> bool:
+    """True for GDAL virtual file system paths (``/vsizip/``, ``/vsicurl/``...)."""
+    return str(path).startswith("/vsi")
+
+
+def open_raster(path: str | Path) -> Any:
+    """``rasterio.open(path)`` with a one-line :class:`InputError` naming the file on failure."""
+    import rasterio
+
+    if not is_virtual(path) and not Path(path).exists():
+        raise InputError("file not found", path)
+    try:
+        return rasterio.open(str(path) if is_virtual(path) else path)
+    except Exception as exc:  # rasterio raises RasterioIOError and friends
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"unreadable raster ({msg})", path) from None
+
+
+_open = open_raster  # the former private name, still used by callers outside this package
+
+
+def resolve_offset(user_offset: float | None, tags: dict[str, str], date: dt.date) -> tuple[float, str]:
+    """(offset, rule) of a GeoTIFF date without product metadata: flag > ``BOA_ADD_OFFSET*`` tag >
+    ``PROCESSING_BASELINE`` tag (-1000 from 04.00) > the acquisition date (last resort: -1000 from 2022-01-25)."""
+    if user_offset is not None:
+        return float(user_offset), "--offset"
+    for k, v in tags.items():
+        if "BOA_ADD_OFFSET" in k.upper():
+            try:
+                return float(v), f"{k} tag"
+            except ValueError:
+                pass
+    for k, v in tags.items():
+        if "PROCESSING_BASELINE" in k.upper():
+            try:
+                return (-1000.0 if float(v) >= 4.0 else 0.0), f"{k}={v} tag"
+            except ValueError:
+                pass
+    if date >= BASELINE_04_START:
+        return -1000.0, "date >= 2022-01-25 (baseline 04.00), no metadata"
+    return 0.0, "date < 2022-01-25, no metadata"
+
+
+class S2Series:
+    """A Sentinel-2 time series on one grid, read window by window.
+
+    Use as a context manager (``with open_series(...) as s:``) so the files stay open between windows.
+    ``notices`` holds one-line remarks for the user (partial coverage, offsets guessed from the date).
+    """
+
+    def __init__(self, dates: list[DateSource], grid: Grid, user_offset: float | None = None,
+                 notices: Sequence[str] = ()) -> None:
+        self.sources = sorted(dates, key=lambda d: d.date)
+        self.grid = grid
+        self.user_offset = user_offset
+        self.notices = list(notices)
+        self._handles: dict[tuple[str, bool], Any] = {}
+        self._float: dict[str, bool] = {}
+
+    # -- description -------------------------------------------------------------------------------------------
+    @property
+    def dates(self) -> list[dt.date]:
+        return [s.date for s in self.sources]
+
+    @property
+    def bands(self) -> list[str]:
+        """Bands present on every date (in Sentinel-2 order, SCL excluded)."""
+        common = set.intersection(*(set(s.bands) for s in self.sources))
+        return [b for b in S2_BANDS if b in common]
+
+    @property
+    def has_scl(self) -> bool:
+        return all(SCL in s.bands for s in self.sources)
+
+    def provenance(self) -> list[str]:
+        """One line per date and band: the file it is read from, its resolution and radiometry; then the copies
+        set aside (coarser resampled copies, non-band files)."""
+        lines = [f"grid: {self.grid.width} x {self.grid.height} px of {self.grid.res:g} m, {self.grid.crs}"]
+        for s in self.sources:
+            lines.append(f"{s.date.isoformat()}: offset rule {s.offset_rule or '-'}"
+                         + (f", covers {s.coverage:.0%} of the grid" if s.coverage < 0.9995 else ""))
+            for b in [*S2_BANDS, SCL]:
+                r = s.bands.get(b)
+                if r is None:
+                    continue
+                res = f"{r.res:g} m" if r.res else "?"
+                radio = "" if b == SCL else f", ({'DN' if r.offset is None else f'DN {r.offset:+g}'}) / " \
+                                            f"{r.quantification:g}{f' [{r.origin}]' if r.origin else ''}"
+                lines.append(f"  {b:<4} <- {r.path} (band {r.index}, {res}{radio})")
+            lines += [f"  skipped {x}" for x in s.skipped]
+        return lines
+
+    def require_bands(self, bands: Sequence[str]) -> None:
+        """Error naming the first date (and its file) that lacks any of ``bands``."""
+        for s in self.sources:
+            missing = [b for b in bands if b not in s.bands]
+            if missing:
+                files = sorted({r.name for r in s.bands.values()})
+                first = next(iter(s.bands.values()), None)
+                where = (str(Path(str(first.path)).parent / ",".join(files))) if first is not None else "input"
+                raise InputError(
+                    f"missing band(s) {', '.join(missing)} for {s.date.isoformat()} "
+                    f"(found {', '.join(b for b in S2_BANDS if b in s.bands) or 'none'})",
+                    where,
+                )
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def __enter__(self) -> S2Series:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for h in self._handles.values():
+            h.close()
+        self._handles.clear()
+
+    def _reader(self, ref: BandRef, categorical: bool) -> Any:
+        path = str(ref.path)
+        key = (path, categorical)
+        if key in self._handles:
+            return self._handles[key]
+        src = open_raster(ref.path)
+        g = self.grid
+        same = (
+            src.crs == g.crs
+            and src.width == g.width
+            and src.height == g.height
+            and src.transform.almost_equals(g.transform)
+        )
+        self._float[path] = np.dtype(src.dtypes[0]).kind == "f"
+        t = src.transform
+        if same:
+            h = src
+        elif src.crs == g.crs and t.b == t.d == 0 and g.transform.b == g.transform.d == 0:
+            # axis-aligned grids (all Sentinel-2 bands): fast path
+            h = AlignedResampler(src, g, categorical, None if categorical else ref.saturated)
+        else:
+            from rasterio.enums import Resampling
+            from rasterio.vrt import WarpedVRT
+
+            nodata = src.nodata if src.nodata is not None else (None if self._float[path] else 0)
+            h = WarpedVRT(
+                src,
+                crs=g.crs,
+                transform=g.transform,
+                width=g.width,
+                height=g.height,
+                resampling=Resampling.nearest if categorical else Resampling.bilinear,
+                src_nodata=nodata,
+                nodata=nodata,
+            )
+        self._handles[key] = h
+        return h
+
+    def _read_bands(self, ref: BandRef, indexes: list[int], window: Any,
+                    categorical: bool = False) -> tuple[np.ndarray, Any, bool]:
+        """Bands ``indexes`` of ``ref``'s file in ``window`` on the series grid, in one read."""
+        h = self._reader(ref, categorical)
+        try:
+            return h.read(indexes, window=window), h.nodata, self._float[str(ref.path)]
+        except Exception as exc:
+            raise InputError(
+                f"unreadable raster ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", ref.path
+            ) from None
+
+    def read(
+        self, window: Any, bands: Sequence[str], scl_invalid: Sequence[int] | None = DEFAULT_SCL_INVALID
+    ) -> np.ndarray:
+        """Reflectance [T, B, h, w] float32 for ``window``; NaN where no data, saturated or masked by SCL (all
+        bands of a date-pixel are NaN together). ``scl_invalid=None`` (or no SCL band) skips cloud masking."""
+        h, w = int(window.height), int(window.width)
+        out = np.empty((len(self.sources), len(bands), h, w), dtype=np.float32)
+        invalid_set = np.asarray(sorted(scl_invalid or ()), dtype=np.int64)
+        for t, src in enumerate(self.sources):
+            bad = np.zeros((h, w), dtype=bool)
+            by_file: dict[str, list[tuple[int, BandRef]]] = {}
+            for b, name in enumerate(bands):
+                ref = src.bands.get(name)
+                if ref is None:
+                    raise InputError(f"missing band {name} for {src.date.isoformat()}", "input")
+                by_file.setdefault(str(ref.path), []).append((b, ref))
+            for items in by_file.values():
+                dn, nodata, is_float = self._read_bands(items[0][1], [r.index for _, r in items], window)
+                for (b, ref), a in zip(items, dn):
+                    if is_float:
+                        v = a.astype(np.float32)
+                        bad |= ~np.isfinite(v)
+                        if nodata is not None and np.isfinite(nodata):
+                            bad |= a == nodata
+                    else:
+                        bad |= a == 0
+                        if nodata is not None:
+                            bad |= a == nodata
+                        if ref.saturated is not None:
+                            bad |= a == ref.saturated
+                        off = ref.offset if ref.offset is not None else (src.offset or 0.0)
+                        v = (a.astype(np.float32) + np.float32(off)) / np.float32(ref.quantification)
+                    out[t, b] = v
+            if scl_invalid is not None and len(invalid_set) and SCL in src.bands:
+                ref = src.bands[SCL]
+                scl = self._read_bands(ref, [ref.index], window, categorical=True)[0][0]
+                bad |= np.isin(scl, invalid_set)
+            out[t][:, bad] = np.nan
+        return out
+
+
+def read_single_band(path: str | Path, grid: Grid | None = None, categorical: bool = True) -> tuple[np.ndarray, Any]:
+    """Band 1 of ``path`` (whole raster; e.g. labels or field IDs), resampled onto ``grid`` when given.
+    Returns (array, nodata)."""
+    src = open_raster(path)
+    with src:
+        if grid is not None and src.crs != grid.crs:
+            raise InputError(f"CRS mismatch: {src.crs} here, {grid.crs} in the image time series", path)
+        if grid is None or (
+            src.width == grid.width and src.height == grid.height and src.transform.almost_equals(grid.transform)
+        ):
+            return src.read(1), src.nodata
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        with WarpedVRT(
+            src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest if categorical else Resampling.bilinear,
+        ) as vrt:
+            return vrt.read(1), src.nodata
+
+
+def read_window_band(path: str | Path, grid: Grid, window: Any) -> np.ndarray:
+    """Band 1 of ``path`` in ``window`` of ``grid`` (nearest resampling when the grids differ)."""
+    src = open_raster(path)
+    with src:
+        if src.crs != grid.crs:
+            raise InputError(f"CRS mismatch: {src.crs} here, {grid.crs} in the image time series", path)
+        if src.width == grid.width and src.height == grid.height and src.transform.almost_equals(grid.transform):
+            return src.read(1, window=window)
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        with WarpedVRT(
+            src,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
+            resampling=Resampling.nearest,
+        ) as vrt:
+            return vrt.read(1, window=window)
