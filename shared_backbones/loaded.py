@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -30,7 +30,7 @@ class LoadedModel:
     policy: PrecisionPolicy
 
     #: the task a subclass accepts (``None`` = any)
-    TASK: Any = None
+    TASK: ClassVar[str | None] = None
 
     @classmethod
     def from_file(cls: type[L], path: str | Path, device: str = "auto", precision: str = "auto") -> L:
