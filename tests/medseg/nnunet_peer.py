@@ -2,7 +2,7 @@
 
 Run as a separate process (nnU-Net reads its ``nnUNet_raw/_preprocessed/_results`` variables at import time)::
 
-    python nnunet_peer.py make WORK --kind ct|mr [--folds 0 1] [--shape X Y Z] [--configs 3d_fullres 2d]
+    python nnunet_peer.py make WORK --kinds ct mr [--folds 0 1] [--shape X Y Z] [--configs 3d_fullres 2d] [--predict]
     python nnunet_peer.py predict MODEL_FOLDER IMAGE OUT_FOLDER [--no-mirroring] [--step 0.5]
 
 ``make`` writes a tiny raw dataset (CT-like: anisotropic spacing, CTNormalization; MR-like: zero background,
@@ -65,8 +65,8 @@ def _in_process_pools() -> None:
     fe.multiprocessing = dp.multiprocessing = shim
 
 
-def make(work: Path, kind: str, folds: list[int], shape: list[int], configs: list[str], dataset_id: int,
-         test_shape: list[int] | None, test_spacing: list[float] | None, features: int) -> dict:
+def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs: list[str], dataset_id: int,
+             test_shape: list[int] | None, test_spacing: list[float] | None, features: int) -> dict:
     raw, pre, res = work / "raw", work / "preprocessed", work / "results"
     for d in (raw, pre, res):
         d.mkdir(parents=True, exist_ok=True)
@@ -137,6 +137,25 @@ def make(work: Path, kind: str, folds: list[int], shape: list[int], configs: lis
     return out
 
 
+def make(work: Path, kinds: list[str], folds: list[int], shape: list[int], configs: list[str], dataset_id: int,
+         test_shape: list[int] | None, test_spacing: list[float] | None, features: int, run_predictions: bool) -> dict:
+    """Model folders for every kind (datasets ``dataset_id``, ``dataset_id + 1`` ...), and optionally nnU-Net's
+    predictions on each test image: mirroring on/off with float32 sliding-window sums, and as shipped (float16)."""
+    out = {}
+    for i, kind in enumerate(kinds):
+        res = make_one(work, kind, folds, shape, configs, dataset_id + i, test_shape, test_spacing, features)
+        if run_predictions:
+            res["predictions"] = {}
+            for conf, folder in res["folders"].items():
+                res["predictions"][conf] = {
+                    name: predict(folder, res["test_image"], str(work / "peer" / kind / conf / name), mirror, 0.5,
+                                  None, fp32)
+                    for name, mirror, fp32 in (("mirror", True, True), ("no_mirror", False, True),
+                                               ("mirror_fp16", True, False))}
+        out[kind] = res
+    return out
+
+
 def predict(folder: str, image: str, out: str, mirroring: bool, step: float, folds: list | None,
             fp32_accumulators: bool = False) -> dict:
     import nnunetv2.inference.predict_from_raw_data as pfr
@@ -151,6 +170,8 @@ def predict(folder: str, image: str, out: str, mirroring: bool, step: float, fol
                 return getattr(torch, name)
 
         pfr.torch = _Torch()
+    else:
+        pfr.torch = torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
@@ -169,7 +190,8 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("make")
     m.add_argument("work")
-    m.add_argument("--kind", choices=["ct", "mr"], default="ct")
+    m.add_argument("--kinds", nargs="+", choices=["ct", "mr"], default=["ct"])
+    m.add_argument("--predict", action="store_true", help="also run nnUNetPredictor on each test image")
     m.add_argument("--folds", type=int, nargs="+", default=[0])
     m.add_argument("--shape", type=int, nargs=3, default=[40, 36, 14])
     m.add_argument("--test-shape", type=int, nargs=3)
@@ -188,7 +210,8 @@ def main(argv=None) -> int:
                    help="run nnU-Net's predictor with float32 instead of float16 sliding-window sums")
     a = ap.parse_args(argv)
     if a.cmd == "make":
-        res = make(Path(a.work), a.kind, a.folds, a.shape, a.configs, a.id, a.test_shape, a.test_spacing, a.features)
+        res = make(Path(a.work), a.kinds, a.folds, a.shape, a.configs, a.id, a.test_shape, a.test_spacing,
+                   a.features, a.predict)
     else:
         res = predict(a.folder, a.image, a.out, not a.no_mirroring, a.step, a.folds, a.fp32_accumulators)
     print(json.dumps(res))
