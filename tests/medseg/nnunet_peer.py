@@ -110,7 +110,7 @@ def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs:
     plans = load_json(plans_path)
     for conf in plans["configurations"].values():  # smaller networks: same structure, fewer features
         kw = conf.get("architecture", {}).get("arch_kwargs")
-        if kw:
+        if kw and features:
             kw["features_per_stage"] = [min(features * 2 ** i, 8 * features) for i in range(kw["n_stages"])]
     save_json(plans, plans_path, sort_keys=False)
     configs = [c for c in configs if c in plans["configurations"]]
@@ -157,7 +157,7 @@ def make(work: Path, kinds: list[str], folds: list[int], shape: list[int], confi
 
 
 def predict(folder: str, image: str, out: str, mirroring: bool, step: float, folds: list | None,
-            fp32_accumulators: bool = False) -> dict:
+            fp32_accumulators: bool = False, probabilities: bool = True) -> dict:
     import nnunetv2.inference.predict_from_raw_data as pfr
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -180,7 +180,7 @@ def predict(folder: str, image: str, out: str, mirroring: bool, step: float, fol
     predictor.initialize_from_trained_model_folder(folder, use_folds=folds, checkpoint_name="checkpoint_final.pth")
     Path(out).mkdir(parents=True, exist_ok=True)
     name = Path(image).name.replace("_0000.nii.gz", "")
-    predictor.predict_from_files_sequential([[image]], [str(Path(out) / name)], save_probabilities=True,
+    predictor.predict_from_files_sequential([[image]], [str(Path(out) / name)], save_probabilities=probabilities,
                                             overwrite=True)
     return {"labels": str(Path(out) / f"{name}.nii.gz"), "probabilities": str(Path(out) / f"{name}.npz")}
 
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     m.add_argument("--test-spacing", type=float, nargs=3)
     m.add_argument("--configs", nargs="+", default=["3d_fullres"])
     m.add_argument("--id", type=int, default=901)
-    m.add_argument("--features", type=int, default=8)
+    m.add_argument("--features", type=int, default=8, help="first-stage features (0: nnU-Net's plans untouched)")
     p = sub.add_parser("predict")
     p.add_argument("folder")
     p.add_argument("image")
@@ -206,6 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-mirroring", action="store_true")
     p.add_argument("--step", type=float, default=0.5)
     p.add_argument("--folds", nargs="+")
+    p.add_argument("--no-probabilities", action="store_true", help="write labels only")
     p.add_argument("--fp32-accumulators", action="store_true",
                    help="run nnU-Net's predictor with float32 instead of float16 sliding-window sums")
     a = ap.parse_args(argv)
@@ -213,7 +214,8 @@ def main(argv=None) -> int:
         res = make(Path(a.work), a.kinds, a.folds, a.shape, a.configs, a.id, a.test_shape, a.test_spacing,
                    a.features, a.predict)
     else:
-        res = predict(a.folder, a.image, a.out, not a.no_mirroring, a.step, a.folds, a.fp32_accumulators)
+        res = predict(a.folder, a.image, a.out, not a.no_mirroring, a.step, a.folds, a.fp32_accumulators,
+                      not a.no_probabilities)
     print(json.dumps(res))
     return 0
 
