@@ -159,3 +159,15 @@ def test_uint16_output_for_many_classes(tmp_path, volume):
     assert main(["predict", str(volume), "-m", str(mf), "-o", str(out), "--quiet"]) == 0
     img = nib.load(str(out))
     assert img.get_data_dtype() == np.uint16 and int(img.get_fdata().max()) == 299
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.75])
+def test_progress_total_follows_overlap(model_file, volume, overlap):
+    """The windows bar's total equals the windows predict runs, whatever --overlap is."""
+    from medseg.predict import count_windows
+
+    models = load_models([model_file], "cpu", "fp32")
+    case = read_case(volume)
+    done = []
+    predict_case(case, models, overlap=overlap, on_window=done.append)
+    assert sum(done) == count_windows(case, models, overlap) > 0
