@@ -10,7 +10,6 @@ hit) and the evaluation notes them; a reference label outside the class list is 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
 
 from .io import Case, case_name, is_nifti, read_case
@@ -185,17 +183,16 @@ def format_table(ev: Evaluation) -> str:
 
 
 def write_csv(path: str | Path, ev: Evaluation, overwrite: bool = False) -> Path:
-    """Per case/class rows, then per-class means (case ``mean``) and the overall mean (class ``mean``)."""
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["case", "class", "label", *METRICS])
-        for r in ev.rows:
-            w.writerow([r["case"], r["class"], r["label"], *(_fmt(r[m]) for m in METRICS)])
-        for i, (name, v) in enumerate(ev.class_means().items(), start=1):
-            w.writerow(["mean", name, i, *(_fmt(v[m]) for m in METRICS)])
-        m = ev.mean()
-        w.writerow(["mean", "mean", "", *(_fmt(m[k]) for k in METRICS)])
-    return Path(path)
+    """Per case/class rows, then per-class means (case ``mean``) and the overall mean (class ``mean``), written by
+    the suite's report writer (CSV, TSV or JSON by the file's suffix; non-finite values left empty)."""
+    from shared_backbones.report import write_report
+
+    rows = [{"case": r["case"], "class": r["class"], "label": r["label"], **{m: r[m] for m in METRICS}}
+            for r in ev.rows]
+    rows += [{"case": "mean", "class": name, "label": i, **v} for i, (name, v) in enumerate(ev.class_means().items(),
+                                                                                          start=1)]
+    rows.append({"case": "mean", "class": "mean", "label": "", **ev.mean()})
+    return write_report(path, rows, ["case", "class", "label", *METRICS], overwrite=overwrite)
 
 
 def _fmt(v: float) -> str:

@@ -336,3 +336,7 @@ def count_parameters(model: nn.Module) -> int:
 def network_stride(model: nn.Module) -> tuple[int, int, int]:
     """The factor patch sizes must be divisible by (1 for networks without the attribute)."""
     return tuple(getattr(model, "total_stride", (1, 1, 1)))  # type: ignore[return-value]
+
+
+# nnU-Net v2 networks (registry name ``nnunetv2``) live in their own module; importing it registers them.
+from . import nnunet_arch  # noqa: E402, F401

@@ -16,18 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from shared_backbones.checkpoint import ModelFile, load_for_inference
 from shared_backbones.cliutil import StageTimer, atomic_output
 from shared_backbones.errors import InputError, ModelFileError
-from shared_backbones.precision import PrecisionPolicy
+from shared_backbones.loaded import LoadedModel
 
-from . import models as _models  # noqa: F401  (registers the architectures)
 from .io import Case, Geometry, model_array
 from .models import network_stride
 from .preprocess import class_labels, normalise, resample, resample_slabs, target_shape
-from .sliding_window import mirror_axes, sliding_window, window_slices
+from .sliding_window import sliding_window, window_slices
 
 TASK = "medseg"
 #: Above this many bytes of class scores the stitching buffer stays in CPU memory when running on a GPU.
@@ -35,18 +32,19 @@ GPU_STITCH_LIMIT = 2 * 1024 ** 3
 
 
 @dataclass
-class VolumeModel:
-    """A loaded model file ready for inference."""
+class VolumeModel(LoadedModel):
+    """A loaded volume model: a suite model file, or an nnU-Net v2 model folder read by :mod:`medseg.nnunet`."""
 
-    path: Path
-    file: ModelFile
-    net: nn.Module
-    device: torch.device
-    policy: PrecisionPolicy
+    TASK = TASK
 
     @property
     def pre(self) -> dict[str, Any]:
         return self.file.preprocessing
+
+    @property
+    def is_nnunet(self) -> bool:
+        """True when the model runs nnU-Net v2's own preprocessing and export (:mod:`medseg.nnunet`)."""
+        return self.pre.get("pipeline") == "nnunetv2"
 
     @property
     def in_channels(self) -> int:
@@ -54,6 +52,8 @@ class VolumeModel:
 
     @property
     def classes(self) -> list[str]:
+        if self.is_nnunet:
+            return list(self.file.classes)
         k = int(self.file.arch_kwargs.get("num_classes", len(self.file.classes) or 2))
         names = list(self.file.classes)
         return names if len(names) == k else ["background"] + [f"class_{i}" for i in range(1, k)]
@@ -76,16 +76,35 @@ class VolumeModel:
         return tuple(min(128, -(-int(s) // st) * st) for s, st in zip(shape, stride))  # type: ignore[return-value]
 
 
-def load_models(paths: Sequence[str | Path], device: str = "auto", precision: str = "auto") -> list[VolumeModel]:
-    """Load one or more medseg model files (an ensemble must agree on classes and input channels)."""
+def load_model(path: str | Path, device: str = "auto", precision: str = "auto",
+               folds: Sequence[int | str] | None = None, checkpoint: str = "checkpoint_final.pth") -> VolumeModel:
+    """One model: a suite model file (.pt) or an nnU-Net v2 trained-model folder (``folds``/``checkpoint`` apply)."""
+    from .nnunet import is_model_folder, read_model_folder
+
+    p = Path(path)
+    if p.is_dir():
+        if not is_model_folder(p):
+            raise ModelFileError("a folder, but not an nnU-Net v2 model folder (no plans.json); "
+                                 "give a model file (.pt) or <Trainer>__<Plans>__<configuration>/", p)
+        return VolumeModel.from_model_file(read_model_folder(p, folds, checkpoint), device, precision, path=p)
+    return VolumeModel.from_file(p, device, precision)
+
+
+def load_models(paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
+                folds: Sequence[int | str] | None = None,
+                checkpoint: str = "checkpoint_final.pth") -> list[VolumeModel]:
+    """Load one or more models (an ensemble must agree on classes and input channels)."""
     if not paths:
         raise ModelFileError("no model file given (use --model model.pt)")
-    out = []
+    out: list[VolumeModel] = []
     for p in paths:
-        mf, net, dev, policy = load_for_inference(p, TASK, device, precision)
-        vm = VolumeModel(Path(p), mf, net, dev, policy)
+        vm = load_model(p, device, precision, folds, checkpoint)
         if out and (vm.classes != out[0].classes or vm.in_channels != out[0].in_channels):
-            raise ModelFileError(f"ensemble member disagrees with {out[0].path.name} on classes or input channels", p)
+            raise ModelFileError(f"ensemble member disagrees with {Path(out[0].path or '').name} on classes or input "
+                                 f"channels", p)
+        if out and (vm.is_nnunet or out[0].is_nnunet):
+            raise ModelFileError("an nnU-Net model runs its own preprocessing and ensembles its folds; it cannot be "
+                                 "ensembled with other models (run them separately)", p)
         out.append(vm)
     return out
 
@@ -102,14 +121,20 @@ class Prediction:
     windows: int = 0
 
 
-def count_windows(case: Case, models: Sequence[VolumeModel]) -> int:
-    """Number of window evaluations (without TTA) predict will run for ``case``: for progress bars."""
+def count_windows(case: Case, models: Sequence[VolumeModel], overlap: float = 0.5) -> int:
+    """Number of window evaluations (mirrored passes run inside each) predict will run for ``case`` with
+    ``overlap``: the total of its progress bar."""
     total = 0
     for m in models:
+        if m.is_nnunet:
+            from .nnunet import case_windows
+
+            total += case_windows(case, m.pre, 1.0 - overlap)
+            continue
         geom = Geometry.from_affine(case.affine, case.spatial_shape, m.orientation)
         shape = target_shape(geom.model_shape, geom.spacing, m.spacing)
         win = m.window(shape)
-        total += len(window_slices(tuple(max(s, w) for s, w in zip(shape, win)), win, 0.5))
+        total += len(window_slices(tuple(max(s, w) for s, w in zip(shape, win)), win, overlap))
     return total
 
 
@@ -136,11 +161,28 @@ def _network_scores(m: VolumeModel, image: torch.Tensor, *, tta: bool, overlap: 
 
 
 @torch.inference_mode()
-def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool = False, overlap: float = 0.5,
+def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None = None, overlap: float = 0.5,
                  batch_size: int = 1, probabilities: bool = False, timer: StageTimer | None = None,
                  on_window: Callable[[int], None] | None = None) -> Prediction:
-    """Segment one case with one model or an ensemble (probabilities averaged on the first model's grid)."""
+    """Segment one case with one model or an ensemble (probabilities averaged on the first model's grid).
+
+    ``tta``: mirror test-time augmentation; ``None`` = the model's default (off for suite models; on over the
+    trainer's allowed axes for nnU-Net models, as nnU-Net predicts). An nnU-Net model folder runs nnU-Net's own
+    preprocessing and export (:func:`medseg.nnunet.predict_nnunet`), with tile step ``1 - overlap``.
+    """
     timer = timer or StageTimer()
+    if not 0 <= overlap < 1:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    if models and models[0].is_nnunet:
+        from .io import check_channels
+        from .nnunet import predict_nnunet
+
+        check_channels(case, models[0].in_channels)
+        res = predict_nnunet(case, models[0], mirror=True if tta is None else tta, step=1.0 - overlap,
+                             batch_size=batch_size, probabilities=probabilities, timer=timer, on_window=on_window)
+        return Prediction(case, res["labels"], models[0].classes, res["probabilities"], dict(timer.times),
+                          res["windows"])
+    tta = bool(tta)
     ref_grid: tuple[int, int, int] | None = None
     acc: torch.Tensor | None = None
     geom0 = None
@@ -285,7 +327,3 @@ def write_preview(path: str | Path, case: Case, labels: np.ndarray, classes: Seq
     plt.close(fig)
     return Path(path)
 
-
-def windows_per_case(case: Case, models: Sequence[VolumeModel], tta: bool) -> int:
-    """Progress total: window evaluations including mirrored passes."""
-    return count_windows(case, models) * len(mirror_axes(tta))

@@ -159,3 +159,34 @@ def test_uint16_output_for_many_classes(tmp_path, volume):
     assert main(["predict", str(volume), "-m", str(mf), "-o", str(out), "--quiet"]) == 0
     img = nib.load(str(out))
     assert img.get_data_dtype() == np.uint16 and int(img.get_fdata().max()) == 299
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.75])
+def test_progress_total_follows_overlap(model_file, volume, overlap):
+    """The windows bar's total equals the windows predict runs, whatever --overlap is."""
+    from medseg.predict import count_windows
+
+    models = load_models([model_file], "cpu", "fp32")
+    case = read_case(volume)
+    done = []
+    predict_case(case, models, overlap=overlap, on_window=done.append)
+    assert sum(done) == count_windows(case, models, overlap) > 0
+
+
+def test_folder_parts_skip_done_cases_and_go_on_past_bad_ones(tmp_path, model_file, capsys):
+    """--num-parts/--part-id split a folder; a rerun skips cases whose output exists; a bad case does not stop it."""
+    src = tmp_path / "scans"
+    src.mkdir()
+    for i in range(4):
+        write_volume(src / f"c{i}.nii.gz", seed=i)
+    out = tmp_path / "segs"
+    base = ["predict", str(src), "-m", str(model_file), "-o", str(out), "--device", "cpu"]
+    assert main([*base, "--num-parts", "2", "--part-id", "1", "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["c1.nii.gz", "c3.nii.gz"]
+    (src / "c2.nii.gz").write_bytes(b"not a nifti")
+    assert main(base) == 2  # c0 written, c2 fails, c1/c3 skipped
+    err = capsys.readouterr().err
+    assert "skipping 2 case(s)" in err and "1 of 2 inputs failed" in err and "c2" in err
+    assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c1.nii.gz", "c3.nii.gz"]
+    assert main([*base, "--num-parts", "2", "--part-id", "2", "--quiet"]) == 2
+    assert "--part-id must be in 0..1" in capsys.readouterr().err
