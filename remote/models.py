@@ -17,6 +17,7 @@ Every model has ``input_kind`` ("pixel" or "spatial") and ``output_kind`` ("caps
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -66,7 +67,9 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 
 
 class DynamicRouting(nn.Module):
-    """Routing by agreement from ``n_in`` capsules of size ``d_in`` to ``n_out`` capsules of size ``d_out``.
+    """Routing by agreement from ``n_in`` capsules of size ``d_in`` to ``n_out`` capsules of size ``d_out``: the
+    capsule feature encoder of FFDNN, after Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NeurIPS
+    2017, https://arxiv.org/abs/1710.09829.
 
     Predictions u_hat_{j|i} = W_ij u_i; logits b_ij = 0; for each iteration c_i = softmax_j(b_i),
     s_j = sum_i c_ij u_hat_{j|i}, v_j = squash(s_j), b_ij += u_hat_{j|i} . v_j (not after the last iteration).
@@ -77,21 +80,49 @@ class DynamicRouting(nn.Module):
         self.iterations = iterations
         self.weight = nn.Parameter(0.05 * torch.randn(n_in, n_out, d_out, d_in))
 
+    def block_matrix(self) -> torch.Tensor:
+        """The prediction weights as one block matrix A [n_in * n_out * d_in, n_out * d_out] with
+        ``A[(i, j, d), (j', e)] = W_ij[e, d]`` if j = j' else 0: for per-pair inputs ``x[i, j, d]``,
+        ``x @ A = sum_i W_ij x_ij`` for every output capsule j."""
+        n_in, n_out, d_out, d_in = self.weight.shape
+        eye = torch.eye(n_out, dtype=self.weight.dtype, device=self.weight.device)
+        return torch.einsum("ijed,jk->ijdke", self.weight, eye).reshape(n_in * n_out * d_in, n_out * d_out)
+
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u [N, n_in, d_in] -> (v [N, n_out, d_out], coupling c [N, n_in, n_out])."""
-        n, n_in, _ = u.shape
+        v, c = self.route_samples_last(u.permute(1, 2, 0).contiguous())
+        return v.permute(2, 0, 1), c.permute(2, 0, 1)
+
+    def route_samples_last(self, u: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routing with the samples on the last axis: u [n_in, d_in, N] -> (v [n_out, d_out, N], c [n_in, n_out, N]);
+        ``a``: :meth:`block_matrix` when the caller has it.
+
+        The predictions u_hat (n_in x n_out vectors per sample, the largest tensor of the textbook form) are never
+        built: s_j = sum_i c_ij W_ij u_i is one matrix product of the block matrix of the W_ij with the coupled
+        inputs c_ij u_i (with the uniform coupling of the first iteration, a product with u itself), and the
+        agreement u_hat_j|i . v_j = u_i . (W_ij^T v_j) one product of its transpose with v. With the samples last
+        every elementwise step runs over long contiguous rows. Same values as the textbook form up to float
+        rounding (tests compare them)."""
+        n_in, d_in, n = u.shape
         n_out, d_out = self.weight.shape[1], self.weight.shape[2]
-        # predictions u_hat [N, n_out, n_in, d_out]: one matmul per input capsule
-        u_hat = torch.bmm(u.transpose(0, 1), self.weight.flatten(1, 2).transpose(1, 2))   # [n_in, N, n_out * d_out]
-        u_hat = u_hat.view(n_in, n, n_out, d_out).permute(1, 2, 0, 3).contiguous()
-        b = u_hat.new_zeros(n, n_out, n_in)
+        a = (self.block_matrix() if a is None else a).to(u.dtype)   # [n_in * n_out * d_in, n_out * d_out]
+        ui = u.unsqueeze(1)                                           # [n_in, 1, d_in, N]
+        first = a.view(n_in, n_out, d_in, n_out, d_out).diagonal(dim1=1, dim2=3)   # [n_in, d_in, d_out, n_out]
+        # first iteration: b = 0, so c_ij = 1 / n_out and s_j = sum_i W_ij u_i / n_out
+        s = first.permute(3, 2, 0, 1).reshape(n_out * d_out, n_in * d_in) @ u.reshape(-1, n) / n_out
+        c = u.new_full((n_in, n_out, n), 1.0 / n_out)
+        b = None
         for r in range(self.iterations):
-            e = (b - b.amax(1, keepdim=True)).exp()  # softmax over the output capsules, written out (faster)
-            c = e / e.sum(1, keepdim=True)
-            v = squash(torch.matmul(c.unsqueeze(2), u_hat).squeeze(2))          # s_j = sum_i c_ij u_hat_j|i
+            if r:
+                e = (b - b.amax(1, keepdim=True)).exp()               # softmax over the output capsules
+                c = e / e.sum(1, keepdim=True)
+                s = a.t() @ (c.unsqueeze(2) * ui).view(-1, n)         # sum_i c_ij u_hat_j|i
+            v = squash(s.view(n_out, d_out, n), dim=1)
             if r < self.iterations - 1:
-                b = b + torch.matmul(u_hat, v.unsqueeze(-1)).squeeze(-1)      # agreement u_hat_j|i . v_j
-        return v, c.transpose(1, 2)
+                z = (a @ v.view(-1, n)).view(n_in, n_out, d_in, n)     # W_ij^T v_j
+                agree = (z * ui).sum(2)                                # u_hat_j|i . v_j  [n_in, n_out, N]
+                b = agree if b is None else b + agree
+        return v, c
 
 
 def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_pos: float = 0.9, m_neg: float = 0.1,
@@ -150,6 +181,16 @@ class _TemporalNet(nn.Module):
 class FFDNN(_TemporalNet):
     """FFDNN: photochemical filter -> Fourier blocks -> primary capsules -> routed class capsules.
 
+    Shi et al., "A fast Fourier convolutional deep neural network for accurate and explainable discrimination of
+    wheat yellow rust and nitrogen deficiency from Sentinel-2 time series data", Frontiers in Plant Science 14,
+    2023, https://doi.org/10.3389/fpls.2023.1250844 (preprint https://arxiv.org/abs/2306.17207). The capsule
+    encoder routes as in Sabour et al. 2017 (:class:`DynamicRouting`).
+
+    Inference (eval mode, dates x channels <= ``FLAT_MAX_WIDTH``) runs a fused path with the same values up to
+    float rounding: the filter's batch norm folded into the stem, each Fourier block as one time-major matrix
+    product (:meth:`FourierBlock1d.time_major`), the primary conv and temporal pooling as one matrix, the routing
+    without the u_hat tensor and with the samples on the last axis, in chunks of ``FLAT_CHUNK`` samples.
+
     Args:
         bands: input bands, in the order of the last input axis.
         indices: index traits of the photochemical filter; ``include_bands`` adds the raw bands.
@@ -177,6 +218,11 @@ class FFDNN(_TemporalNet):
                          primary_positions, soil_slope)
         self.routing = DynamicRouting(primary_types * primary_positions, primary_dim, num_classes, class_dim,
                                       routing_iterations)
+        self._flat_cache: dict = {}
+
+    #: inference runs the temporal blocks as one time-major matrix product each (``FourierBlock1d.time_major``)
+    #: while dates x channels is at most this; above it (long series) the per-branch forward is cheaper
+    FLAT_MAX_WIDTH = 512
 
     def _route(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Primary features [N, types * dim, positions] -> (class capsules [N, K, class_dim], coupling)."""
@@ -185,11 +231,73 @@ class FFDNN(_TemporalNet):
         u = squash(u.reshape(n, -1, self.primary_dim))   # primary capsules [N, types * positions, dim]
         return self.routing(u)
 
+    # -- fast inference path: everything before the routing as a few dense matrix products ------------------------
+    def _flat_ok(self, t: int) -> bool:
+        return (not self.training and t * self.stem.out_channels <= self.FLAT_MAX_WIDTH
+                and all(isinstance(b, FourierBlock1d) and b.supports_time_major() for b in self.blocks))
+
+    def _flat_weights(self, t: int, dtype: torch.dtype, fold_filter: bool) -> dict[str, Any]:
+        """Stem (with the filter's batch norm folded in when ``fold_filter``), per-block time-major matrices and the
+        primary conv + temporal pooling as one matrix whose columns come out in capsule order (type, position, dim).
+        Cached while gradients are off and no parameter or buffer has changed."""
+        stamp = None
+        key = (t, dtype, fold_filter)
+        if not torch.is_grad_enabled():
+            stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.buffers()))
+            hit = self._flat_cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        w, b = self.stem.weight[:, :, 0].to(dtype), self.stem.bias.to(dtype)
+        if fold_filter:     # eval batch norm: y = x * scale + shift per trait
+            bn = self.filter.norm
+            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
+            shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
+            w, b = w * scale, b + w @ shift
+        blocks = [blk.linear_map(t, dtype) for blk in self.blocks]
+        c = self.stem.out_channels
+        dev = self.stem.weight.device
+        eye = torch.eye(c * t, dtype=dtype, device=dev).view(c * t, t, c).transpose(1, 2)
+        probe = torch.cat([eye, eye.new_zeros(1, c, t)])               # unit impulses, then zeros (the bias)
+        resp = F.conv1d(probe, self.primary.weight.to(dtype), self.primary.bias.to(dtype), padding=self.primary.padding)
+        resp = resp @ _pool_matrix(t, self.primary_positions, dtype, dev)       # [T*C + 1, types * dim, positions]
+        resp = resp.view(-1, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
+        resp = resp.reshape(c * t + 1, -1)
+        out = {"stem": (w, b), "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
+               "routing": self.routing.block_matrix().to(dtype)}
+        if stamp is not None:
+            self._flat_cache = {key: (stamp, out)}
+        return out
+
+    #: samples per chunk of the fast path: the routing's working set (about 2 kB a sample) stays in the CPU cache
+    FLAT_CHUNK = 1024
+
+    def _flat_capsules(self, traits_tf: torch.Tensor, fold_filter: bool) -> torch.Tensor:
+        """Traits [N, T, F] (raw when ``fold_filter``, else normalised) -> class capsules [N, K, class_dim]."""
+        wts = self._flat_weights(traits_tf.shape[1], traits_tf.dtype, fold_filter)
+        step = self.FLAT_CHUNK
+        if traits_tf.shape[0] <= step:
+            return self._flat_chunk(traits_tf, wts)
+        return torch.cat([self._flat_chunk(traits_tf[s:s + step], wts) for s in range(0, traits_tf.shape[0], step)])
+
+    def _flat_chunk(self, traits_tf: torch.Tensor, wts: dict[str, Any]) -> torch.Tensor:
+        n, t, _ = traits_tf.shape
+        h = F.linear(traits_tf, *wts["stem"]).reshape(n, -1)                  # [N, T * C], time-major
+        for blk, (m, bias) in zip(self.blocks, wts["blocks"]):
+            h = blk.time_major(h, t, m, bias)
+        m, bias = wts["primary"]
+        u = torch.addmm(bias[:, None], m.t(), h.t()).view(-1, self.primary_dim, n)   # [capsules, dim, N]
+        return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0].permute(2, 0, 1)
+
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """Class capsules [N, K, class_dim]."""
+        if x.dim() == 3 and self._flat_ok(x.shape[1]) and x.shape[-1] == len(self.bands) \
+                and self.filter.norm.running_mean is not None:
+            return self._flat_capsules(self.filter.traits(x).transpose(1, 2), fold_filter=True)
         return self._route(self.features(x))[0]
 
     def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
+        if self._flat_ok(traits.shape[-1]):
+            return self._flat_capsules(traits.transpose(1, 2), fold_filter=False).norm(dim=-1)
         return self._route(self.features_from_traits(traits))[0].norm(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,96 @@ def test_capsules_routing_and_margin_loss():
     assert torch.allclose(p, torch.tensor([[0.2, 0.6, 0.2]]))
 
 
+def reference_routing(weight: torch.Tensor, u: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook routing by agreement (Sabour et al. 2017): explicit predictions u_hat, softmax couplings."""
+    u_hat = torch.einsum("ijed,nid->nije", weight, u)                 # [N, n_in, n_out, d_out]
+    b = torch.zeros(u_hat.shape[:3], dtype=u.dtype)
+    for r in range(iterations):
+        c = torch.softmax(b, dim=2)
+        s = (c[..., None] * u_hat).sum(1)
+        n2 = (s * s).sum(-1, keepdim=True)
+        v = n2 / (1 + n2) * s / torch.sqrt(n2 + 1e-8)
+        if r < iterations - 1:
+            b = b + (u_hat * v[:, None]).sum(-1)
+    return v, c
+
+
+def reference_ffdnn(m: FFDNN, x: torch.Tensor) -> torch.Tensor:
+    """FFDNN written out step by step from its modules' parameters: DFT-matrix spectral convolution, plain convs,
+    adaptive average pooling, textbook routing (no fused or flattened matrices)."""
+    f = m.filter
+    traits = f.traits(x)
+    bn = f.norm
+    h = (traits - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps) * bn.weight[:, None] \
+        + bn.bias[:, None]
+    h = torch.nn.functional.conv1d(h, m.stem.weight, m.stem.bias)
+    for blk in m.blocks:
+        modes = blk.spectral.max_modes
+        z = dft_spectral(h.double(), blk.spectral.weight.double(), modes, blk.spectral.mixing).float()
+        z = z + torch.nn.functional.conv1d(h, blk.local.weight, blk.local.bias, padding=blk.local.padding)
+        z = torch.nn.functional.group_norm(z, 1, blk.norm.weight, blk.norm.bias, blk.norm.eps)
+        h = h + torch.nn.functional.gelu(z)
+    p = torch.nn.functional.conv1d(h, m.primary.weight, m.primary.bias, padding=1)
+    p = torch.nn.functional.adaptive_avg_pool1d(p, m.primary_positions)            # [N, types * dim, positions]
+    n = p.shape[0]
+    u = p.view(n, m.primary_types, m.primary_dim, -1).permute(0, 1, 3, 2).reshape(n, -1, m.primary_dim)
+    n2 = (u * u).sum(-1, keepdim=True)
+    u = n2 / (1 + n2) * u / torch.sqrt(n2 + 1e-8)
+    v, _ = reference_routing(m.routing.weight, u, m.routing.iterations)
+    return v.norm(dim=-1)
+
+
+def _random_ffdnn(**kw) -> FFDNN:
+    torch.manual_seed(1)
+    m = FFDNN(**kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        m.filter.norm.running_mean.uniform_(-0.5, 0.5)
+        m.filter.norm.running_var.uniform_(0.3, 2.0)
+    return m.eval()
+
+
+@pytest.mark.parametrize("t,kw", [(6, {}), (12, {"mixing": "full", "kernel_size": 3}), (24, {})])
+def test_ffdnn_fast_forward_equals_reference_computation(t, kw):
+    m = _random_ffdnn(**kw)
+    x = torch.rand(300, t, 10) * 0.5
+    x[:5, 2] = float("nan")                                        # NaN inputs are zeroed by the filter in both
+    ref = reference_ffdnn(m, x)
+    with torch.inference_mode():
+        fast = m(x)
+    assert fast.shape == (300, 3)
+    assert torch.allclose(fast, ref, atol=2e-5, rtol=1e-4), (fast - ref).abs().max()
+    assert (fast.argmax(1) == ref.argmax(1)).float().mean() > 0.99
+    if t * m.stem.out_channels <= m.FLAT_MAX_WIDTH:                # the flattened path ran (and was cached)
+        assert m._flat_cache
+    # with gradients on (explanations) the matrices are rebuilt from the weights, values and gradients agree
+    xg = x[:20].clone().requires_grad_(True)
+    xr = x[:20].clone().requires_grad_(True)
+    out, ref2 = m(xg), reference_ffdnn(m, xr)
+    assert torch.allclose(out, ref2, atol=2e-5, rtol=1e-4)
+    out[:, 1].sum().backward()
+    ref2[:, 1].sum().backward()
+    assert torch.allclose(xg.grad, xr.grad, atol=1e-4, rtol=1e-3)
+    # a changed weight invalidates the cached matrices
+    with torch.no_grad():
+        m.blocks[0].local.weight.mul_(2.0)
+        assert torch.allclose(m(x), reference_ffdnn(m, x), atol=2e-5, rtol=1e-4)
+
+
+def test_routing_equals_textbook_routing():
+    torch.manual_seed(0)
+    r = DynamicRouting(32, 4, 3, 8, iterations=3)
+    u = squash(torch.randn(50, 32, 4))
+    v, c = r(u)
+    v_ref, c_ref = reference_routing(r.weight, u, 3)
+    assert torch.allclose(v, v_ref, atol=1e-6) and torch.allclose(c, c_ref, atol=1e-6)
+    g = torch.randn_like(v)
+    (gw,) = torch.autograd.grad((v * g).sum(), r.weight)
+    (gw_ref,) = torch.autograd.grad((v_ref * g).sum(), r.weight)
+    assert torch.allclose(gw, gw_ref, atol=1e-5)
+
+
 def test_models_registered_shapes_and_sizes():
     assert {"ffdnn", "cnn1d", "unet2d"} <= set(list_models("remote"))
     x = torch.rand(4, 15, 10)
