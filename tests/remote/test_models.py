@@ -266,3 +266,57 @@ def test_frequency_attribution_sums_to_the_time_domain_attribution(arch):
     # a target class other than the predicted one gives another attribution
     other = (scores.argmax(1) + 1) % 3
     assert not torch.allclose(frequency_attribution(m, x, other), fa)
+
+
+def test_pipelined_prediction_threads_and_errors(tmp_path, scene, ffdnn_file, monkeypatch):
+    """The reader/writer threads: same result as a plain run, torch threads restored, an error in either thread
+    reaches the caller with nothing left behind, and the thread default honours the environment."""
+    import threading
+
+    import remote.predict as rp
+
+    rm = RemoteModel.from_file(ffdnn_file, "cpu", "fp32")
+    before_threads = torch.get_num_threads()
+    out = PredictOutputs.beside(tmp_path / "a.tif")
+    s = predict_series(open_series([scene.images]), rm, out, tile=16, quiet=True, threads=2)
+    assert s["threads"] == 2 and s["tiles"] == 16
+    assert torch.get_num_threads() == before_threads
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("remote-predict")]
+    # the tiles arrive in order: a single whole-raster tile gives the same map
+    c1, p1, _ = _predict(scene, ffdnn_file, tmp_path / "whole.tif", tile=64)
+    with rasterio.open(out.class_map) as a, rasterio.open(out.probabilities) as b:
+        assert (a.read(1) == c1).all() and np.allclose(b.read(), p1, atol=1e-6, equal_nan=True)
+
+    real_fill = rp.filled_window
+    calls = {"n": 0}
+
+    def failing_fill(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise rp.InputError("unreadable raster (truncated)", "B05.tif")
+        return real_fill(*a, **k)
+
+    monkeypatch.setattr(rp, "filled_window", failing_fill)
+    bad = PredictOutputs.beside(tmp_path / "bad.tif")
+    with pytest.raises(rp.InputError, match="truncated"):
+        predict_series(open_series([scene.images]), rm, bad, tile=16, quiet=True)
+    monkeypatch.setattr(rp, "filled_window", real_fill)
+    assert not any(p.exists() for p in bad.paths()) and list(tmp_path.glob("bad*")) == []
+
+    def failing_write(self, *a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rp._Outputs, "write_tile", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        predict_series(open_series([scene.images]), rm, bad, tile=16, quiet=True)
+    assert list(tmp_path.glob("bad*")) == []
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("remote-predict")]
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert rp.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("CONVSUITE_THREADS", raising=False)
+    monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert rp.default_threads() == 1            # 2 CPUs: one for the network, one for the reader
+    monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert rp.default_threads() == 6
