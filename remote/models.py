@@ -80,48 +80,55 @@ class DynamicRouting(nn.Module):
         self.iterations = iterations
         self.weight = nn.Parameter(0.05 * torch.randn(n_in, n_out, d_out, d_in))
 
-    def block_matrix(self) -> torch.Tensor:
-        """The prediction weights as one block matrix A [n_in * n_out * d_in, n_out * d_out] with
-        ``A[(i, j, d), (j', e)] = W_ij[e, d]`` if j = j' else 0: for per-pair inputs ``x[i, j, d]``,
-        ``x @ A = sum_i W_ij x_ij`` for every output capsule j."""
+    def routing_matrices(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction weights per output capsule: (W_fwd [n_out, d_out, n_in * d_in], W_fwd transposed), so that
+        ``W_fwd[j] @ x`` = sum_i W_ij x_i for inputs ``x`` [n_in * d_in, N]."""
         n_in, n_out, d_out, d_in = self.weight.shape
-        eye = torch.eye(n_out, dtype=self.weight.dtype, device=self.weight.device)
-        return torch.einsum("ijed,jk->ijdke", self.weight, eye).reshape(n_in * n_out * d_in, n_out * d_out)
+        w = self.weight if dtype is None else self.weight.to(dtype)
+        fwd = w.permute(1, 2, 0, 3).reshape(n_out, d_out, n_in * d_in)
+        return fwd, fwd.transpose(1, 2).contiguous()
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u [N, n_in, d_in] -> (v [N, n_out, d_out], coupling c [N, n_in, n_out])."""
         v, c = self.route_samples_last(u.permute(1, 2, 0).contiguous())
-        return v.permute(2, 0, 1), c.permute(2, 0, 1)
+        return v.permute(2, 0, 1), c.permute(2, 1, 0)
 
-    def route_samples_last(self, u: torch.Tensor, a: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Routing with the samples on the last axis: u [n_in, d_in, N] -> (v [n_out, d_out, N], c [n_in, n_out, N]);
-        ``a``: :meth:`block_matrix` when the caller has it.
+    def route_samples_last(self, u: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor] | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routing with the samples on the last axis: u [n_in, d_in, N] -> (v [n_out, d_out, N], c [n_out, n_in, N]);
+        ``mats``: :meth:`routing_matrices` when the caller has them.
 
         The predictions u_hat (n_in x n_out vectors per sample, the largest tensor of the textbook form) are never
-        built: s_j = sum_i c_ij W_ij u_i is one matrix product of the block matrix of the W_ij with the coupled
-        inputs c_ij u_i (with the uniform coupling of the first iteration, a product with u itself), and the
-        agreement u_hat_j|i . v_j = u_i . (W_ij^T v_j) one product of its transpose with v. With the samples last
-        every elementwise step runs over long contiguous rows. Same values as the textbook form up to float
+        built: s_j = sum_i c_ij W_ij u_i is one batched product (over j) of the W_j with the coupled inputs c_ij u_i
+        (with the uniform coupling of the first iteration, a product with u itself), and the agreement
+        u_hat_j|i . v_j = u_i . (W_ij^T v_j) one batched product of the transposed W_j with v. With the samples
+        last every elementwise step runs over long contiguous rows. Same values as the textbook form up to float
         rounding (tests compare them)."""
         n_in, d_in, n = u.shape
-        n_out, d_out = self.weight.shape[1], self.weight.shape[2]
-        a = (self.block_matrix() if a is None else a).to(u.dtype)   # [n_in * n_out * d_in, n_out * d_out]
-        ui = u.unsqueeze(1)                                           # [n_in, 1, d_in, N]
-        first = a.view(n_in, n_out, d_in, n_out, d_out).diagonal(dim1=1, dim2=3)   # [n_in, d_in, d_out, n_out]
+        n_out = self.weight.shape[1]
+        fwd, bwd = self.routing_matrices(u.dtype) if mats is None else mats
+        uj = u.unsqueeze(0)                                           # [1, n_in, d_in, N]
         # first iteration: b = 0, so c_ij = 1 / n_out and s_j = sum_i W_ij u_i / n_out
-        s = first.permute(3, 2, 0, 1).reshape(n_out * d_out, n_in * d_in) @ u.reshape(-1, n) / n_out
-        c = u.new_full((n_in, n_out, n), 1.0 / n_out)
-        b = None
+        s = torch.matmul(fwd, u.reshape(1, n_in * d_in, n)) / n_out   # [n_out, d_out, N]
+        inplace = not (torch.is_grad_enabled() and (u.requires_grad or fwd.requires_grad))
+        tmp = u.new_empty(n_out, n_in, d_in, n) if inplace else None  # one buffer for c_ij u_i and W_ij^T v_j
+        c = b = None
         for r in range(self.iterations):
             if r:
-                e = (b - b.amax(1, keepdim=True)).exp()               # softmax over the output capsules
-                c = e / e.sum(1, keepdim=True)
-                s = a.t() @ (c.unsqueeze(2) * ui).view(-1, n)         # sum_i c_ij u_hat_j|i
-            v = squash(s.view(n_out, d_out, n), dim=1)
+                e = (b - b.amax(0, keepdim=True)).exp()               # softmax over the output capsules
+                c = e.div_(e.sum(0, keepdim=True)) if inplace else e / e.sum(0, keepdim=True)   # [n_out, n_in, N]
+                cu = torch.mul(c.unsqueeze(2), uj, out=tmp) if inplace else c.unsqueeze(2) * uj
+                s = torch.bmm(fwd, cu.view(n_out, n_in * d_in, n))
+            v = squash(s, dim=1)                                      # [n_out, d_out, N]
             if r < self.iterations - 1:
-                z = (a @ v.view(-1, n)).view(n_in, n_out, d_in, n)     # W_ij^T v_j
-                agree = (z * ui).sum(2)                                # u_hat_j|i . v_j  [n_in, n_out, N]
-                b = agree if b is None else b + agree
+                if inplace:                                           # W_ij^T v_j, then u_hat_j|i . v_j
+                    agree = torch.bmm(bwd, v, out=tmp.view(n_out, n_in * d_in, n)).view_as(tmp).mul_(uj).sum(2)
+                    b = agree if b is None else b.add_(agree)
+                else:
+                    agree = (torch.bmm(bwd, v).view(n_out, n_in, d_in, n) * uj).sum(2)
+                    b = agree if b is None else b + agree
+        if c is None:
+            c = u.new_full((n_out, n_in, n), 1.0 / n_out)
         return v, c
 
 
@@ -263,45 +270,58 @@ class FFDNN(_TemporalNet):
         resp = resp.view(-1, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
         resp = resp.reshape(c * t + 1, -1)
         out = {"stem": (w, b), "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
-               "routing": self.routing.block_matrix().to(dtype)}
+               "routing": self.routing.routing_matrices(dtype)}
         if stamp is not None:
             self._flat_cache = {key: (stamp, out)}
         return out
 
     #: samples per chunk of the fast path: the routing's working set (about 2 kB a sample) stays in the CPU cache
-    FLAT_CHUNK = 1024
+    FLAT_CHUNK = 512
 
-    def _flat_capsules(self, traits_tf: torch.Tensor, fold_filter: bool) -> torch.Tensor:
-        """Traits [N, T, F] (raw when ``fold_filter``, else normalised) -> class capsules [N, K, class_dim]."""
-        wts = self._flat_weights(traits_tf.shape[1], traits_tf.dtype, fold_filter)
+    def _flat_capsules(self, traits: torch.Tensor, fold_filter: bool) -> torch.Tensor:
+        """Traits [N, F, T] (raw when ``fold_filter``, else normalised) -> class capsules [K, class_dim, N]
+        (samples last)."""
+        n, _, t = traits.shape
+        wts = self._flat_weights(t, traits.dtype, fold_filter)
+        traits_tf = traits.transpose(1, 2).contiguous()                       # [N, T, F]
         step = self.FLAT_CHUNK
-        if traits_tf.shape[0] <= step:
+        if n <= step:
             return self._flat_chunk(traits_tf, wts)
-        return torch.cat([self._flat_chunk(traits_tf[s:s + step], wts) for s in range(0, traits_tf.shape[0], step)])
+        return torch.cat([self._flat_chunk(traits_tf[s:s + step], wts) for s in range(0, n, step)], dim=-1)
 
     def _flat_chunk(self, traits_tf: torch.Tensor, wts: dict[str, Any]) -> torch.Tensor:
-        n, t, _ = traits_tf.shape
-        h = F.linear(traits_tf, *wts["stem"]).reshape(n, -1)                  # [N, T * C], time-major
+        n, t, f = traits_tf.shape
+        h = F.linear(traits_tf.view(n * t, f), *wts["stem"]).view(n, -1)      # [N, T * C], time-major
         for blk, (m, bias) in zip(self.blocks, wts["blocks"]):
             h = blk.time_major(h, t, m, bias)
         m, bias = wts["primary"]
         u = torch.addmm(bias[:, None], m.t(), h.t()).view(-1, self.primary_dim, n)   # [capsules, dim, N]
-        return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0].permute(2, 0, 1)
+        return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0]
+
+    def _flat_input(self, x: torch.Tensor) -> bool:
+        return x.dim() == 3 and x.shape[-1] == len(self.bands) and self._flat_ok(x.shape[1]) \
+            and self.filter.norm.running_mean is not None
 
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """Class capsules [N, K, class_dim]."""
-        if x.dim() == 3 and self._flat_ok(x.shape[1]) and x.shape[-1] == len(self.bands) \
-                and self.filter.norm.running_mean is not None:
-            return self._flat_capsules(self.filter.traits(x).transpose(1, 2), fold_filter=True)
+        if self._flat_input(x):
+            return self._flat_capsules(self.filter.traits(x), fold_filter=True).permute(2, 0, 1)
         return self._route(self.features(x))[0]
+
+    @staticmethod
+    def _lengths(v: torch.Tensor) -> torch.Tensor:
+        """Capsule lengths [N, K] from samples-last capsules [K, dim, N]."""
+        return (v * v).sum(1).sqrt().t()
 
     def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
         if self._flat_ok(traits.shape[-1]):
-            return self._flat_capsules(traits.transpose(1, 2), fold_filter=False).norm(dim=-1)
+            return self._lengths(self._flat_capsules(traits, fold_filter=False))
         return self._route(self.features_from_traits(traits))[0].norm(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths [N, K] (class scores in [0, 1))."""
+        if self._flat_input(x):
+            return self._lengths(self._flat_capsules(self.filter.traits(x), fold_filter=True))
         return self.capsules(x).norm(dim=-1)
 
 
