@@ -14,6 +14,9 @@ default thread settings (:func:`remote.predict.default_threads`). In the same ru
 (``RemoteModel.pixel_probabilities`` on prepared [N, dates, 10] inputs, same threads and batch) gives
 ``model_only_pixels_per_s``, and the same-depth 1-D CNN's rate gives the FFDNN / CNN throughput ratio.
 
+The run also reports the CPU seconds of each pipeline stage (network thread, reader thread, writer thread): on a
+loaded machine the wall time says little, the CPU split says whether I/O would hide behind the network.
+
 Targets on a 2-core CPU: ``peak_rss_mb`` <= 2048, ``pixels_per_s`` >= 0.8 x ``model_only_pixels_per_s`` (I/O
 overlapped with the network), a full tile in <= 15 minutes (``tile_minutes``; >= 134k px/s), and with
 ``--size 2048 10980`` the peak RSS ratio ``ram_ratio_full_vs_2048`` <= 1.2. ``--size 2048`` alone is the quick run
@@ -145,7 +148,7 @@ def predict_once(images: str, model: str, out: str, threads: int | None) -> dict
     t0 = time.perf_counter()
     s = predict_series(series, rm, PredictOutputs.beside(out), quiet=True, overwrite=True, threads=threads)
     return {"seconds": time.perf_counter() - t0, "pixels": s["pixels"], "valid": s["valid_pixels"],
-            "threads": s["threads"], "baseline_rss": base}
+            "threads": s["threads"], "baseline_rss": base, "stages": s["seconds"]}
 
 
 def model_only(model: str, arch_file_cnn: str, n_dates: int, threads: int | None, n: int = 65536,
@@ -205,10 +208,15 @@ def main() -> None:
             print(f"   inputs ready in {time.perf_counter() - t0:.0f} s ({img})")
             r, rss = run_isolated(predict_once, str(img), str(mf), str(Path(tmp) / f"map_{size}.tif"), args.threads)
             pps = r["pixels"] / r["seconds"]
+            st = r["stages"]
             runs[size] = {"seconds": round(r["seconds"], 1), "pixels_per_s": round(pps),
-                          "peak_rss_mb": round(rss / 2**20), "valid_fraction": round(r["valid"] / r["pixels"], 3)}
+                          "peak_rss_mb": round(rss / 2**20), "valid_fraction": round(r["valid"] / r["pixels"], 3),
+                          "cpu_seconds": {k: st[k] for k in ("network", "read", "write")}}
             print(f"   predicted {r['pixels']:,} px in {r['seconds']:.0f} s = {pps:,.0f} px/s "
                   f"({pps / mo['ffdnn']:.2f} x the network alone); peak RSS {rss / 2**20:.0f} MB")
+            print(f"   CPU seconds: network thread {st['network']:.0f}, reader {st['read']:.0f}, writer "
+                  f"{st['write']:.0f} (wall {st['wall']:.0f}): the reader and writer overlap the network when "
+                  "their sum stays below the network's and a core is free for them")
             for f in Path(tmp).glob(f"map_{size}*"):
                 f.unlink()
         big = max(runs)

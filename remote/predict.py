@@ -14,6 +14,7 @@ import contextlib
 import csv
 import datetime as dt
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +327,7 @@ class _Prefetch:
         self._q: Any = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._items, self._read = items, read
+        self.cpu_seconds = 0.0               # CPU time of the reader thread
         self._thread = threading.Thread(target=self._run, name="remote-predict-reader", daemon=True)
         self._thread.start()
 
@@ -341,9 +343,12 @@ class _Prefetch:
         return False
 
     def _run(self) -> None:
+        t0 = time.thread_time()
         try:
             for item in self._items:
-                if self._stop.is_set() or not self._put((item, self._read(item), None)):
+                result = self._read(item)
+                self.cpu_seconds = time.thread_time() - t0
+                if self._stop.is_set() or not self._put((item, result, None)):
                     return
         except BaseException as exc:  # handed to the consumer
             self._put((None, None, exc))
@@ -377,10 +382,12 @@ class _Writer:
         self._write = write
         self._q: Any = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
+        self.cpu_seconds = 0.0               # CPU time of the writer thread
         self._thread = threading.Thread(target=self._run, name="remote-predict-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        t0 = time.thread_time()
         while True:
             args = self._q.get()
             if args is None:
@@ -390,6 +397,7 @@ class _Writer:
                     self._write(*args)
                 except BaseException as exc:  # handed to the producer
                     self._error = exc
+            self.cpu_seconds = time.thread_time() - t0
 
     def submit(self, *args: Any) -> None:
         if self._error is not None:
@@ -589,7 +597,10 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
 
     The work is a three-stage pipeline: a reader thread prepares the next tile (reading, resampling, masking, gap
     filling) while the network runs on the current one, and a writer thread writes (and compresses) the previous
-    one. ``threads``: torch threads for the network (default :func:`default_threads`).
+    one. ``threads``: torch threads for the network (default :func:`default_threads`). The summary's ``seconds``
+    gives the loop's wall time and the CPU time of each stage (``network``: the main thread: model and bookkeeping;
+    ``read``, ``write``: the two threads): when ``read`` and ``write`` stay below ``network`` and a core is free
+    for them, the wall time is the network's.
     """
     plan = _plan(series, rm, outputs, tile, halo, prob_dtype, fields, per_field, scl_invalid, overwrite)
     g = series.grid
@@ -617,6 +628,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
             reader = _Prefetch(g.windows(plan.tile),
                                lambda win: _read_tile(series, win, rm, plan, g, field_src, per_field))
             writer = _Writer(outs.write_tile)
+            t_wall, t_cpu = time.perf_counter(), time.thread_time()
             try:
                 for window, inp in progress(reader, total=g.n_windows(plan.tile), desc="predict", unit="tile",
                                             quiet=quiet):
@@ -638,6 +650,8 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                 raise
             reader.close()
             writer.close()
+            timing = {"wall": time.perf_counter() - t_wall, "network": time.thread_time() - t_cpu,
+                      "read": reader.cpu_seconds, "write": writer.cpu_seconds}
         if n_valid == 0:   # raised inside the atomic outputs: nothing is left behind
             where = "field " if per_field else ""
             masked = f" or masked by SCL classes {','.join(map(str, plan.scl))}" if plan.scl else ""
@@ -647,4 +661,6 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
             _write_field_table(outputs.fields_csv, fp.fs, fp.prob, rm.classes, field_src.label, overwrite)
         elif stats is not None:
             stats.write(outputs.fields_csv, rm.classes, field_src.label, overwrite)
-    return _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads)
+    out = _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads)
+    out["seconds"] = {k: round(v, 2) for k, v in timing.items()}
+    return out
