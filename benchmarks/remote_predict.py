@@ -11,8 +11,8 @@
    and above each process's baseline (after imports and model load).
 3. FFDNN vs the same-depth 1-D CNN (``cnn1d``, same filter, stem and head widths; plain 9-tap conv blocks in place of
    the Fourier blocks, linear head in place of the capsules): parameters and model throughput (pixels/s of the
-   forward pass on [65536, 12, 10] inputs, median of interleaved repeats) -> ``param_ratio_cnn_over_ffdnn``,
-   ``throughput_ratio_ffdnn_over_cnn``.
+   forward pass on [65536, 12, 10] inputs, best of interleaved repeats, the pipeline's thread count)
+   -> ``param_ratio_cnn_over_ffdnn``, ``throughput_ratio_ffdnn_over_cnn``.
 
 On a 2-core CPU the whole script takes about 6 minutes (the 4096^2 prediction about 4); ``--dense 1024`` measures
 the same per-pixel work in a fraction of the time. The last line is one JSON object with all figures.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,7 +77,6 @@ def write_stack(root: Path, size: int, n_dates: int, data_size: int | None = Non
 
 
 def model_file(path: Path, arch: str, n_dates: int, step: int = 10) -> Path:
-    import remote.models  # noqa: F401
     from remote.io import DEFAULT_BANDS
     from shared_backbones.checkpoint import ModelFile, save_model_file
     from shared_backbones.registry import create_model
@@ -91,40 +89,45 @@ def model_file(path: Path, arch: str, n_dates: int, step: int = 10) -> Path:
                                                       preprocessing={"bands": list(DEFAULT_BANDS), "dates": dates}))
 
 
-def predict_once(images: str, model: str, out: str, tile: int = 256, threads: int = 1) -> dict:
+def predict_once(images: str, model: str, out: str, tile: int = 256, threads: int | None = None) -> dict:
     """Run the library prediction (for ``run_isolated``): seconds, pixels, valid pixels, baseline RSS."""
     from remote.io import open_series
     from remote.predict import PredictOutputs, RemoteModel, predict_series
     from shared_backbones.memory import peak_rss_bytes
 
-    torch.set_num_threads(threads)
     rm = RemoteModel.from_file(model, "cpu", "fp32")
     series = open_series([images])
     base = peak_rss_bytes()
     t0 = time.perf_counter()
-    s = predict_series(series, rm, PredictOutputs.beside(out), tile=tile, quiet=True, overwrite=True)
+    s = predict_series(series, rm, PredictOutputs.beside(out), tile=tile, quiet=True, overwrite=True,
+                       threads=threads)
     return {"seconds": time.perf_counter() - t0, "pixels": s["pixels"], "valid": s["valid_pixels"],
             "baseline_rss": base}
 
 
 def model_throughput(n: int = 65536, t: int = 12, repeats: int = 5) -> dict:
-    import remote.models  # noqa: F401
+    """Forward pixels/s of ffdnn and cnn1d (eval, inference mode) with the pipeline's thread count
+    (:func:`remote.predict.default_threads`); best of interleaved repeats, timed by process CPU time so that other
+    processes on a shared machine do not count."""
+    from remote.predict import default_threads, torch_threads
     from shared_backbones.registry import create_model
 
     torch.manual_seed(0)
     models = {a: create_model(a).eval() for a in ("ffdnn", "cnn1d")}
     x = torch.rand(n, t, 10) * 0.4
     times: dict[str, list[float]] = {a: [] for a in models}
-    with torch.inference_mode():
+    threads = default_threads()
+    clock = time.process_time if threads == 1 else time.perf_counter
+    with torch.inference_mode(), torch_threads(threads):
         for m in models.values():
             m(x[:4096])
         for _ in range(repeats):
             for a, m in models.items():
-                t0 = time.perf_counter()
+                t0 = clock()
                 for s in range(0, n, 8192):
                     m(x[s:s + 8192])
-                times[a].append(time.perf_counter() - t0)
-    med = {a: statistics.median(v) for a, v in times.items()}
+                times[a].append(clock() - t0)
+    med = {a: min(v) for a, v in times.items()}
     params = {a: sum(p.numel() for p in m.parameters()) for a, m in models.items()}
     return {"params": params, "pixels_per_s": {a: n / med[a] for a in models}}
 

@@ -17,6 +17,7 @@ Every model has ``input_kind`` ("pixel" or "spatial") and ``output_kind`` ("caps
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -66,7 +67,9 @@ def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
 
 
 class DynamicRouting(nn.Module):
-    """Routing by agreement from ``n_in`` capsules of size ``d_in`` to ``n_out`` capsules of size ``d_out``.
+    """Routing by agreement from ``n_in`` capsules of size ``d_in`` to ``n_out`` capsules of size ``d_out``: the
+    capsule feature encoder of FFDNN, after Sabour, Frosst & Hinton, "Dynamic Routing Between Capsules", NeurIPS
+    2017, https://arxiv.org/abs/1710.09829.
 
     Predictions u_hat_{j|i} = W_ij u_i; logits b_ij = 0; for each iteration c_i = softmax_j(b_i),
     s_j = sum_i c_ij u_hat_{j|i}, v_j = squash(s_j), b_ij += u_hat_{j|i} . v_j (not after the last iteration).
@@ -77,21 +80,56 @@ class DynamicRouting(nn.Module):
         self.iterations = iterations
         self.weight = nn.Parameter(0.05 * torch.randn(n_in, n_out, d_out, d_in))
 
+    def routing_matrices(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction weights per output capsule: (W_fwd [n_out, d_out, n_in * d_in], W_fwd transposed), so that
+        ``W_fwd[j] @ x`` = sum_i W_ij x_i for inputs ``x`` [n_in * d_in, N]."""
+        n_in, n_out, d_out, d_in = self.weight.shape
+        w = self.weight if dtype is None else self.weight.to(dtype)
+        fwd = w.permute(1, 2, 0, 3).reshape(n_out, d_out, n_in * d_in)
+        return fwd, fwd.transpose(1, 2).contiguous()
+
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """u [N, n_in, d_in] -> (v [N, n_out, d_out], coupling c [N, n_in, n_out])."""
-        n, n_in, _ = u.shape
-        n_out, d_out = self.weight.shape[1], self.weight.shape[2]
-        # predictions u_hat [N, n_out, n_in, d_out]: one matmul per input capsule
-        u_hat = torch.bmm(u.transpose(0, 1), self.weight.flatten(1, 2).transpose(1, 2))   # [n_in, N, n_out * d_out]
-        u_hat = u_hat.view(n_in, n, n_out, d_out).permute(1, 2, 0, 3).contiguous()
-        b = u_hat.new_zeros(n, n_out, n_in)
+        v, c = self.route_samples_last(u.permute(1, 2, 0).contiguous())
+        return v.permute(2, 0, 1), c.permute(2, 1, 0)
+
+    def route_samples_last(self, u: torch.Tensor, mats: tuple[torch.Tensor, torch.Tensor] | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Routing with the samples on the last axis: u [n_in, d_in, N] -> (v [n_out, d_out, N], c [n_out, n_in, N]);
+        ``mats``: :meth:`routing_matrices` when the caller has them.
+
+        The predictions u_hat (n_in x n_out vectors per sample, the largest tensor of the textbook form) are never
+        built: s_j = sum_i c_ij W_ij u_i is one batched product (over j) of the W_j with the coupled inputs c_ij u_i
+        (with the uniform coupling of the first iteration, a product with u itself), and the agreement
+        u_hat_j|i . v_j = u_i . (W_ij^T v_j) one batched product of the transposed W_j with v. With the samples
+        last every elementwise step runs over long contiguous rows. Same values as the textbook form up to float
+        rounding (tests compare them)."""
+        n_in, d_in, n = u.shape
+        n_out = self.weight.shape[1]
+        fwd, bwd = self.routing_matrices(u.dtype) if mats is None else mats
+        uj = u.unsqueeze(0)                                           # [1, n_in, d_in, N]
+        # first iteration: b = 0, so c_ij = 1 / n_out and s_j = sum_i W_ij u_i / n_out
+        s = torch.matmul(fwd, u.reshape(1, n_in * d_in, n)) / n_out   # [n_out, d_out, N]
+        inplace = not (torch.is_grad_enabled() and (u.requires_grad or fwd.requires_grad))
+        tmp = u.new_empty(n_out, n_in, d_in, n) if inplace else None  # one buffer for c_ij u_i and W_ij^T v_j
+        c = b = None
         for r in range(self.iterations):
-            e = (b - b.amax(1, keepdim=True)).exp()  # softmax over the output capsules, written out (faster)
-            c = e / e.sum(1, keepdim=True)
-            v = squash(torch.matmul(c.unsqueeze(2), u_hat).squeeze(2))          # s_j = sum_i c_ij u_hat_j|i
+            if r:
+                e = (b - b.amax(0, keepdim=True)).exp()               # softmax over the output capsules
+                c = e.div_(e.sum(0, keepdim=True)) if inplace else e / e.sum(0, keepdim=True)   # [n_out, n_in, N]
+                cu = torch.mul(c.unsqueeze(2), uj, out=tmp) if inplace else c.unsqueeze(2) * uj
+                s = torch.bmm(fwd, cu.view(n_out, n_in * d_in, n))
+            v = squash(s, dim=1)                                      # [n_out, d_out, N]
             if r < self.iterations - 1:
-                b = b + torch.matmul(u_hat, v.unsqueeze(-1)).squeeze(-1)      # agreement u_hat_j|i . v_j
-        return v, c.transpose(1, 2)
+                if inplace:                                           # W_ij^T v_j, then u_hat_j|i . v_j
+                    agree = torch.bmm(bwd, v, out=tmp.view(n_out, n_in * d_in, n)).view_as(tmp).mul_(uj).sum(2)
+                    b = agree if b is None else b.add_(agree)
+                else:
+                    agree = (torch.bmm(bwd, v).view(n_out, n_in, d_in, n) * uj).sum(2)
+                    b = agree if b is None else b + agree
+        if c is None:
+            c = u.new_full((n_out, n_in, n), 1.0 / n_out)
+        return v, c
 
 
 def margin_loss(lengths: torch.Tensor, target: torch.Tensor, m_pos: float = 0.9, m_neg: float = 0.1,
@@ -150,6 +188,16 @@ class _TemporalNet(nn.Module):
 class FFDNN(_TemporalNet):
     """FFDNN: photochemical filter -> Fourier blocks -> primary capsules -> routed class capsules.
 
+    Shi et al., "A fast Fourier convolutional deep neural network for accurate and explainable discrimination of
+    wheat yellow rust and nitrogen deficiency from Sentinel-2 time series data", Frontiers in Plant Science 14,
+    2023, https://doi.org/10.3389/fpls.2023.1250844 (preprint https://arxiv.org/abs/2306.17207). The capsule
+    encoder routes as in Sabour et al. 2017 (:class:`DynamicRouting`).
+
+    Inference (eval mode, dates x channels <= ``FLAT_MAX_WIDTH``) runs a fused path with the same values up to
+    float rounding: the filter's batch norm folded into the stem, each Fourier block as one time-major matrix
+    product (:meth:`FourierBlock1d.time_major`), the primary conv and temporal pooling as one matrix, the routing
+    without the u_hat tensor and with the samples on the last axis, in chunks of ``FLAT_CHUNK`` samples.
+
     Args:
         bands: input bands, in the order of the last input axis.
         indices: index traits of the photochemical filter; ``include_bands`` adds the raw bands.
@@ -177,6 +225,11 @@ class FFDNN(_TemporalNet):
                          primary_positions, soil_slope)
         self.routing = DynamicRouting(primary_types * primary_positions, primary_dim, num_classes, class_dim,
                                       routing_iterations)
+        self._flat_cache: dict = {}
+
+    #: inference runs the temporal blocks as one time-major matrix product each (``FourierBlock1d.time_major``)
+    #: while dates x channels is at most this; above it (long series) the per-branch forward is cheaper
+    FLAT_MAX_WIDTH = 512
 
     def _route(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Primary features [N, types * dim, positions] -> (class capsules [N, K, class_dim], coupling)."""
@@ -185,15 +238,90 @@ class FFDNN(_TemporalNet):
         u = squash(u.reshape(n, -1, self.primary_dim))   # primary capsules [N, types * positions, dim]
         return self.routing(u)
 
+    # -- fast inference path: everything before the routing as a few dense matrix products ------------------------
+    def _flat_ok(self, t: int) -> bool:
+        return (not self.training and t * self.stem.out_channels <= self.FLAT_MAX_WIDTH
+                and all(isinstance(b, FourierBlock1d) and b.supports_time_major() for b in self.blocks))
+
+    def _flat_weights(self, t: int, dtype: torch.dtype, fold_filter: bool) -> dict[str, Any]:
+        """Stem (with the filter's batch norm folded in when ``fold_filter``), per-block time-major matrices and the
+        primary conv + temporal pooling as one matrix whose columns come out in capsule order (type, position, dim).
+        Cached while gradients are off and no parameter or buffer has changed."""
+        stamp = None
+        key = (t, dtype, fold_filter)
+        if not torch.is_grad_enabled():
+            stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.buffers()))
+            hit = self._flat_cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        w, b = self.stem.weight[:, :, 0].to(dtype), self.stem.bias.to(dtype)
+        if fold_filter:     # eval batch norm: y = x * scale + shift per trait
+            bn = self.filter.norm
+            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
+            shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
+            w, b = w * scale, b + w @ shift
+        blocks = [blk.linear_map(t, dtype) for blk in self.blocks]
+        c = self.stem.out_channels
+        dev = self.stem.weight.device
+        eye = torch.eye(c * t, dtype=dtype, device=dev).view(c * t, t, c).transpose(1, 2)
+        probe = torch.cat([eye, eye.new_zeros(1, c, t)])               # unit impulses, then zeros (the bias)
+        resp = F.conv1d(probe, self.primary.weight.to(dtype), self.primary.bias.to(dtype), padding=self.primary.padding)
+        resp = resp @ _pool_matrix(t, self.primary_positions, dtype, dev)       # [T*C + 1, types * dim, positions]
+        resp = resp.view(-1, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
+        resp = resp.reshape(c * t + 1, -1)
+        out = {"stem": (w, b), "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
+               "routing": self.routing.routing_matrices(dtype)}
+        if stamp is not None:
+            self._flat_cache = {key: (stamp, out)}
+        return out
+
+    #: samples per chunk of the fast path: the routing's working set (about 2 kB a sample) stays in the CPU cache
+    FLAT_CHUNK = 512
+
+    def _flat_capsules(self, traits: torch.Tensor, fold_filter: bool) -> torch.Tensor:
+        """Traits [N, F, T] (raw when ``fold_filter``, else normalised) -> class capsules [K, class_dim, N]
+        (samples last)."""
+        n, _, t = traits.shape
+        wts = self._flat_weights(t, traits.dtype, fold_filter)
+        traits_tf = traits.transpose(1, 2).contiguous()                       # [N, T, F]
+        step = self.FLAT_CHUNK
+        if n <= step:
+            return self._flat_chunk(traits_tf, wts)
+        return torch.cat([self._flat_chunk(traits_tf[s:s + step], wts) for s in range(0, n, step)], dim=-1)
+
+    def _flat_chunk(self, traits_tf: torch.Tensor, wts: dict[str, Any]) -> torch.Tensor:
+        n, t, f = traits_tf.shape
+        h = F.linear(traits_tf.view(n * t, f), *wts["stem"]).view(n, -1)      # [N, T * C], time-major
+        for blk, (m, bias) in zip(self.blocks, wts["blocks"]):
+            h = blk.time_major(h, t, m, bias)
+        m, bias = wts["primary"]
+        u = torch.addmm(bias[:, None], m.t(), h.t()).view(-1, self.primary_dim, n)   # [capsules, dim, N]
+        return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0]
+
+    def _flat_input(self, x: torch.Tensor) -> bool:
+        return x.dim() == 3 and x.shape[-1] == len(self.bands) and self._flat_ok(x.shape[1]) \
+            and self.filter.norm.running_mean is not None
+
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """Class capsules [N, K, class_dim]."""
+        if self._flat_input(x):
+            return self._flat_capsules(self.filter.traits(x), fold_filter=True).permute(2, 0, 1)
         return self._route(self.features(x))[0]
 
+    @staticmethod
+    def _lengths(v: torch.Tensor) -> torch.Tensor:
+        """Capsule lengths [N, K] from samples-last capsules [K, dim, N]."""
+        return (v * v).sum(1).sqrt().t()
+
     def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
+        if self._flat_ok(traits.shape[-1]):
+            return self._lengths(self._flat_capsules(traits, fold_filter=False))
         return self._route(self.features_from_traits(traits))[0].norm(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths [N, K] (class scores in [0, 1))."""
+        if self._flat_input(x):
+            return self._lengths(self._flat_capsules(self.filter.traits(x), fold_filter=True))
         return self.capsules(x).norm(dim=-1)
 
 

@@ -14,6 +14,7 @@ import contextlib
 import csv
 import datetime as dt
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,6 @@ from shared_backbones.cliutil import atomic_output, check_output, progress
 from shared_backbones.errors import InputError
 from shared_backbones.loaded import LoadedModel
 
-from . import models as _models  # noqa: F401  (registers the architectures)
 from .fields import FieldSeries, field_series, open_fields
 from .io import DEFAULT_SCL_INVALID, Grid, S2Series, geotiff_profile, parse_dates
 from .models import CLASSES, class_probabilities, date_attribution, frequency_attribution
@@ -229,18 +229,26 @@ def _write_field_table(path: Path, fs: FieldSeries, prob: np.ndarray, classes: S
                        + [f"{prob[i, j]:.4f}" if ok else "" for j in range(len(classes))])
 
 
-def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *, tile: int = 256,
-                   halo: int | None = None, batch_size: int = 8192, prob_dtype: str = "float32",
-                   fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
-                   scl_invalid: Sequence[int] | None = None, overwrite: bool = False,
-                   quiet: bool = False) -> dict[str, Any]:
-    """Predict the whole raster tile by tile; returns a summary (pixels, valid pixels, class counts, tiles).
+@dataclass
+class _Plan:
+    """What :func:`predict_series` settled before any work: the time grid, masking, tiling and explanations."""
 
-    ``halo`` (spatial model only) defaults to ``2 x size_divisor`` pixels around each tile; ``tile`` and ``halo``
-    are rounded up to multiples of the model's ``size_divisor``. ``fields`` (a field-ID raster or a vector file)
-    adds the per-field CSV; with ``per_field`` each field's mean time series is classified once and the field's
-    pixels get its class and probabilities (pixels outside fields stay nodata).
-    """
+    grid_dates: list[dt.date]
+    scl: tuple[int, ...]
+    tile: int
+    halo: int
+    explain: bool
+    classes: list[str]
+
+    @property
+    def k(self) -> int:
+        return len(self.classes)
+
+
+def _plan(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, tile: int, halo: int | None, prob_dtype: str,
+          fields: str | Path | None, per_field: bool, scl_invalid: Sequence[int] | None, overwrite: bool) -> _Plan:
+    """Check the request against the inputs and the model (one-line :class:`InputError` otherwise), settle the
+    output paths and the tiling, and check the outputs can be written; nothing is read or written yet."""
     series.require_bands(rm.bands)
     if prob_dtype not in ("float32", "uint8"):
         raise InputError(f"probability dtype must be float32 or uint8, not {prob_dtype!r}")
@@ -257,8 +265,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
     if series.dates[-1] < grid_dates[0] or series.dates[0] > grid_dates[-1]:
         raise InputError(f"no valid dates: the inputs ({series.dates[0]} .. {series.dates[-1]}) lie outside the "
                          f"model's season ({grid_dates[0]} .. {grid_dates[-1]})")
-    scl = rm.scl_invalid if scl_invalid is None else tuple(scl_invalid)
-    g, k = series.grid, len(rm.classes)
+    scl = tuple(rm.scl_invalid if scl_invalid is None else scl_invalid)
     d = rm.size_divisor
     tile = -(-tile // d) * d
     halo = (2 * d if halo is None else -(-halo // d) * d) if rm.spatial else 0
@@ -266,127 +273,389 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
         outputs.capsules = None    # only the capsule model has capsule activations
     for p in outputs.paths():
         check_output(p, overwrite)
+    return _Plan(grid_dates, scl, tile, halo, explain, list(rm.classes))
+
+
+# -- threads -----------------------------------------------------------------------------------------------------
+def default_threads() -> int:
+    """Torch threads for the network while one reader thread and one writer thread run beside it.
+
+    ``OMP_NUM_THREADS`` (or ``CONVSUITE_THREADS``) in the environment wins; otherwise the CPUs this process may run
+    on (affinity / cgroup aware) minus one for the reader (minus two with more than four CPUs: the writer too).
+    On a 2-core machine that is one network thread: with the reader on the other core the pipeline keeps both
+    busy, while torch's default (one thread per core) would fight the reader and writer for the cores, and on a
+    loaded machine its spinning OpenMP workers cost several times the wall time of a single thread. GDAL
+    decompression/compression stays single-threaded per call (``GDAL_NUM_THREADS=1``): the reader and writer
+    threads are its parallelism. NumPy's BLAS is not on the hot path (gap filling and resampling are elementwise)."""
+    for var in ("CONVSUITE_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").strip().isdigit() and int(os.environ[var]) > 0:
+            return int(os.environ[var])
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:     # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - (1 if cpus <= 4 else 2))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Any:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+class _Prefetch:
+    """Runs ``read(item)`` for each item in one background thread, ``depth`` items ahead of the consumer, and yields
+    ``(item, result)`` in order. GDAL reads and NumPy resampling / gap filling release the GIL, so reading the next
+    tile overlaps the network on the current one. An error in the reader is raised in the consumer."""
+
+    _END = object()
+
+    def __init__(self, items: Any, read: Any, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._q: Any = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._items, self._read = items, read
+        self.cpu_seconds = 0.0               # CPU time of the reader thread
+        self._thread = threading.Thread(target=self._run, name="remote-predict-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, obj: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        t0 = time.thread_time()
+        try:
+            for item in self._items:
+                result = self._read(item)
+                self.cpu_seconds = time.thread_time() - t0
+                if self._stop.is_set() or not self._put((item, result, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put((None, None, exc))
+            return
+        self._put(self._END)
+
+    def __iter__(self) -> Any:
+        while True:
+            got = self._q.get()
+            if got is self._END:
+                return
+            item, result, exc = got
+            if exc is not None:
+                raise exc
+            yield item, result
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class _Writer:
+    """Writes tiles in one background thread (GDAL compresses the blocks there, off the network's critical path);
+    ``submit`` blocks when ``depth`` tiles wait. An error in the writer is raised at the next ``submit`` or at
+    ``close``."""
+
+    def __init__(self, write: Any, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._write = write
+        self._q: Any = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self.cpu_seconds = 0.0               # CPU time of the writer thread
+        self._thread = threading.Thread(target=self._run, name="remote-predict-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        t0 = time.thread_time()
+        while True:
+            args = self._q.get()
+            if args is None:
+                return
+            if self._error is None:
+                try:
+                    self._write(*args)
+                except BaseException as exc:  # handed to the producer
+                    self._error = exc
+            self.cpu_seconds = time.thread_time() - t0
+
+    def submit(self, *args: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._q.put(args)
+
+    def close(self) -> None:
+        """Wait for the queued tiles to be written; raise the writer's error, if any."""
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+# -- outputs -------------------------------------------------------------------------------------------------------
+@dataclass
+class _Outputs:
+    """The open output rasters (inside atomic temporary names) and how probabilities are stored."""
+
+    cls: Any
+    prob: Any | None
+    expl: list[Any]              # capsules, date attribution, frequency attribution (None: not written)
+    prob_dtype: str
+
+    def write_tile(self, window: Any, cls: np.ndarray, prob: np.ndarray, valid: np.ndarray,
+                   expl_vals: Sequence[np.ndarray | None]) -> None:
+        """Write one tile of every output (``cls`` already nodata outside ``valid``)."""
+        h, w = int(window.height), int(window.width)
+        self.cls.write(cls, 1, window=window)
+        if self.prob is not None:
+            if self.prob_dtype == "uint8":
+                pw = np.round(prob * PROB_UINT8_SCALE).astype(np.uint8)
+                pw[:, ~valid] = 255
+            else:
+                pw = prob.astype(np.float32)
+                pw[:, ~valid] = np.nan
+            self.prob.write(pw, window=window)
+        for ds, vals in zip(self.expl, expl_vals):
+            if ds is None:
+                continue
+            arr = np.full((ds.count, h, w), np.nan, dtype=np.float32)
+            if vals is not None:
+                arr[:, valid] = vals.T
+            ds.write(arr, window=window)
+
+
+def _open_outputs(stack: contextlib.ExitStack, outputs: PredictOutputs, rm: RemoteModel, grid: Grid,
+                  plan: _Plan, prob_dtype: str, per_field: bool, overwrite: bool) -> _Outputs:
+    """Open the class map, probabilities and explanation rasters (tiled, deflate, source CRS and transform) under
+    atomic temporary names registered on ``stack``, with band descriptions, colour table and tags."""
+    import rasterio
+
+    def open_out(path: Path, count: int, dtype: str, nodata: Any, desc: Sequence[str]) -> Any:
+        tmp = stack.enter_context(atomic_output(path, overwrite))
+        ds = stack.enter_context(rasterio.open(tmp, "w", **geotiff_profile(grid, count, dtype, nodata)))
+        for i, s in enumerate(desc, 1):
+            ds.set_band_description(i, s)
+        return ds
+
+    k, classes, grid_dates = plan.k, plan.classes, plan.grid_dates
+    cls_ds = open_out(outputs.class_map, 1, "uint8", CLASS_NODATA,
+                      ["class: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))])
+    cls_ds.write_colormap(1, class_colormap(k))
+    cls_ds.update_tags(CLASSES=",".join(classes), NODATA_MEANING="no valid observation",
+                       MODE="per-field" if per_field else "per-pixel",
+                       **{f"CLASS_{i}": c for i, c in enumerate(classes)})
+    prob_ds = None
+    if outputs.probabilities is not None:
+        prob_nodata = 255 if prob_dtype == "uint8" else float("nan")
+        prob_ds = open_out(outputs.probabilities, k, prob_dtype, prob_nodata, [f"p({c})" for c in classes])
+        if prob_dtype == "uint8":
+            prob_ds.scales = [1.0 / PROB_UINT8_SCALE] * k
+    expl_ds: list[Any] = [None, None, None]
+    if outputs.capsules is not None and rm.output_kind == "capsule":
+        expl_ds[0] = open_out(outputs.capsules, k, "float32", float("nan"), [f"capsule length {c}" for c in classes])
+    if outputs.attribution is not None:
+        expl_ds[1] = open_out(outputs.attribution, len(grid_dates), "float32", float("nan"),
+                              [f"attribution {x.isoformat()}" for x in grid_dates])
+    if outputs.frequency is not None:
+        n_freq = len(grid_dates) // 2 + 1
+        season = (grid_dates[-1] - grid_dates[0]).days + (grid_dates[1] - grid_dates[0]).days \
+            if len(grid_dates) > 1 else 1
+        expl_ds[2] = open_out(outputs.frequency, n_freq, "float32", float("nan"),
+                              ["attribution mode 0 (mean)"] + [f"attribution mode {m} (period {season / m:.0f} d)"
+                                                               for m in range(1, n_freq)])
+    return _Outputs(cls_ds, prob_ds, expl_ds, prob_dtype)
+
+
+# -- per tile ------------------------------------------------------------------------------------------------------
+@dataclass
+class _TileInput:
+    """What the reader thread prepares for one tile."""
+
+    fid: np.ndarray | None                 # field IDs [h, w]
+    filled: np.ndarray | None = None       # gap-filled reflectance [G, B, H, W] of the read window (spatial model)
+    x: np.ndarray | None = None            # model input of the valid pixels [P, G, B], contiguous (per-pixel model)
+    valid: np.ndarray | None = None        # [H, W] at least one valid date
+    offset: tuple[int, int] = (0, 0)       # the tile's offset inside the read window (halo)
+
+
+def _read_tile(series: S2Series, window: Any, rm: RemoteModel, plan: _Plan, grid: Grid, field_src: Any,
+               per_field: bool) -> _TileInput:
+    """Reader-thread work for one tile: field IDs, then (unless per field) the bands of every date in the window
+    (with the halo), SCL masking and gap filling onto the grid, and the per-pixel model input."""
+    fid = field_src.read(window) if field_src is not None else None
+    if per_field:
+        return _TileInput(fid)
+    read_win, dr, dc = _halo_window(window, plan.halo, grid)
+    filled, valid = filled_window(series, read_win, rm.bands, plan.grid_dates, plan.scl)
+    if rm.spatial:
+        return _TileInput(fid, filled=filled, valid=valid, offset=(dr, dc))
+    x = np.ascontiguousarray(filled[:, :, valid].transpose(2, 0, 1))   # [P, G, B]
+    return _TileInput(fid, x=x, valid=valid)
+
+
+def _pixel_tile(rm: RemoteModel, inp: _TileInput, window: Any, plan: _Plan, batch_size: int
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
+    """The model on one tile: (probabilities [K, h, w], valid [h, w], explanation values per valid pixel)."""
+    h, w = int(window.height), int(window.width)
+    expl_vals: list[np.ndarray | None] = [None, None, None]
+    if rm.spatial:
+        dr, dc = inp.offset
+        prob = rm.spatial_probabilities(inp.filled)[:, dr:dr + h, dc:dc + w]
+        return prob, inp.valid[dr:dr + h, dc:dc + w], expl_vals
+    prob = np.zeros((plan.k, h, w), dtype=np.float32)
+    if inp.x.shape[0]:
+        prob[:, inp.valid] = rm.pixel_probabilities(inp.x, batch_size).T
+        if plan.explain:
+            expl_vals = list(rm.explain_pixels(inp.x, batch_size))
+    return prob, inp.valid, expl_vals
+
+
+@dataclass
+class _FieldPredictions:
+    """Per-field mode: each field's mean series classified once."""
+
+    fs: FieldSeries
+    prob: np.ndarray                                   # [F, K] (NaN rows: field without data)
+    expl: tuple[Any, ...] | None                       # explanation values of the valid fields
+
+    def tile(self, fid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
+        """(probabilities [K, h, w], valid [h, w], explanation values) painted from the fields in ``fid``."""
+        fs = self.fs
+        h, w = fid.shape
+        pos = np.clip(np.searchsorted(fs.ids, fid), 0, len(fs.ids) - 1)   # fs.ids is sorted
+        rows = np.where((fid > 0) & (fs.ids[pos] == fid), pos, -1)
+        valid = rows >= 0
+        valid[valid] = fs.valid[rows[valid]]
+        prob = np.zeros((k, h, w), dtype=np.float32)
+        prob[:, valid] = self.prob[rows[valid]].T
+        expl_vals: list[np.ndarray | None] = [None, None, None]
+        if self.expl is not None:
+            vrow = np.cumsum(fs.valid) - 1            # field row -> row among the valid fields
+            for j, vals in enumerate(self.expl):
+                if vals is not None:
+                    expl_vals[j] = vals[vrow[rows[valid]]]
+        return prob, valid, expl_vals
+
+
+def _field_predictions(series: S2Series, rm: RemoteModel, field_src: Any, plan: _Plan, batch_size: int,
+                       quiet: bool) -> _FieldPredictions:
+    fs = field_series(series, field_src, rm.bands, plan.grid_dates, plan.scl, plan.tile, quiet)
+    fprob = np.full((len(fs.ids), plan.k), np.nan, dtype=np.float32)
+    fexpl = None
+    if fs.valid.any():
+        fprob[fs.valid] = rm.pixel_probabilities(fs.x[fs.valid], batch_size)
+        if plan.explain:
+            fexpl = rm.explain_pixels(fs.x[fs.valid], batch_size)
+    return _FieldPredictions(fs, fprob, fexpl)
+
+
+def _summary(series: S2Series, plan: _Plan, outputs: PredictOutputs, counts: np.ndarray, n_valid: int,
+             per_field: bool, fp: _FieldPredictions | None, threads: int) -> dict[str, Any]:
+    g = series.grid
+    total = g.width * g.height
+    out = {"pixels": total, "valid_pixels": n_valid, "nodata_pixels": total - n_valid,
+           "tiles": g.n_windows(plan.tile), "tile": plan.tile, "halo": plan.halo, "dates": len(series.dates),
+           "grid_dates": len(plan.grid_dates), "mode": "per-field" if per_field else "per-pixel",
+           "class_counts": {c: int(n) for c, n in zip(plan.classes, counts)},
+           "outputs": {k_: str(v) for k_, v in vars(outputs).items() if v is not None}, "threads": threads}
+    if fp is not None:
+        out.update(fields=len(fp.fs.ids), fields_with_data=int(fp.fs.valid.sum()))
+    return out
+
+
+def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *, tile: int = 256,
+                   halo: int | None = None, batch_size: int = 8192, prob_dtype: str = "float32",
+                   fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
+                   scl_invalid: Sequence[int] | None = None, overwrite: bool = False,
+                   quiet: bool = False, threads: int | None = None) -> dict[str, Any]:
+    """Predict the whole raster tile by tile; returns a summary (pixels, valid pixels, class counts, tiles).
+
+    ``halo`` (spatial model only) defaults to ``2 x size_divisor`` pixels around each tile; ``tile`` and ``halo``
+    are rounded up to multiples of the model's ``size_divisor``. ``fields`` (a field-ID raster or a vector file)
+    adds the per-field CSV; with ``per_field`` each field's mean time series is classified once and the field's
+    pixels get its class and probabilities (pixels outside fields stay nodata).
+
+    The work is a three-stage pipeline: a reader thread prepares the next tile (reading, resampling, masking, gap
+    filling) while the network runs on the current one, and a writer thread writes (and compresses) the previous
+    one. ``threads``: torch threads for the network (default :func:`default_threads`). The summary's ``seconds``
+    gives the loop's wall time and the CPU time of each stage (``network``: the main thread: model and bookkeeping;
+    ``read``, ``write``: the two threads): when ``read`` and ``write`` stay below ``network`` and a core is free
+    for them, the wall time is the network's.
+    """
+    plan = _plan(series, rm, outputs, tile, halo, prob_dtype, fields, per_field, scl_invalid, overwrite)
+    g = series.grid
     field_src = open_fields(fields, g, field_id_attr) if fields is not None else None
+    threads = default_threads() if threads is None else max(1, int(threads))
 
     import rasterio
 
-    counts = np.zeros(k, dtype=np.int64)
+    counts = np.zeros(plan.k, dtype=np.int64)
     n_valid = 0
-    n_freq = len(grid_dates) // 2 + 1
+    fp = None
+    env = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256}
+    if "GDAL_NUM_THREADS" not in os.environ:
+        env["GDAL_NUM_THREADS"] = "1"
     with contextlib.ExitStack() as stack:
         # a bounded GDAL block cache (MB; GDAL_CACHEMAX in the environment wins) keeps memory flat in raster size
-        stack.enter_context(rasterio.Env(**({} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": 256})))
-        fs = fprob = fexpl = None
+        stack.enter_context(rasterio.Env(**env))
+        stack.enter_context(torch_threads(threads))
         if per_field:
-            fs = field_series(series, field_src, rm.bands, grid_dates, scl, tile, quiet)
-            fprob = np.full((len(fs.ids), k), np.nan, dtype=np.float32)
-            if fs.valid.any():
-                fprob[fs.valid] = rm.pixel_probabilities(fs.x[fs.valid], batch_size)
-                if explain:
-                    fexpl = rm.explain_pixels(fs.x[fs.valid], batch_size)
-
-        def open_out(path: Path, count: int, dtype: str, nodata: Any, desc: Sequence[str]) -> Any:
-            tmp = stack.enter_context(atomic_output(path, overwrite))
-            ds = stack.enter_context(rasterio.open(tmp, "w", **geotiff_profile(g, count, dtype, nodata)))
-            for i, s in enumerate(desc, 1):
-                ds.set_band_description(i, s)
-            return ds
-
-        cls_ds = open_out(outputs.class_map, 1, "uint8", CLASS_NODATA,
-                          ["class: " + ", ".join(f"{i}={c}" for i, c in enumerate(rm.classes))])
-        cls_ds.write_colormap(1, class_colormap(k))
-        cls_ds.update_tags(CLASSES=",".join(rm.classes), NODATA_MEANING="no valid observation",
-                           MODE="per-field" if per_field else "per-pixel",
-                           **{f"CLASS_{i}": c for i, c in enumerate(rm.classes)})
-        prob_ds = None
-        if outputs.probabilities is not None:
-            prob_nodata = 255 if prob_dtype == "uint8" else float("nan")
-            prob_ds = open_out(outputs.probabilities, k, prob_dtype, prob_nodata, [f"p({c})" for c in rm.classes])
-            if prob_dtype == "uint8":
-                prob_ds.scales = [1.0 / PROB_UINT8_SCALE] * k
-        expl_ds: list[Any] = [None, None, None]   # capsules, date attribution, frequency attribution
-        if outputs.capsules is not None and rm.output_kind == "capsule":
-            expl_ds[0] = open_out(outputs.capsules, k, "float32", float("nan"),
-                                  [f"capsule length {c}" for c in rm.classes])
-        if outputs.attribution is not None:
-            expl_ds[1] = open_out(outputs.attribution, len(grid_dates), "float32", float("nan"),
-                                  [f"attribution {x.isoformat()}" for x in grid_dates])
-        if outputs.frequency is not None:
-            season = (grid_dates[-1] - grid_dates[0]).days + (grid_dates[1] - grid_dates[0]).days \
-                if len(grid_dates) > 1 else 1
-            expl_ds[2] = open_out(outputs.frequency, n_freq, "float32", float("nan"),
-                                  ["attribution mode 0 (mean)"] + [f"attribution mode {m} (period {season / m:.0f} d)"
-                                                                   for m in range(1, n_freq)])
-        stats = _FieldStats(k) if field_src is not None and not per_field else None
+            fp = _field_predictions(series, rm, field_src, plan, batch_size, quiet)
+        outs = _open_outputs(stack, outputs, rm, g, plan, prob_dtype, per_field, overwrite)
+        stats = _FieldStats(plan.k) if field_src is not None and not per_field else None
         with series:
-            for window in progress(g.windows(tile), total=g.n_windows(tile), desc="predict", unit="tile",
-                                   quiet=quiet):
-                h, w = int(window.height), int(window.width)
-                fid = field_src.read(window) if field_src is not None else None
-                expl_vals: list[np.ndarray | None] = [None, None, None]
-                if per_field:
-                    pos = np.clip(np.searchsorted(fs.ids, fid), 0, len(fs.ids) - 1)   # fs.ids is sorted
-                    rows = np.where((fid > 0) & (fs.ids[pos] == fid), pos, -1)
-                    valid = rows >= 0
-                    valid[valid] = fs.valid[rows[valid]]
-                    prob = np.zeros((k, h, w), dtype=np.float32)
-                    prob[:, valid] = fprob[rows[valid]].T
-                    if fexpl is not None:
-                        vrow = np.cumsum(fs.valid) - 1            # field row -> row among the valid fields
-                        for j, vals in enumerate(fexpl):
-                            if vals is not None:
-                                expl_vals[j] = vals[vrow[rows[valid]]]
-                else:
-                    read_win, dr, dc = _halo_window(window, halo, g)
-                    filled, valid = filled_window(series, read_win, rm.bands, grid_dates, scl)
-                    sl = (slice(dr, dr + h), slice(dc, dc + w))
-                    if rm.spatial:
-                        prob = rm.spatial_probabilities(filled)[:, sl[0], sl[1]]
-                        valid = valid[sl]
+            # threads are stopped before the series and the outputs close (ExitStack runs this first)
+            reader = _Prefetch(g.windows(plan.tile),
+                               lambda win: _read_tile(series, win, rm, plan, g, field_src, per_field))
+            writer = _Writer(outs.write_tile)
+            t_wall, t_cpu = time.perf_counter(), time.thread_time()
+            try:
+                for window, inp in progress(reader, total=g.n_windows(plan.tile), desc="predict", unit="tile",
+                                            quiet=quiet):
+                    if per_field:
+                        prob, valid, expl_vals = fp.tile(inp.fid, plan.k)
                     else:
-                        prob = np.zeros((k, h, w), dtype=np.float32)
-                        x = filled[:, :, valid].transpose(2, 0, 1)  # [P, G, B]
-                        if x.shape[0]:
-                            prob[:, valid] = rm.pixel_probabilities(x, batch_size).T
-                            if explain:
-                                expl_vals = list(rm.explain_pixels(x, batch_size))
-                cls = prob.argmax(0).astype(np.uint8)
-                cls[~valid] = CLASS_NODATA
-                cls_ds.write(cls, 1, window=window)
-                counts += np.bincount(cls[valid], minlength=k)[:k]
-                n_valid += int(valid.sum())
-                if prob_ds is not None:
-                    if prob_dtype == "uint8":
-                        pw = np.round(prob * PROB_UINT8_SCALE).astype(np.uint8)
-                        pw[:, ~valid] = 255
-                    else:
-                        pw = prob.astype(np.float32)
-                        pw[:, ~valid] = np.nan
-                    prob_ds.write(pw, window=window)
-                for ds, vals in zip(expl_ds, expl_vals):
-                    if ds is None:
-                        continue
-                    arr = np.full((ds.count, h, w), np.nan, dtype=np.float32)
-                    if vals is not None:
-                        arr[:, valid] = vals.T
-                    ds.write(arr, window=window)
-                if stats is not None:
-                    stats.add(fid, cls, prob, valid)
+                        prob, valid, expl_vals = _pixel_tile(rm, inp, window, plan, batch_size)
+                    cls = prob.argmax(0).astype(np.uint8)
+                    cls[~valid] = CLASS_NODATA
+                    writer.submit(window, cls, prob, valid, expl_vals)
+                    counts += np.bincount(cls[valid], minlength=plan.k)[:plan.k]
+                    n_valid += int(valid.sum())
+                    if stats is not None:
+                        stats.add(inp.fid, cls, prob, valid)
+            except BaseException:
+                reader.close()
+                with contextlib.suppress(BaseException):
+                    writer.close()
+                raise
+            reader.close()
+            writer.close()
+            timing = {"wall": time.perf_counter() - t_wall, "network": time.thread_time() - t_cpu,
+                      "read": reader.cpu_seconds, "write": writer.cpu_seconds}
         if n_valid == 0:   # raised inside the atomic outputs: nothing is left behind
             where = "field " if per_field else ""
-            masked = f" or masked by SCL classes {','.join(map(str, scl))}" if scl else ""
+            masked = f" or masked by SCL classes {','.join(map(str, plan.scl))}" if plan.scl else ""
             raise InputError(f"no valid dates: every {where}pixel is nodata{masked} on every date "
                              "(check the inputs, --scl-invalid, --offset)")
         if per_field:
-            _write_field_table(outputs.fields_csv, fs, fprob, rm.classes, field_src.label, overwrite)
+            _write_field_table(outputs.fields_csv, fp.fs, fp.prob, rm.classes, field_src.label, overwrite)
         elif stats is not None:
             stats.write(outputs.fields_csv, rm.classes, field_src.label, overwrite)
-    total = g.width * g.height
-    out = {"pixels": total, "valid_pixels": n_valid, "nodata_pixels": total - n_valid, "tiles": g.n_windows(tile),
-           "tile": tile, "halo": halo, "dates": len(series.dates), "grid_dates": len(grid_dates),
-           "mode": "per-field" if per_field else "per-pixel",
-           "class_counts": {c: int(n) for c, n in zip(rm.classes, counts)},
-           "outputs": {k_: str(v) for k_, v in vars(outputs).items() if v is not None}}
-    if fs is not None:
-        out.update(fields=len(fs.ids), fields_with_data=int(fs.valid.sum()))
+    out = _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads)
+    out["seconds"] = {k: round(v, 2) for k, v in timing.items()}
     return out

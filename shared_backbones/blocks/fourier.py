@@ -4,6 +4,12 @@ A spectral convolution is a global (circular) convolution along the sequence com
 its receptive field is the whole sequence whatever the number of retained modes, and its parameter count does not
 grow with the sequence length. ``FourierBlock1d`` adds a local branch (1x1 or k-tap conv), as the fast Fourier
 convolution (FFC) pairs a global spectral path with a local one.
+
+For short sequences (satellite time series of a few to a few dozen dates) the whole linear part of a block (spectral
+branch + local branch) is one small matrix over the flattened (time, channel) axis: ``FourierBlock1d.time_major``
+runs the block as a single matrix product on ``[N, T * C]`` time-major inputs, then the norm and activation, which
+on a CPU is several times faster than many tiny FFTs or per-channel batched products (same values up to float
+rounding).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .conv import get_act, get_norm
 
@@ -112,3 +119,37 @@ class FourierBlock1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop(self.act(self.norm(self.spectral(x) + self.local(x))))
+
+    def linear_map(self, t: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's linear part (spectral + local branch, before the norm) on sequences of length ``t`` as a
+        time-major matrix: ``(M [T * C, T * C], bias [T * C])`` with ``z = x @ M + bias`` for ``x`` [N, T, C]
+        flattened to [N, T * C]. Built by probing the branches with unit impulses, so it is differentiable in the
+        weights and exact for any ``mixing`` and ``kernel_size``."""
+        c = self.local.in_channels
+        eye = torch.eye(c * t, dtype=dtype, device=self.local.weight.device).view(c * t, t, c).transpose(1, 2)
+        with torch.autocast(device_type=eye.device.type, enabled=False):
+            resp = self.spectral(eye) + F.conv1d(eye, self.local.weight.to(dtype), None,
+                                                 padding=self.local.padding)     # [T*C (t-major in), C, T]
+        m = resp.transpose(1, 2).reshape(c * t, c * t)
+        bias = self.local.bias.to(dtype) if self.local.bias is not None else torch.zeros(c, dtype=dtype,
+                                                                                          device=eye.device)
+        return m, bias.repeat(t)
+
+    def supports_time_major(self) -> bool:
+        """True when the norm is a single-group GroupNorm (layer norm over channels x time) or absent."""
+        n = self.norm
+        return isinstance(n, nn.Identity) or (isinstance(n, nn.GroupNorm) and n.num_groups == 1)
+
+    def time_major(self, x: torch.Tensor, t: int, m: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on time-major flattened inputs ``x`` [N, T * C] (``m``, ``bias``: :meth:`linear_map`, built
+        here when not given). Same result as ``forward`` on [N, C, T] up to float rounding."""
+        if m is None or bias is None:
+            m, bias = self.linear_map(t, x.dtype)
+        z = torch.addmm(bias, x, m)
+        n = self.norm
+        if isinstance(n, nn.GroupNorm):
+            w = n.weight.repeat(t) if n.weight is not None else None
+            b = n.bias.repeat(t) if n.bias is not None else None
+            z = F.layer_norm(z, (z.shape[-1],), w, b, n.eps)
+        return x + self.drop(self.act(z))

@@ -99,6 +99,96 @@ def test_capsules_routing_and_margin_loss():
     assert torch.allclose(p, torch.tensor([[0.2, 0.6, 0.2]]))
 
 
+def reference_routing(weight: torch.Tensor, u: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Textbook routing by agreement (Sabour et al. 2017): explicit predictions u_hat, softmax couplings."""
+    u_hat = torch.einsum("ijed,nid->nije", weight, u)                 # [N, n_in, n_out, d_out]
+    b = torch.zeros(u_hat.shape[:3], dtype=u.dtype)
+    for r in range(iterations):
+        c = torch.softmax(b, dim=2)
+        s = (c[..., None] * u_hat).sum(1)
+        n2 = (s * s).sum(-1, keepdim=True)
+        v = n2 / (1 + n2) * s / torch.sqrt(n2 + 1e-8)
+        if r < iterations - 1:
+            b = b + (u_hat * v[:, None]).sum(-1)
+    return v, c
+
+
+def reference_ffdnn(m: FFDNN, x: torch.Tensor) -> torch.Tensor:
+    """FFDNN written out step by step from its modules' parameters: DFT-matrix spectral convolution, plain convs,
+    adaptive average pooling, textbook routing (no fused or flattened matrices)."""
+    f = m.filter
+    traits = f.traits(x)
+    bn = f.norm
+    h = (traits - bn.running_mean[:, None]) / torch.sqrt(bn.running_var[:, None] + bn.eps) * bn.weight[:, None] \
+        + bn.bias[:, None]
+    h = torch.nn.functional.conv1d(h, m.stem.weight, m.stem.bias)
+    for blk in m.blocks:
+        modes = blk.spectral.max_modes
+        z = dft_spectral(h.double(), blk.spectral.weight.double(), modes, blk.spectral.mixing).float()
+        z = z + torch.nn.functional.conv1d(h, blk.local.weight, blk.local.bias, padding=blk.local.padding)
+        z = torch.nn.functional.group_norm(z, 1, blk.norm.weight, blk.norm.bias, blk.norm.eps)
+        h = h + torch.nn.functional.gelu(z)
+    p = torch.nn.functional.conv1d(h, m.primary.weight, m.primary.bias, padding=1)
+    p = torch.nn.functional.adaptive_avg_pool1d(p, m.primary_positions)            # [N, types * dim, positions]
+    n = p.shape[0]
+    u = p.view(n, m.primary_types, m.primary_dim, -1).permute(0, 1, 3, 2).reshape(n, -1, m.primary_dim)
+    n2 = (u * u).sum(-1, keepdim=True)
+    u = n2 / (1 + n2) * u / torch.sqrt(n2 + 1e-8)
+    v, _ = reference_routing(m.routing.weight, u, m.routing.iterations)
+    return v.norm(dim=-1)
+
+
+def _random_ffdnn(**kw) -> FFDNN:
+    torch.manual_seed(1)
+    m = FFDNN(**kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        m.filter.norm.running_mean.uniform_(-0.5, 0.5)
+        m.filter.norm.running_var.uniform_(0.3, 2.0)
+    return m.eval()
+
+
+@pytest.mark.parametrize("t,kw", [(6, {}), (12, {"mixing": "full", "kernel_size": 3}), (24, {})])
+def test_ffdnn_fast_forward_equals_reference_computation(t, kw):
+    m = _random_ffdnn(**kw)
+    x = torch.rand(300, t, 10) * 0.5
+    x[:5, 2] = float("nan")                                        # NaN inputs are zeroed by the filter in both
+    ref = reference_ffdnn(m, x)
+    with torch.inference_mode():
+        fast = m(x)
+    assert fast.shape == (300, 3)
+    assert torch.allclose(fast, ref, atol=2e-5, rtol=1e-4), (fast - ref).abs().max()
+    assert (fast.argmax(1) == ref.argmax(1)).float().mean() > 0.99
+    if t * m.stem.out_channels <= m.FLAT_MAX_WIDTH:                # the flattened path ran (and was cached)
+        assert m._flat_cache
+    # with gradients on (explanations) the matrices are rebuilt from the weights, values and gradients agree
+    xg = x[:20].clone().requires_grad_(True)
+    xr = x[:20].clone().requires_grad_(True)
+    out, ref2 = m(xg), reference_ffdnn(m, xr)
+    assert torch.allclose(out, ref2, atol=2e-5, rtol=1e-4)
+    out[:, 1].sum().backward()
+    ref2[:, 1].sum().backward()
+    assert torch.allclose(xg.grad, xr.grad, atol=1e-4, rtol=1e-3)
+    # a changed weight invalidates the cached matrices
+    with torch.no_grad():
+        m.blocks[0].local.weight.mul_(2.0)
+        assert torch.allclose(m(x), reference_ffdnn(m, x), atol=2e-5, rtol=1e-4)
+
+
+def test_routing_equals_textbook_routing():
+    torch.manual_seed(0)
+    r = DynamicRouting(32, 4, 3, 8, iterations=3)
+    u = squash(torch.randn(50, 32, 4))
+    v, c = r(u)
+    v_ref, c_ref = reference_routing(r.weight, u, 3)
+    assert torch.allclose(v, v_ref, atol=1e-6) and torch.allclose(c, c_ref, atol=1e-6)
+    g = torch.randn_like(v)
+    (gw,) = torch.autograd.grad((v * g).sum(), r.weight)
+    (gw_ref,) = torch.autograd.grad((v_ref * g).sum(), r.weight)
+    assert torch.allclose(gw, gw_ref, atol=1e-5)
+
+
 def test_models_registered_shapes_and_sizes():
     assert {"ffdnn", "cnn1d", "unet2d"} <= set(list_models("remote"))
     x = torch.rand(4, 15, 10)
@@ -176,3 +266,57 @@ def test_frequency_attribution_sums_to_the_time_domain_attribution(arch):
     # a target class other than the predicted one gives another attribution
     other = (scores.argmax(1) + 1) % 3
     assert not torch.allclose(frequency_attribution(m, x, other), fa)
+
+
+def test_pipelined_prediction_threads_and_errors(tmp_path, scene, ffdnn_file, monkeypatch):
+    """The reader/writer threads: same result as a plain run, torch threads restored, an error in either thread
+    reaches the caller with nothing left behind, and the thread default honours the environment."""
+    import threading
+
+    import remote.predict as rp
+
+    rm = RemoteModel.from_file(ffdnn_file, "cpu", "fp32")
+    before_threads = torch.get_num_threads()
+    out = PredictOutputs.beside(tmp_path / "a.tif")
+    s = predict_series(open_series([scene.images]), rm, out, tile=16, quiet=True, threads=2)
+    assert s["threads"] == 2 and s["tiles"] == 16
+    assert torch.get_num_threads() == before_threads
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("remote-predict")]
+    # the tiles arrive in order: a single whole-raster tile gives the same map
+    c1, p1, _ = _predict(scene, ffdnn_file, tmp_path / "whole.tif", tile=64)
+    with rasterio.open(out.class_map) as a, rasterio.open(out.probabilities) as b:
+        assert (a.read(1) == c1).all() and np.allclose(b.read(), p1, atol=1e-6, equal_nan=True)
+
+    real_fill = rp.filled_window
+    calls = {"n": 0}
+
+    def failing_fill(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise rp.InputError("unreadable raster (truncated)", "B05.tif")
+        return real_fill(*a, **k)
+
+    monkeypatch.setattr(rp, "filled_window", failing_fill)
+    bad = PredictOutputs.beside(tmp_path / "bad.tif")
+    with pytest.raises(rp.InputError, match="truncated"):
+        predict_series(open_series([scene.images]), rm, bad, tile=16, quiet=True)
+    monkeypatch.setattr(rp, "filled_window", real_fill)
+    assert not any(p.exists() for p in bad.paths()) and list(tmp_path.glob("bad*")) == []
+
+    def failing_write(self, *a):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rp._Outputs, "write_tile", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        predict_series(open_series([scene.images]), rm, bad, tile=16, quiet=True)
+    assert list(tmp_path.glob("bad*")) == []
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("remote-predict")]
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert rp.default_threads() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.delenv("CONVSUITE_THREADS", raising=False)
+    monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert rp.default_threads() == 1            # 2 CPUs: one for the network, one for the reader
+    monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert rp.default_threads() == 6
