@@ -138,9 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     t.add_argument(
         "--scheduler",
-        choices=("plateau", "cosine"),
+        choices=("plateau", "cosine", "time-cosine"),
         default="plateau",
-        help="plateau: halve after 3 epochs without improvement (paper); cosine: decay to 0 over the run",
+        help="plateau: halve after 3 epochs without improvement (paper); cosine: decay to 0 over --epochs; "
+        "time-cosine: warm-up, then cosine decay over the --max-time budget",
     )
     t.add_argument("--epoch-size", type=int, default=1000, help="mixtures per epoch with --dynamic-mixing")
     t.add_argument("--fold", type=int, default=0, help="validation fold of DATA when no --val-dir is given")

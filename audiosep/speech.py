@@ -76,7 +76,7 @@ class Espeak:
         try:
             import espeakng_loader
         except ImportError:
-            raise InputError("speech synthesis needs the espeakng-loader package (pip install espeakng-loader)") from None
+            raise InputError("speech synthesis needs the espeakng-loader package (pip)") from None
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         data = Path(espeakng_loader.get_data_path())
         self.lib.espeak_Initialize.restype = ctypes.c_int

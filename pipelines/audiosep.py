@@ -157,6 +157,47 @@ class DynamicMixDataset(Dataset):
         return torch.from_numpy(srcs.sum(0).astype(np.float32))[None], torch.from_numpy(srcs.astype(np.float32))
 
 
+class TimeCosineLR(L.Callback):
+    """Learning rate on a cosine over the *wall-time* budget (``--max-time``), after a linear warm-up over its first
+    ``warmup`` fraction: with a time budget the number of steps is not known in advance, so a step-based schedule
+    either stops early at a high rate or never decays. The rate set here overrides the optimiser's."""
+
+    def __init__(self, budget_s: float, lr: float, warmup: float = 0.03, floor: float = 0.02) -> None:
+        self.budget, self.lr, self.warmup, self.floor = budget_s, lr, warmup, floor
+        self.start: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self.start = time.monotonic()
+        timer = next((cb for cb in trainer.callbacks if type(cb).__name__ == "Timer"), None)
+        if timer is not None and timer.time_elapsed("train") > 0:  # resumed: continue where the schedule was
+            self.start -= timer.time_elapsed("train") + timer.time_elapsed("validate")
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        import math
+        import time
+
+        frac = min(1.0, (time.monotonic() - (self.start or time.monotonic())) / self.budget)
+        if frac < self.warmup:
+            scale = (frac + 1e-3) / self.warmup
+        else:
+            cosine = 0.5 * (1 + math.cos(math.pi * (frac - self.warmup) / (1 - self.warmup)))
+            scale = self.floor + (1 - self.floor) * cosine
+        for opt in trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = self.lr * min(1.0, scale)
+
+
+def parse_max_time(text: str) -> float:
+    """``DD:HH:MM:SS`` -> seconds (Lightning's ``max_time`` string)."""
+    parts = [int(p) for p in text.split(":")]
+    if len(parts) != 4:
+        raise InputError(f"--max-time must be DD:HH:MM:SS, got {text!r}")
+    d, h, m, s = parts
+    return float(((d * 24 + h) * 60 + m) * 60 + s)
+
+
 class AudiosepDataModule(L.LightningDataModule):
     """Train/validation split of a LibriMix folder (``val_dir`` or a k-fold split), or dynamic mixing."""
 
@@ -307,8 +348,15 @@ def train_audiosep(
     """Train a separation model and export the best checkpoint (highest validation SI-SNR) to ``out``, the suite's
     model file, with its validation SI-SNR and SI-SNRi (dB) in ``metrics``. ``resume="last"`` continues from the run
     folder's ``last.ckpt``. Returns the fit result; its ``metrics`` hold the best checkpoint's validation figures."""
+    if scheduler == "time-cosine" and not max_time:
+        raise InputError("--scheduler time-cosine needs --max-time (the schedule runs over the time budget)")
     module = AudiosepModule(
-        arch=arch, arch_kwargs=arch_kwargs, sample_rate=sample_rate, num_sources=num_sources, lr=lr, scheduler=scheduler
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        sample_rate=sample_rate,
+        num_sources=num_sources,
+        lr=lr,
+        scheduler=None if scheduler == "time-cosine" else scheduler,
     )
     dm = AudiosepDataModule(
         str(data_dir),
@@ -345,6 +393,8 @@ def train_audiosep(
         log_every_n_steps=5,
         limit_val_batches=limit_val_batches,
     )
+    if scheduler == "time-cosine":
+        trainer.callbacks.append(TimeCosineLR(parse_max_time(max_time), lr))
     res = fit(module, dm, trainer, export_to=None, ckpt_path=resume, overwrite=overwrite)
     if res.best_checkpoint is not None:
         val = read_torch_file(res.best_checkpoint).get("audiosep_val") or {}

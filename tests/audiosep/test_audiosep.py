@@ -364,30 +364,58 @@ def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
 
     data = write_librimix(tmp_path / "data", 10, seconds=1.0, seed=0)
     out = tmp_path / "m.pt"
-    argv = [
-        "train",
-        str(data),
-        "-o",
-        str(out),
-        "--segment",
-        "0.5",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--accelerator",
-        "cpu",
-        "--quiet",
-    ]
+    argv = ["train", str(data), "-o", str(out), "--segment", "0.5", "--batch-size", "4", "--epochs", "1",
+            "--device", "cpu", "--seed", "1", "--quiet"]
     assert main(argv) == 0
     mf = load_model_file(out, task="audiosep")
-    assert mf.preprocessing["sample_rate"] == 8000 and mf.classes == ["s1", "s2"] and "best_val_loss" in mf.metrics
+    assert mf.preprocessing["sample_rate"] == 8000 and mf.classes == ["s1", "s2"]
+    # the real validation SI-SNR (dB, higher is better) and SI-SNRi, not a loss
+    assert mf.metrics["best_val_si_snr"] == pytest.approx(mf.metrics["val_si_snr"], abs=1e-4)
+    assert mf.metrics["val_si_snri"] != mf.metrics["val_si_snr"]
     assert (
         main(["separate", str(data / "mix" / "utt0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
     )
     assert sf.info(tmp_path / "o" / "utt0000_s2.wav").frames == 8000
     capsys.readouterr()
     assert main(argv) == 2 and "output exists" in capsys.readouterr().err
+    # --resume without a value continues from the run folder's last.ckpt (one more epoch)
+    assert main([*argv[:-1], "--epochs", "2", "--resume", "--overwrite"]) == 0
+    assert load_model_file(out).metrics["epoch"] in (0, 1)
+    assert (tmp_path / "m_run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def _val_si_snr_one_process(model_file, val_dir):
+    """Mean SI-SNR (best permutation) of a model over a LibriMix folder, in this one process."""
+    m = load_model_file(model_file).build()
+    vals = []
+    for f in sorted((val_dir / "mix").iterdir()):
+        mix = torch.from_numpy(sf.read(f, dtype="float32")[0])[None, None]
+        refs = torch.stack([torch.from_numpy(sf.read(val_dir / f"s{k}" / f.name, dtype="float32")[0]) for k in (1, 2)])
+        with torch.no_grad():
+            est = m(mix)
+        _, perm = pit_si_snr_loss(est, refs[None])
+        vals.append(si_snr(reorder(est, perm).double(), refs[None].double()))
+    return float(torch.cat(vals).mean())
+
+
+def test_train_ddp_two_cpu_processes_syncs_validation(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from audiosep.synthetic import write_librimix
+
+    data = write_librimix(tmp_path / "train", 4, seconds=0.5, seed=0)
+    val = write_librimix(tmp_path / "val", 3, seconds=0.5, seed=1)  # odd: one rank scores 2, the other 1
+    out = tmp_path / "m.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "audiosep.cli", "train", str(data), "--val-dir", str(val), "-o", str(out),
+           "--devices", "2", "--device", "cpu", "--epochs", "1", "--segment", "0.25", "--batch-size", "2", "-q"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["m.pt"]
+    mf = load_model_file(out)
+    assert mf.metrics["val_si_snr"] == pytest.approx(_val_si_snr_one_process(out, val), abs=1e-4)
 
 
 def test_dynamic_mixing_dataset_mixes_random_crops(tmp_path):
