@@ -115,8 +115,8 @@ def stream_vs_whole(minutes: float, arch: str, chunk: float, overlap: float) -> 
                 times["loa"].append(time.perf_counter() - t0)
         t = {k: min(v) for k, v in times.items() if v}
         print(f"{minutes:g} min 16 kHz file, {arch}: audiosep separate {t['stream']:.1f} s, "
-              f"whole-file forward at 8 kHz {t['whole']:.1f} s -> stream_over_whole_file {t['stream'] / t['whole']:.3f} (chunks {chunk:g} s, "
-              f"overlap {overlap:g} s)")
+              f"whole-file forward at 8 kHz {t['whole']:.1f} s -> stream_over_whole_file "
+              f"{t['stream'] / t['whole']:.3f} (chunks {chunk:g} s, overlap {overlap:g} s)")
         out[f"stream_over_whole_file_{minutes:g}min"] = round(t["stream"] / t["whole"], 3)
         if "loa" in t:
             print(f"Asteroid LambdaOverlapAdd (window {chunk:g} s, hop {chunk / 2:g} s) {t['loa']:.1f} s -> "
