@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         model_help="suite model file (from `audiosep train` or `audiosep import`; no weights are bundled)",
         output="output folder for <stem>_s1.wav ... (created if needed; default: next to each input)",
     )
-    s.add_argument("--chunk-seconds", type=float, default=10.0, help="chunk length streamed through the model")
+    s.add_argument(
+        "--chunk-seconds", type=float, default=30.0, help="chunk length streamed through the model (more: more context)"
+    )
     s.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap between chunks")
     s.add_argument("--per-channel", action="store_true", help="separate each channel instead of the downmix")
 

@@ -193,7 +193,7 @@ def separate_file(
     separator: Separator,
     out_dir: str | Path | None = None,
     *,
-    chunk_seconds: float = 10.0,
+    chunk_seconds: float = 30.0,
     overlap_seconds: float = 1.0,
     per_channel: bool = False,
     overwrite: bool = False,
