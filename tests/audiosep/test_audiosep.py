@@ -359,10 +359,16 @@ def test_evaluate_folder_and_csv(tmp_path, capsys):
     assert main(["evaluate", str(est), str(tmp_path / "data"), "-q"]) == 0
 
 
-def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
-    from audiosep.synthetic import write_librimix
+def _speech_mixtures(folder, n, seed):
+    """``n`` two-voice eSpeak NG mixtures (LibriMix layout) of 4 random voices."""
+    from audiosep.speech import make_speakers, write_mixtures
 
-    data = write_librimix(tmp_path / "data", 10, seconds=1.0, seed=0)
+    rng = np.random.default_rng(seed)
+    return write_mixtures(folder, make_speakers(4, rng), n, rng)[0]
+
+
+def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
+    data = _speech_mixtures(tmp_path / "data", 10, seed=0)
     out = tmp_path / "m.pt"
     argv = ["train", str(data), "-o", str(out), "--segment", "0.5", "--batch-size", "4", "--epochs", "1",
             "--device", "cpu", "--seed", "1", "--quiet"]
@@ -373,9 +379,9 @@ def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
     assert mf.metrics["best_val_si_snr"] == pytest.approx(mf.metrics["val_si_snr"], abs=1e-4)
     assert mf.metrics["val_si_snri"] != mf.metrics["val_si_snr"]
     assert (
-        main(["separate", str(data / "mix" / "utt0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+        main(["separate", str(data / "mix" / "mix0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
     )
-    assert sf.info(tmp_path / "o" / "utt0000_s2.wav").frames == 8000
+    assert sf.info(tmp_path / "o" / "mix0000_s2.wav").frames == sf.info(data / "mix" / "mix0000.wav").frames
     capsys.readouterr()
     assert main(argv) == 2 and "output exists" in capsys.readouterr().err
     # --resume without a value continues from the run folder's last.ckpt (one more epoch)
@@ -403,10 +409,8 @@ def test_train_ddp_two_cpu_processes_syncs_validation(tmp_path):
     import subprocess
     import sys
 
-    from audiosep.synthetic import write_librimix
-
-    data = write_librimix(tmp_path / "train", 4, seconds=0.5, seed=0)
-    val = write_librimix(tmp_path / "val", 3, seconds=0.5, seed=1)  # odd: one rank scores 2, the other 1
+    data = _speech_mixtures(tmp_path / "train", 4, seed=0)
+    val = _speech_mixtures(tmp_path / "val", 3, seed=1)  # odd: one rank scores 2, the other 1
     out = tmp_path / "m.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "audiosep.cli", "train", str(data), "--val-dir", str(val), "-o", str(out),
@@ -434,6 +438,26 @@ def test_dynamic_mixing_dataset_mixes_random_crops(tmp_path):
 
     with pytest.raises(InputError, match="at least 4"):
         DynamicMixDataset(tmp_path, num_sources=4)
+
+
+def test_dynamic_mixing_picks_different_speakers_at_relative_levels(tmp_path):
+    from pipelines.audiosep import DynamicMixDataset
+
+    t = np.arange(12000) / 8000
+    freqs = (200, 450, 900)  # speaker k: every file a tone at freqs[k], so a source tells its speaker
+    for k, f in enumerate(freqs):
+        (tmp_path / f"spk{k}").mkdir()
+        for j in range(2):
+            sf.write(tmp_path / f"spk{k}" / f"u{j}.wav", (0.3 * np.sin(2 * np.pi * f * t + j)).astype("float32"), 8000)
+    ds = DynamicMixDataset(tmp_path, segment=1.0, num_sources=2, length=30, seed=0)
+    assert ds.speakers is not None and len(ds.speakers) == 3
+    for i in range(30):
+        _, srcs = ds[i]
+        peaks = [int(np.abs(np.fft.rfft(s.numpy())).argmax()) for s in srcs]  # 1 Hz bins over 1 s
+        assert peaks[0] != peaks[1] and set(peaks) <= set(freqs)
+        rms = srcs.square().mean(-1).sqrt()
+        assert rms[0] == pytest.approx(0.05, rel=1e-3)
+        assert -5.01 <= 20 * torch.log10(rms[1] / rms[0]) <= 5.01
 
 
 ASTEROID_CONFIGS = {
