@@ -189,6 +189,39 @@ class TimeCosineLR(L.Callback):
                 group["lr"] = self.lr * min(1.0, scale)
 
 
+class BudgetStop(L.Callback):
+    """Stop early enough that the final validation still ends inside ``--max-time``: Lightning's timer stops
+    training at the budget and then runs one more validation, so a run would overshoot by a validation. Time counts
+    from the start of fit (sanity check included); the last validation's duration is kept as the reserve."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget = budget_s
+        self.fit_start = self.val_start = None
+        self.val_seconds = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self.fit_start = time.monotonic()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self.val_start = time.monotonic()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        if not trainer.sanity_checking:  # the sanity check runs 2 batches only
+            self.val_seconds = time.monotonic() - self.val_start
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        import time
+
+        stop = time.monotonic() - self.fit_start + self.val_seconds >= self.budget
+        trainer.should_stop = trainer.should_stop or bool(trainer.strategy.broadcast(stop))
+
+
 def parse_max_time(text: str) -> float:
     """``DD:HH:MM:SS`` -> seconds (Lightning's ``max_time`` string)."""
     parts = [int(p) for p in text.split(":")]
@@ -393,6 +426,8 @@ def train_audiosep(
         log_every_n_steps=5,
         limit_val_batches=limit_val_batches,
     )
+    if max_time:
+        trainer.callbacks.append(BudgetStop(parse_max_time(max_time)))
     if scheduler == "time-cosine":
         trainer.callbacks.append(TimeCosineLR(parse_max_time(max_time), lr))
     res = fit(module, dm, trainer, export_to=None, ckpt_path=resume, overwrite=overwrite)
