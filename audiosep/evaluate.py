@@ -1,21 +1,29 @@
-"""Evaluate separated files against references (LibriMix layout): SI-SNR, SI-SNRi, SDR, SDRi per file and mean."""
+"""Evaluate separated files against references (LibriMix layout): SI-SNR, SI-SNRi, SDR, SDRi per file.
+
+Tables and report files go through :mod:`shared_backbones.report` (one writer for every evaluator)."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from shared_backbones.cliutil import atomic_output
+from shared_backbones.cliutil import progress
 from shared_backbones.errors import InputError
 
 from .metrics import separation_scores
 from .separate import output_paths
 
 METRICS = ("si_snr", "si_snri", "sdr", "sdri")
+MIX_SUFFIXES = (".wav", ".flac")
+
+
+def length_tolerance(rate: int) -> int:
+    """Samples by which an estimate may differ in length from its reference: one Conv-TasNet encoder stride
+    (L/2 = 1 ms: 8 samples at 8 kHz, 16 at 16 kHz)."""
+    return max(1, round(rate / 1000))
 
 
 def _read_mono(path: Path) -> tuple[np.ndarray, int]:
@@ -25,6 +33,8 @@ def _read_mono(path: Path) -> tuple[np.ndarray, int]:
         a, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError):
         raise InputError("not a readable audio file", path) from None
+    if not np.isfinite(a).all():
+        raise InputError("contains non-finite (NaN/inf) samples", path)
     return a.mean(1), rate
 
 
@@ -38,45 +48,51 @@ def source_dirs(data_dir: Path) -> list[Path]:
     return dirs
 
 
-def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path) -> list[dict]:
+def _check_pair(est: Path, est_audio: tuple[np.ndarray, int], ref: Path, ref_audio: tuple[np.ndarray, int]) -> None:
+    """Refuse pairs that would be scored wrongly: other sample rate, or lengths apart by more than a stride."""
+    (a, ra), (b, rb) = est_audio, ref_audio
+    if ra != rb:
+        raise InputError(f"sample rate {ra} Hz but its reference {ref} is {rb} Hz (not comparable)", est)
+    if abs(len(a) - len(b)) > length_tolerance(rb):
+        raise InputError(
+            f"{len(a)} samples but its reference {ref} has {len(b)} (more than one encoder stride, "
+            f"{length_tolerance(rb)} samples, apart: not the same utterance or cut)",
+            est,
+        )
+
+
+def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> list[dict]:
     """One row per mixture in ``data_dir/mix``: the file name and the four metrics (best SI-SNR permutation).
-    Estimates are ``<estimates_dir>/<stem>_s<k>.wav`` as ``audiosep separate`` writes them."""
+    Estimates are ``<estimates_dir>/<stem>_s<k>.wav`` as ``audiosep separate`` writes them; a pair with another
+    sample rate or a length more than one encoder stride apart is refused (one-line error naming the pair)."""
     data_dir, estimates_dir = Path(data_dir), Path(estimates_dir)
     srcs = source_dirs(data_dir)
-    rows = []
-    for mix_path in sorted(p for p in (data_dir / "mix").iterdir() if p.suffix.lower() in (".wav", ".flac")):
-        mix, rate = _read_mono(mix_path)
-        refs = [_read_mono(d / mix_path.name)[0] for d in srcs]
-        ests = [_read_mono(p)[0] for p in output_paths(mix_path, len(srcs), estimates_dir)]
-        n = min(len(mix), *(len(r) for r in refs), *(len(e) for e in ests))
-        def t(arrs: list[np.ndarray], n: int = n) -> torch.Tensor:
-            return torch.from_numpy(np.stack([a[:n] for a in arrs]))[None].double()
-
-        s = separation_scores(t(ests), t(refs), torch.from_numpy(mix[:n])[None, None].double())
-        rows.append({"file": mix_path.name, **{k: float(s[k][0]) for k in METRICS}})
-    if not rows:
+    if not estimates_dir.is_dir():
+        raise InputError("estimates folder not found", estimates_dir)
+    mixes = sorted(p for p in (data_dir / "mix").iterdir() if p.suffix.lower() in MIX_SUFFIXES)
+    if not mixes:
         raise InputError("no mixtures in mix/", data_dir)
+    rows = []
+    for mix_path in progress(mixes, desc="scoring", unit="file", quiet=quiet):
+        mix = _read_mono(mix_path)
+        ref_paths = [d / mix_path.name for d in srcs]
+        refs = [_read_mono(p) for p in ref_paths]
+        for p, r in zip(ref_paths, refs):
+            _check_pair(p, r, mix_path, mix)
+        est_paths = output_paths(mix_path, len(srcs), estimates_dir)
+        ests = [_read_mono(p) for p in est_paths]
+        for p, e in zip(est_paths, ests):
+            _check_pair(p, e, ref_paths[0], refs[0])
+        n = min(len(mix[0]), *(len(r[0]) for r in refs), *(len(e[0]) for e in ests))
+
+        def t(arrs: list[tuple[np.ndarray, int]], n: int = n) -> torch.Tensor:
+            return torch.from_numpy(np.stack([a[:n] for a, _ in arrs]))[None].double()
+
+        s = separation_scores(t(ests), t(refs), torch.from_numpy(mix[0][:n])[None, None].double())
+        rows.append({"file": mix_path.name, **{k: float(s[k][0]) for k in METRICS}})
     return rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
     """Mean of each metric."""
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
-
-
-def write_csv(rows: list[dict], path: str | Path, overwrite: bool = False) -> Path:
-    """Per-file rows and a final ``mean`` row."""
-    with atomic_output(path, overwrite) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["file", *METRICS])
-        w.writeheader()
-        w.writerows(rows)
-        w.writerow({"file": "mean", **summarise(rows)})
-    return Path(path)
-
-
-def format_table(rows: list[dict]) -> str:
-    """A printable table with a mean line."""
-    lines = [f"{'file':<30} " + " ".join(f"{k:>8}" for k in METRICS)]
-    for r in rows + [{"file": "mean", **summarise(rows)}]:
-        lines.append(f"{r['file'][:30]:<30} " + " ".join(f"{r[k]:8.2f}" for k in METRICS))
-    return "\n".join(lines)

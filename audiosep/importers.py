@@ -44,6 +44,7 @@ _ASTEROID_KEYS = [
     (r"^decoder\.filterbank\._filters$", "decoder.weight"),
     (r"^masker\.bottleneck\.0\.", "mask_generator.input_norm."),
     (r"^masker\.bottleneck\.1\.", "mask_generator.input_conv."),
+    (r"^masker\.TCN\.(\d+)\.shared_block\.3\.0\.", r"mask_generator.conv_layers.\1.conv_layers.3."),  # causal
     (r"^masker\.TCN\.(\d+)\.shared_block\.(\d)\.", r"mask_generator.conv_layers.\1.conv_layers.\2."),
     (r"^masker\.TCN\.(\d+)\.res_conv\.", r"mask_generator.conv_layers.\1.res_out."),
     (r"^masker\.TCN\.(\d+)\.skip_conv\.", r"mask_generator.conv_layers.\1.skip_out."),
@@ -69,15 +70,24 @@ def asteroid_to_torchaudio(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+ASTEROID_NORMS = {"gLN": "gln", "cgLN": "cln", "cLN": "chanln"}
+# torchaudio's bundles: file name -> sample rate (``torchaudio.pipelines.CONVTASNET_BASE_LIBRI2MIX``)
+TORCHAUDIO_BUNDLES = {"conv_tasnet_base_libri2mix.pt": 8000}
+
+
 def _asteroid_args(args: dict, path: Path) -> None:
     """Refuse Asteroid configurations our Conv-TasNet does not implement (one-line error)."""
+    fb = str(args.get("fb_name", "free"))
     checks = [
-        (args.get("fb_name", "free") == "free", f"filterbank {args.get('fb_name')!r} (only 'free')"),
-        (args.get("norm_type", "gLN") == "gLN", f"norm {args.get('norm_type')!r} (only 'gLN')"),
+        (fb.lower() in ("free", "freefb"), f"filterbank {fb!r} (only 'free' / 'FreeFB')"),
+        (
+            args.get("norm_type", "gLN") in ASTEROID_NORMS,
+            f"norm {args.get('norm_type')!r} (only {', '.join(map(repr, ASTEROID_NORMS))})",
+        ),
         (args.get("skip_chan", 1) not in (0, None), "no skip connections (skip_chan=0)"),
         (args.get("encoder_activation") in (None, "linear"), f"encoder activation {args.get('encoder_activation')!r}"),
-        (args.get("causal", False) is False, "causal Asteroid models (channel-wise LN)"),
         (args.get("mask_act", "relu") in ("relu", "sigmoid"), f"mask activation {args.get('mask_act')!r}"),
+        (args.get("out_chan") in (None, args.get("n_filters")), f"out_chan {args.get('out_chan')} != n_filters"),
     ]
     stride, kernel = args.get("stride"), args.get("kernel_size")
     checks.append((stride is None or kernel is None or stride * 2 == kernel, f"stride {stride} != kernel_size/2"))
@@ -86,36 +96,78 @@ def _asteroid_args(args: dict, path: Path) -> None:
             raise ModelFileError(f"unsupported Asteroid ConvTasNet: {what}", path)
 
 
+def read_foreign(path: Path) -> object:
+    """``torch.load(weights_only=True)``, with Asteroid's ``infos.software_versions`` (a ``TorchVersion``, a str
+    subclass) as the one extra allowed type; nothing pickled is executed."""
+    from torch.torch_version import TorchVersion
+
+    with torch.serialization.safe_globals([TorchVersion]):
+        return read_torch_file(path)
+
+
+def detect_format(obj: dict, sd: dict[str, torch.Tensor]) -> str | None:
+    """``asteroid`` (``model_args`` or ``masker.*`` keys), ``torchaudio`` (``encoder.weight``) or None."""
+    if "model_args" in obj or any(k.startswith("masker.") for k in sd):
+        return "asteroid"
+    if "encoder.weight" in sd:
+        return "torchaudio"
+    return None
+
+
+def describe(mf: ModelFile) -> str:
+    """One line: architecture, sizes, sample rate, sources, causal."""
+    kw = mf.arch_kwargs
+    norm = kw.get("norm", "gln")
+    return (
+        f"Conv-TasNet N={kw['enc_num_feats']} L={kw['enc_kernel_size']} B={kw['msk_num_feats']} "
+        f"H={kw['msk_num_hidden_feats']} X={kw['msk_num_layers']} R={kw['msk_num_stacks']} "
+        f"{kw.get('msk_activate', 'sigmoid')} mask, {norm}, {'causal' if kw.get('causal') else 'non-causal'}; "
+        f"{mf.preprocessing['sample_rate']} Hz, {kw['num_sources']} sources"
+    )
+
+
 def import_convtasnet(
     path: str | Path,
     out: str | Path,
-    fmt: str = "torchaudio",
-    sample_rate: int = 8000,
+    fmt: str = "auto",
+    sample_rate: int | None = None,
     msk_activate: str = "relu",
     num_layers: int = 8,
     overwrite: bool = False,
-) -> Path:
-    """Read a torchaudio state_dict (or a dict holding one under ``state_dict``/``model``) or an Asteroid package
-    (``{"state_dict": ..., "model_args": ...}``), check it against our architecture and save the suite model file."""
+) -> ModelFile:
+    """Import Conv-TasNet weights into the suite's model file ``out``; returns the written :class:`ModelFile`.
+
+    ``fmt`` ``torchaudio``: a ``torchaudio.models.ConvTasNet`` state_dict (or a dict holding one under
+    ``state_dict``/``model``; the bundle file ``conv_tasnet_base_libri2mix.pt`` gets its 8 kHz rate). ``asteroid``:
+    ``torch.save(model.serialize(), path)`` of ``asteroid.models.ConvTasNet`` (also the Hugging Face
+    ``pytorch_model.bin``), hyperparameters, sample rate and causality from its ``model_args``. ``auto`` tells them
+    apart by their keys."""
     path = Path(path)
-    obj = read_torch_file(path)
+    obj = read_foreign(path)
     if not isinstance(obj, dict):
         raise ModelFileError("not a state_dict or checkpoint dict", path)
     sd = obj.get("state_dict") or obj.get("model") or obj
-    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelFileError("no tensor state_dict found", path)
     sd = {k.removeprefix("module.").removeprefix("model."): v for k, v in sd.items()}
+    if fmt == "auto":
+        fmt = detect_format(obj, sd) or "torchaudio"
     framing: dict = {}
     if fmt == "asteroid":
-        sd = asteroid_to_torchaudio(sd)
         args = obj.get("model_args") or {}
         _asteroid_args(args, path)
-        sample_rate = int(args.get("sample_rate", sample_rate))
-        msk_activate = str(args.get("mask_act", msk_activate))
+        sd = asteroid_to_torchaudio(sd)
+        sample_rate = int(args.get("sample_rate") or sample_rate or 8000)
+        msk_activate = str(args.get("mask_act", "sigmoid"))  # Asteroid's default
         num_layers = int(args.get("n_blocks", num_layers))
         framing = {"encoder_padding": False}  # Asteroid's encoder/decoder do not pad
-    elif fmt != "torchaudio":
-        raise ModelFileError(f"unknown format {fmt!r} (torchaudio or asteroid)", path)
+        norm = ASTEROID_NORMS[args.get("norm_type", "gLN")]
+        if norm != "gln" or args.get("causal"):
+            framing |= {"norm": norm, "causal": bool(args.get("causal", False))}
+    elif fmt == "torchaudio":
+        sample_rate = sample_rate or TORCHAUDIO_BUNDLES.get(path.name, 8000)
+    else:
+        raise ModelFileError(f"unknown format {fmt!r} (auto, torchaudio or asteroid)", path)
     if msk_activate not in ("relu", "sigmoid"):
         raise ModelFileError(f"mask activation {msk_activate!r} is not supported (relu or sigmoid)", path)
     if "encoder.weight" not in sd:
@@ -137,7 +189,8 @@ def import_convtasnet(
         arch="convtasnet",
         arch_kwargs=kwargs,
         classes=[f"s{k + 1}" for k in range(kwargs["num_sources"])],
-        preprocessing={"sample_rate": sample_rate},
-        extra={"imported_from": fmt},
+        preprocessing={"sample_rate": int(sample_rate)},
+        extra={"imported_from": fmt, "source_file": path.name},
     )
-    return save_model_file(out, mf, overwrite=overwrite)
+    save_model_file(out, mf, overwrite=overwrite)
+    return mf

@@ -19,6 +19,27 @@ from shared_backbones.registry import register_model
 from shared_backbones.reversible import ReversibleBlock, ReversibleSequence
 
 TASK = "audiosep"
+NORMS = ("gln", "cln", "chanln")
+
+
+class ChannelLayerNorm(nn.Module):
+    """Channel-wise layer norm (Asteroid's ``cLN``): each frame normalised over its channels only, so it is causal.
+    Keys ``weight``, ``bias`` [C]; eps 1e-8 inside the square root, as Asteroid."""
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.transpose(1, -1), x.shape[1:2], self.weight, self.bias, self.eps).transpose(1, -1)
+
+
+def _norm(name: str, channels: int) -> nn.Module:
+    if name not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {name!r}")
+    return ChannelLayerNorm(channels) if name == "chanln" else get_norm(name, 1, channels)
 
 
 class MaskGenerator(nn.Module):
@@ -41,12 +62,13 @@ class MaskGenerator(nn.Module):
     ) -> None:
         super().__init__()
         self.input_dim, self.num_sources = input_dim, num_sources
-        self.input_norm = get_norm("cln" if causal else "gln", 1, input_dim)
+        self.input_norm = _norm(norm, input_dim)
+        block_norm = "gln" if norm == "chanln" else norm  # chanln is swapped in below
         self.input_conv = nn.Conv1d(input_dim, num_feats, 1)
         self.reversible = reversible
         if reversible:
             half, hid = num_feats // 2, num_hidden // 2
-            body = lambda d: TCNResidualBody(half, hid, kernel_size, d, norm, causal)  # noqa: E731
+            body = lambda d: TCNResidualBody(half, hid, kernel_size, d, block_norm, causal)  # noqa: E731
             self.conv_layers = ReversibleSequence(
                 [ReversibleBlock(body(2**j), body(2**j)) for _ in range(num_stacks) for j in range(num_layers)]
             )
@@ -57,7 +79,7 @@ class MaskGenerator(nn.Module):
                     num_hidden,
                     kernel_size,
                     2**j,
-                    norm,
+                    block_norm,
                     causal,
                     no_residual=(s == num_stacks - 1 and j == num_layers - 1),
                     skip_channels=num_skip,
@@ -65,6 +87,11 @@ class MaskGenerator(nn.Module):
                 for s in range(num_stacks)
                 for j in range(num_layers)
             )
+        if norm == "chanln":
+            for block in self.conv_layers.modules():
+                if isinstance(block, TCNBlock):
+                    block.conv_layers[2] = ChannelLayerNorm(num_hidden // 2 if reversible else num_hidden)
+                    block.conv_layers[5] = ChannelLayerNorm(num_hidden // 2 if reversible else num_hidden)
         self.output_prelu = nn.PReLU()
         out_in = num_feats if reversible or num_skip is None else num_skip
         self.output_conv = nn.Conv1d(out_in, input_dim * num_sources, 1)
@@ -101,7 +128,8 @@ class ConvTasNet(nn.Module):
         msk_num_layers: blocks per repeat <X> (dilations 1 .. 2^(X-1)).
         msk_num_stacks: repeats <R>.
         msk_activate: mask non-linearity, "sigmoid" or "relu".
-        norm: "gln" (global layer norm, non-causal) or "cln" (cumulative layer norm, causal).
+        norm: "gln" (global layer norm, non-causal), "cln" (cumulative layer norm, causal; the paper's cLN and
+            Asteroid's ``cgLN``) or "chanln" (per-frame channel-wise layer norm, causal; Asteroid's ``cLN``).
         causal: left-only padding so an output sample never depends on later input.
         reversible: reversible TCN stack (memory flat in depth; see the module docstring).
         encoder_padding: True (torchaudio): the signal is right-padded to a multiple of the hop and the encoder /

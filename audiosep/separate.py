@@ -11,6 +11,7 @@ whole (peak at -0.1 dBFS). Memory is O(chunk), independent of the file's length.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,40 +21,54 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from shared_backbones.checkpoint import load_for_inference
 from shared_backbones.cliutil import atomic_output, check_output, progress
 from shared_backbones.errors import InputError
-from shared_backbones.precision import PrecisionPolicy
+from shared_backbones.loaded import LoadedModel
 
-from . import models  # noqa: F401  (registers the architectures)
 from .metrics import best_permutation
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
+AUDIO_SUFFIXES = {
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64",
+}  # fmt: skip
 PEAK = 10 ** (-0.1 / 20)
+#: input sample formats the WAV outputs keep; anything else (MP3, Vorbis, Opus, ADPCM, A-law ...) is written as PCM_16
+WAV_SUBTYPES = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
+#: non-finite input samples are repaired (set to 0, with a notice) when they come in runs of at most this many
+#: samples and make up at most MAX_NONFINITE_FRACTION of the file; otherwise the file is refused
+MAX_NONFINITE_RUN = 16
+MAX_NONFINITE_FRACTION = 1e-3
 
 
 @dataclass
-class Separator:
-    """A loaded separation model with its sample rate, device and precision."""
+class Separator(LoadedModel):
+    """A loaded separation model (suite model file of task ``audiosep``) with its sample rate, device and precision.
 
-    model: torch.nn.Module
-    sample_rate: int
-    num_sources: int
-    device: torch.device
-    policy: PrecisionPolicy
+    ``--precision auto`` is fp32 on CPU: bf16 autocast measured 0.86x fp32 speed on the fused CPU inference path."""
 
-    @classmethod
-    def from_file(cls, path: str | Path, device: str = "auto", precision: str = "auto") -> Separator:
-        """Load a suite model file of task ``audiosep``."""
-        mf, model, dev, policy = load_for_inference(path, "audiosep", device, precision)
-        rate = int(mf.preprocessing.get("sample_rate", 8000))
-        return cls(model, rate, int(mf.arch_kwargs.get("num_sources", 2)), dev, policy)
+    TASK = "audiosep"
+
+    @property
+    def sample_rate(self) -> int:
+        """The model's rate in Hz (stored in the model file)."""
+        return int(self.file.preprocessing.get("sample_rate", 8000))
+
+    @property
+    def num_sources(self) -> int:
+        return int(self.file.arch_kwargs.get("num_sources", len(self.file.classes) or 2))
+
+    def describe(self) -> str:
+        """One line: architecture, rate, sources, device, precision."""
+        causal = "causal" if self.file.arch_kwargs.get("causal") else "non-causal"
+        return (
+            f"{self.file.arch} ({causal}), {self.sample_rate} Hz, {self.num_sources} sources, "
+            f"{self.device}, {self.policy.name}"
+        )
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[C, T] at the model's rate -> [C, S, T] (float32, CPU)."""
         with self.policy.autocast():
-            y = self.model(x.to(self.device, torch.float32).unsqueeze(1))
+            y = self.net(x.to(self.device, torch.float32).unsqueeze(1))
         return y.float().cpu()
 
 
@@ -135,6 +150,37 @@ def _info(path: Path) -> sf._SoundFileInfo:
     return info
 
 
+class NonFinite:
+    """Counts and repairs non-finite (NaN/inf) samples while a file streams; refuses what cannot be repaired."""
+
+    def __init__(self, path: Path, total: int, rate: int) -> None:
+        self.path, self.total, self.rate, self.count, self.seen = path, total, rate, 0, 0
+
+    def repair(self, start: int, a: np.ndarray) -> np.ndarray:
+        """``a`` [n, C] read at ``start``: isolated non-finite samples set to 0 (counted once per position)."""
+        bad = ~np.isfinite(a)
+        if not bad.any():
+            self.seen = max(self.seen, start + len(a))
+            return a
+        col = bad.any(1).astype(np.int8)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], col, [0]))))
+        runs = edges[1::2] - edges[::2]
+        longest, first = int(runs.max()), int(edges[::2][runs.argmax()])  # the longest run and where it starts
+        new = int(bad[max(0, self.seen - start) :].sum())
+        self.count += new
+        self.seen = max(self.seen, start + len(a))
+        if longest > MAX_NONFINITE_RUN or self.count > max(1, MAX_NONFINITE_FRACTION * self.total):
+            what = f"a run of {longest} non-finite samples" if longest > MAX_NONFINITE_RUN else (
+                f"{self.count} non-finite samples so far"
+            )
+            raise InputError(
+                f"{what} (NaN/inf) from {(start + first) / self.rate:.3f} s; refusing to separate (only "
+                f"isolated ones, runs <= {MAX_NONFINITE_RUN}, are repaired)",
+                self.path,
+            )
+        return np.where(bad, np.float32(0), a)
+
+
 def output_paths(path: str | Path, num_sources: int, out_dir: str | Path | None = None) -> list[Path]:
     """``<stem>_s1.wav`` ... in ``out_dir`` (default: next to the input)."""
     path = Path(path)
@@ -147,7 +193,7 @@ def separate_file(
     separator: Separator,
     out_dir: str | Path | None = None,
     *,
-    chunk_seconds: float = 10.0,
+    chunk_seconds: float = 30.0,
     overlap_seconds: float = 1.0,
     per_channel: bool = False,
     overwrite: bool = False,
@@ -161,11 +207,15 @@ def separate_file(
         check_output(o, overwrite)
     rate, total = info.samplerate, info.frames
     channels = info.channels if per_channel else 1
-    subtype = info.subtype if sf.check_format("WAV", info.subtype) else "PCM_16"
+    subtype = info.subtype if info.subtype in WAV_SUBTYPES else "PCM_16"  # MP3, Vorbis, Opus, ADPCM ... -> PCM_16
     chunk = max(1, round(chunk_seconds * rate))
     overlap = min(round(overlap_seconds * rate), chunk // 2)
+    repair = NonFinite(path, total * info.channels, rate)
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(sf.SoundFile(str(path)))
+        try:
+            src = stack.enter_context(sf.SoundFile(str(path)))
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise InputError(f"not a readable audio file ({str(exc).split(':')[-1].strip()})", path) from None
         tmpdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=".audiosep-", dir=outs[0].parent)))
         tmps = [
             stack.enter_context(sf.SoundFile(str(tmpdir / f"s{k}.wav"), "w", rate, channels, "FLOAT"))
@@ -174,8 +224,14 @@ def separate_file(
         peaks = np.zeros(separator.num_sources)
 
         def read(start: int, n: int) -> torch.Tensor:
-            src.seek(start)
-            a = src.read(n, dtype="float32", always_2d=True)  # [n, channels]
+            try:
+                src.seek(start)
+                a = src.read(n, dtype="float32", always_2d=True)  # [n, channels]
+            except (RuntimeError, sf.LibsndfileError) as exc:
+                raise InputError(f"cannot read samples {start}..{start + n} ({exc})", path) from None
+            if len(a) < n:  # a few formats (MP3) report an approximate length
+                a = np.pad(a, ((0, n - len(a)), (0, 0)))
+            a = repair.repair(start, a)
             a = a if per_channel else a.mean(1, keepdims=True)
             return torch.from_numpy(np.ascontiguousarray(a.T))
 
@@ -188,6 +244,14 @@ def separate_file(
         separate_chunks(read, total, rate, separator, chunk, overlap, channels, write, quiet=quiet)
         for f in tmps:
             f.close()
+        if not np.isfinite(peaks).all():  # never write NaN audio
+            raise InputError("the model produced non-finite output (NaN/inf); nothing written", path)
+        if repair.count:
+            print(
+                f"audiosep: warning: {path}: {repair.count} isolated non-finite (NaN/inf) sample(s) set to 0 before "
+                "separating",
+                file=sys.stderr,
+            )
         for k, out in enumerate(outs):
             gain = min(1.0, PEAK / peaks[k]) if peaks[k] > 0 else 1.0
             with (

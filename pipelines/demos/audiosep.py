@@ -1,5 +1,7 @@
-"""Demo part for audiosep: procedural two-speaker mixtures, train a small Conv-TasNet, separate held-out mixtures
-with the streaming separator (``audiosep separate``'s library), evaluate SI-SNRi / SDRi."""
+"""Demo part for audiosep: separate synthetic *speech*. A multi-voice corpus is synthesised with eSpeak NG
+(``audiosep.speech``; cached in the output folder), ``convtasnet-small`` is trained at 8 kHz with dynamic mixing of
+two voices at -5..5 dB for the CPU budget, then held-out mixtures (voices and sentences never seen in training) are
+separated with the streaming separator (``audiosep separate``'s library) and scored (``audiosep evaluate``'s)."""
 
 from __future__ import annotations
 
@@ -7,34 +9,70 @@ import shutil
 import time
 from pathlib import Path
 
-from audiosep.evaluate import evaluate_folder, summarise, write_csv
+from audiosep.evaluate import evaluate_folder, summarise
 from audiosep.separate import Separator, separate_file
-from audiosep.synthetic import write_librimix
+from audiosep.speech import write_corpus
+from shared_backbones.report import mean_row, write_report
 
 from ..audiosep import train_audiosep
 from . import DemoResult
+
+BUDGET = "00:00:03:00"  # CPU training budget, validation included
+TARGET_DB = 8.0
 
 
 def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResult:
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    train = write_librimix(out_dir / "data" / "train", 24 if quick else 300, seconds=2.0, seed=0)
-    val = write_librimix(out_dir / "data" / "val", 4 if quick else 10, seconds=2.0, seed=1)
-    test = write_librimix(out_dir / "data" / "test", 4 if quick else 10, seconds=4.0, seed=2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("convtasnet_small.pt", "convtasnet_small_run", "separated", "scores.csv"):
+        p = out_dir / stale
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    corpus = write_corpus(
+        out_dir / "corpus",
+        train_speakers=8 if quick else 28,
+        per_speaker=6 if quick else 24,
+        val_mixtures=4 if quick else 12,
+        test_mixtures=4 if quick else 20,
+    )
     model = out_dir / "convtasnet_small.pt"
-    train_audiosep(train, model, val_dir=val, segment=1.0, batch_size=8, epochs=1 if quick else 100,
-                   max_time=None if quick else "00:00:02:30", lr=2e-3, accelerator="cpu", quiet=quiet,
-                   overwrite=True)
+    t_train = time.perf_counter()
+    res = train_audiosep(
+        corpus["train"],
+        model,
+        val_dir=corpus["val"],
+        arch_kwargs={"enc_kernel_size": 32},  # 4 ms frames at 8 kHz: half the TCN frames of L=16, same quality here
+        dynamic_mixing=True,
+        epoch_size=32 if quick else 800,
+        segment=0.5,
+        batch_size=4 if quick else 12,
+        epochs=1 if quick else 1000,
+        max_time=None if quick else BUDGET,
+        lr=1e-2,
+        scheduler="plateau" if quick else "time-cosine",
+        accelerator="cpu",
+        devices=1,
+        precision="fp32",
+        workers=0,
+        quiet=quiet,
+        overwrite=True,
+    )
+    train_s = time.perf_counter() - t_train
     sep = Separator.from_file(model, "cpu", "fp32")
     est = out_dir / "separated"
-    for f in sorted((test / "mix").iterdir()):
-        separate_file(f, sep, est, chunk_seconds=2.0, overlap_seconds=0.5, overwrite=True, quiet=True)
-    rows = evaluate_folder(est, test)
-    write_csv(rows, out_dir / "scores.csv", overwrite=True)
+    for f in sorted((corpus["test"] / "mix").iterdir()):
+        separate_file(f, sep, est, chunk_seconds=10.0, overlap_seconds=1.0, overwrite=True, quiet=True)
+    rows = evaluate_folder(est, corpus["test"])
+    write_report(out_dir / "scores.csv", [*rows, mean_row(rows, "file")], overwrite=True)
     mean = summarise(rows)
-    return DemoResult(pipeline="audiosep", figures={"si_snri_db": mean["si_snri"], "sdri_db": mean["sdri"]},
-                      targets={"si_snri_db": "> 0 (demo)"}, outputs=[str(est), str(out_dir / "scores.csv")],
-                      seconds=time.perf_counter() - start, passed=quick or mean["si_snri"] > 0,
-                      notes="procedural speech-like sources, 8 kHz, 2.5 min CPU training budget")
+    return DemoResult(
+        pipeline="audiosep",
+        figures={"si_snri_db": mean["si_snri"], "sdri_db": mean["sdri"], "val_si_snri_db": res.metrics.get(
+            "val_si_snri", float("nan")), "train_seconds": train_s},
+        targets={"si_snri_db": f">= {TARGET_DB:g} (held-out voices and sentences)"},
+        outputs=[str(est), str(out_dir / "scores.csv"), str(model)],
+        seconds=time.perf_counter() - start,
+        passed=None if quick else mean["si_snri"] >= TARGET_DB,
+        notes="eSpeak NG speech, 2 voices at -5..5 dB, 8 kHz, dynamic mixing, convtasnet-small, "
+        f"{'smoke run' if quick else '3 min CPU training budget'}; test voices/sentences unseen in training",
+    )

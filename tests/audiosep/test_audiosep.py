@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -76,7 +78,8 @@ def test_import_torchaudio_and_asteroid_files(tmp_path):
     torch.manual_seed(0)
     ref = TA(num_sources=2, msk_activate="relu", **SMALL).eval()
     torch.save({"state_dict": {"module." + k: v for k, v in ref.state_dict().items()}}, tmp_path / "ta.pt")
-    mf = load_model_file(import_convtasnet(tmp_path / "ta.pt", tmp_path / "m.pt", num_layers=3), task="audiosep")
+    import_convtasnet(tmp_path / "ta.pt", tmp_path / "m.pt", num_layers=3)
+    mf = load_model_file(tmp_path / "m.pt", task="audiosep")
     x = torch.randn(1, 1, 640)
     with torch.no_grad():
         assert torch.allclose(mf.build()(x), ref(x), atol=1e-6)
@@ -95,14 +98,16 @@ def test_import_torchaudio_and_asteroid_files(tmp_path):
         "skip_chan": 8,
     }
     torch.save({"model_name": "ConvTasNet", "state_dict": ast, "model_args": args}, tmp_path / "ast.pth")
-    mf2 = load_model_file(import_convtasnet(tmp_path / "ast.pth", tmp_path / "m2.pt", fmt="asteroid"))
+    import_convtasnet(tmp_path / "ast.pth", tmp_path / "m2.pt")  # format detected from the keys
+    mf2 = load_model_file(tmp_path / "m2.pt")
     assert mf2.preprocessing["sample_rate"] == 16000 and mf2.arch_kwargs["encoder_padding"] is False
     # Asteroid frames the unpadded signal: on x padded by one hop each side it sees torchaudio's frames of x
     with torch.no_grad():
         y = mf2.build()(torch.nn.functional.pad(x, (8, 8)))
         assert y.shape == (1, 2, 656) and torch.allclose(y[..., 8:-8], ref(x), atol=1e-6)
     for bad, msg in (
-        ({"norm_type": "cLN"}, "norm 'cLN'"),
+        ({"norm_type": "BN"}, "norm 'BN'"),
+        ({"fb_name": "stft"}, "filterbank 'stft'"),
         ({"mask_act": "softmax"}, "mask activation 'softmax'"),
         ({"skip_chan": 0}, "no skip connections"),
     ):
@@ -176,7 +181,9 @@ class _FlippingSplitter(nn.Module):
 
 
 def _separator(model, rate=8000):
-    return Separator(model, rate, 2, torch.device("cpu"), PrecisionPolicy.resolve("fp32", "cpu"))
+    mf = ModelFile(task="audiosep", arch="test", arch_kwargs={"num_sources": 2}, state_dict={},
+                   preprocessing={"sample_rate": rate})
+    return Separator(None, mf, model, torch.device("cpu"), PrecisionPolicy.resolve("fp32", "cpu"))
 
 
 def test_chunked_separation_equals_one_shot_and_keeps_speaker_order():
@@ -281,13 +288,15 @@ def test_error_paths_one_line_exit_2(tmp_path, capsys):
         (["separate", str(tmp_path / "empty.wav"), "-m", str(model)], "empty.wav: audio is empty"),
         (["separate", str(tmp_path / "ok.wav"), "-m", str(other)], "model file is for task 'medseg'"),
         (["separate", str(tmp_path / "ok.wav"), "-m", str(tmp_path / "ok.wav")], "ok.wav:"),
-        (["separate", str(tmp_path / "ok.wav")], "no model given: pass --model"),
         (["separate", str(tmp_path / "nowhere"), "-m", str(model)], "nowhere: file not found"),
     ]
     for argv, msg in cases:
         assert main(argv + ["--quiet"]) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["separate", str(tmp_path / "ok.wav")])
+    assert exc.value.code == 2 and "the following arguments are required: -m/--model" in capsys.readouterr().err
     assert main(["separate", str(tmp_path / "ok.wav"), "-m", str(model), "--quiet"]) == 0
     assert main(["separate", str(tmp_path / "ok.wav"), "-m", str(model), "--quiet"]) == 2
     assert "output exists" in capsys.readouterr().err
@@ -331,40 +340,86 @@ def test_evaluate_folder_and_csv(tmp_path, capsys):
         - tm_sdr(torch.tensor(np.stack([s1 + s2] * 2)).double(), ref).mean()
     )
     assert rows[0]["sdri"] == pytest.approx(float(expect_sdri), abs=1e-2)
-    assert main(["evaluate", str(est), str(tmp_path / "data"), "--csv", str(tmp_path / "r.csv")]) == 0
-    assert (tmp_path / "r.csv").read_text().splitlines()[-1].startswith("mean,")
+    assert main(["evaluate", str(est), str(tmp_path / "data"), "-o", str(tmp_path / "r.csv"), "-q"]) == 0
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0] == "file,si_snr,si_snri,sdr,sdri" and lines[-1].startswith("mean,")
+    assert float(lines[-1].split(",")[2]) == pytest.approx(rows[0]["si_snri"], abs=1e-4)
+    assert main(["evaluate", str(est), str(tmp_path / "data"), "-o", str(tmp_path / "r.json"), "-q"]) == 0
     assert main(["evaluate", str(est), str(tmp_path)]) == 2
+    capsys.readouterr()
+    # pairs that would be scored wrongly are refused, naming the pair: another rate, a length off by > one stride
+    sf.write(est / "u1_s1.wav", s2, 16000, subtype="FLOAT")
+    assert main(["evaluate", str(est), str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err
+    assert "u1_s1.wav: sample rate 16000 Hz but its reference" in err and "u1.wav is 8000 Hz" in err
+    sf.write(est / "u1_s1.wav", s2[:3000], 8000, subtype="FLOAT")
+    assert main(["evaluate", str(est), str(tmp_path / "data")]) == 2
+    assert "u1_s1.wav: 3000 samples but its reference" in capsys.readouterr().err
+    sf.write(est / "u1_s1.wav", s2[:3992], 8000, subtype="FLOAT")  # one stride (8 samples) short: scored
+    assert main(["evaluate", str(est), str(tmp_path / "data"), "-q"]) == 0
+
+
+def _speech_mixtures(folder, n, seed):
+    """``n`` two-voice eSpeak NG mixtures (LibriMix layout) of 4 random voices."""
+    from audiosep.speech import make_speakers, write_mixtures
+
+    rng = np.random.default_rng(seed)
+    return write_mixtures(folder, make_speakers(4, rng), n, rng)[0]
 
 
 def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
-    from audiosep.synthetic import write_librimix
-
-    data = write_librimix(tmp_path / "data", 10, seconds=1.0, seed=0)
+    data = _speech_mixtures(tmp_path / "data", 10, seed=0)
     out = tmp_path / "m.pt"
-    argv = [
-        "train",
-        str(data),
-        "-o",
-        str(out),
-        "--segment",
-        "0.5",
-        "--batch-size",
-        "4",
-        "--epochs",
-        "1",
-        "--accelerator",
-        "cpu",
-        "--quiet",
-    ]
+    argv = ["train", str(data), "-o", str(out), "--segment", "0.5", "--batch-size", "4", "--epochs", "1",
+            "--device", "cpu", "--seed", "1", "--quiet"]
     assert main(argv) == 0
     mf = load_model_file(out, task="audiosep")
-    assert mf.preprocessing["sample_rate"] == 8000 and mf.classes == ["s1", "s2"] and "best_val_loss" in mf.metrics
+    assert mf.preprocessing["sample_rate"] == 8000 and mf.classes == ["s1", "s2"]
+    # the real validation SI-SNR (dB, higher is better) and SI-SNRi, not a loss
+    assert mf.metrics["best_val_si_snr"] == pytest.approx(mf.metrics["val_si_snr"], abs=1e-4)
+    assert mf.metrics["val_si_snri"] != mf.metrics["val_si_snr"]
     assert (
-        main(["separate", str(data / "mix" / "utt0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
+        main(["separate", str(data / "mix" / "mix0000.wav"), "-m", str(out), "-o", str(tmp_path / "o"), "--quiet"]) == 0
     )
-    assert sf.info(tmp_path / "o" / "utt0000_s2.wav").frames == 8000
+    assert sf.info(tmp_path / "o" / "mix0000_s2.wav").frames == sf.info(data / "mix" / "mix0000.wav").frames
     capsys.readouterr()
     assert main(argv) == 2 and "output exists" in capsys.readouterr().err
+    # --resume without a value continues from the run folder's last.ckpt (one more epoch)
+    assert main([*argv[:-1], "--epochs", "2", "--resume", "--overwrite"]) == 0
+    assert load_model_file(out).metrics["epoch"] in (0, 1)
+    assert (tmp_path / "m_run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def _val_si_snr_one_process(model_file, val_dir):
+    """Mean SI-SNR (best permutation) of a model over a LibriMix folder, in this one process."""
+    m = load_model_file(model_file).build()
+    vals = []
+    for f in sorted((val_dir / "mix").iterdir()):
+        mix = torch.from_numpy(sf.read(f, dtype="float32")[0])[None, None]
+        refs = torch.stack([torch.from_numpy(sf.read(val_dir / f"s{k}" / f.name, dtype="float32")[0]) for k in (1, 2)])
+        with torch.no_grad():
+            est = m(mix)
+        _, perm = pit_si_snr_loss(est, refs[None])
+        vals.append(si_snr(reorder(est, perm).double(), refs[None].double()))
+    return float(torch.cat(vals).mean())
+
+
+def test_train_ddp_two_cpu_processes_syncs_validation(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = _speech_mixtures(tmp_path / "train", 4, seed=0)
+    val = _speech_mixtures(tmp_path / "val", 3, seed=1)  # odd: one rank scores 2, the other 1
+    out = tmp_path / "m.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "audiosep.cli", "train", str(data), "--val-dir", str(val), "-o", str(out),
+           "--devices", "2", "--device", "cpu", "--epochs", "1", "--segment", "0.25", "--batch-size", "2", "-q"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in tmp_path.glob("*.pt")] == ["m.pt"]
+    mf = load_model_file(out)
+    assert mf.metrics["val_si_snr"] == pytest.approx(_val_si_snr_one_process(out, val), abs=1e-4)
 
 
 def test_dynamic_mixing_dataset_mixes_random_crops(tmp_path):
@@ -383,3 +438,167 @@ def test_dynamic_mixing_dataset_mixes_random_crops(tmp_path):
 
     with pytest.raises(InputError, match="at least 4"):
         DynamicMixDataset(tmp_path, num_sources=4)
+
+
+def test_dynamic_mixing_picks_different_speakers_at_relative_levels(tmp_path):
+    from pipelines.audiosep import DynamicMixDataset
+
+    t = np.arange(12000) / 8000
+    freqs = (200, 450, 900)  # speaker k: every file a tone at freqs[k], so a source tells its speaker
+    for k, f in enumerate(freqs):
+        (tmp_path / f"spk{k}").mkdir()
+        for j in range(2):
+            sf.write(tmp_path / f"spk{k}" / f"u{j}.wav", (0.3 * np.sin(2 * np.pi * f * t + j)).astype("float32"), 8000)
+    ds = DynamicMixDataset(tmp_path, segment=1.0, num_sources=2, length=30, seed=0)
+    assert ds.speakers is not None and len(ds.speakers) == 3
+    for i in range(30):
+        _, srcs = ds[i]
+        peaks = [int(np.abs(np.fft.rfft(s.numpy())).argmax()) for s in srcs]  # 1 Hz bins over 1 s
+        assert peaks[0] != peaks[1] and set(peaks) <= set(freqs)
+        rms = srcs.square().mean(-1).sqrt()
+        assert rms[0] == pytest.approx(0.05, rel=1e-3)
+        assert -5.01 <= 20 * torch.log10(rms[1] / rms[0]) <= 5.01
+
+
+ASTEROID_CONFIGS = {
+    "8k-sigmoid": {},
+    "8k-relu": {"mask_act": "relu"},
+    "16k-relu": {"sample_rate": 16000, "mask_act": "relu"},
+    "causal-cLN": {"causal": True, "norm_type": "cLN"},
+    "causal-cgLN": {"causal": True, "norm_type": "cgLN"},
+}
+
+
+@pytest.mark.parametrize("name", list(ASTEROID_CONFIGS))
+def test_asteroid_serialized_files_import_as_saved(tmp_path, name, capsys):
+    asteroid = pytest.importorskip("asteroid.models")
+    torch.manual_seed(0)
+    ref = asteroid.ConvTasNet(
+        n_src=2, n_blocks=3, n_repeats=2, bn_chan=8, hid_chan=12, skip_chan=8, n_filters=16, kernel_size=16, stride=8,
+        **{"sample_rate": 8000, **ASTEROID_CONFIGS[name]},
+    ).eval()
+    with torch.no_grad():  # random norm affines and PReLU slopes, not the identity defaults
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    path = tmp_path / "pytorch_model.bin"  # the Hugging Face name Asteroid publishes under
+    torch.save(ref.serialize(), path)  # holds a TorchVersion object and fb_name 'FreeFB'
+    assert main(["import", str(path), "-o", str(tmp_path / "m.pt")]) == 0
+    line = capsys.readouterr().err.strip()
+    rate = ASTEROID_CONFIGS[name].get("sample_rate", 8000)
+    assert line.startswith("asteroid: Conv-TasNet N=16 L=16 B=8 H=12 X=3 R=2") and f"{rate} Hz, 2 sources" in line
+    assert ("non-causal" not in line) == ("causal" in name)
+    mf = load_model_file(tmp_path / "m.pt", task="audiosep")
+    assert mf.preprocessing["sample_rate"] == rate
+    model = mf.build()
+    x = torch.randn(2, 1, 1603)
+    with torch.no_grad():
+        expect = ref(x[:, 0])
+        assert (model(x) - expect).abs().max() < 1e-4
+    with torch.inference_mode():
+        assert (model(x) - expect).abs().max() < 1e-4
+
+
+def test_torchaudio_libri2mix_bundle_file_imports_with_its_rate(tmp_path, capsys):
+    from torchaudio.models import conv_tasnet_base
+    from torchaudio.pipelines import CONVTASNET_BASE_LIBRI2MIX
+
+    torch.manual_seed(0)
+    ref = conv_tasnet_base(num_sources=2).eval()
+    path = tmp_path / Path(CONVTASNET_BASE_LIBRI2MIX._model_path).name  # conv_tasnet_base_libri2mix.pt
+    torch.save(ref.state_dict(), path)
+    assert main(["import", str(path), "-o", str(tmp_path / "m.pt")]) == 0
+    assert "torchaudio: Conv-TasNet N=512 L=16 B=128 H=512 X=8 R=3 relu mask" in capsys.readouterr().err
+    mf = load_model_file(tmp_path / "m.pt")
+    assert mf.preprocessing["sample_rate"] == CONVTASNET_BASE_LIBRI2MIX.sample_rate == 8000
+    x = torch.randn(1, 1, 4000)
+    with torch.inference_mode():
+        assert (mf.build()(x) - ref(x)).abs().max() < 1e-5
+    assert main(["import", str(path), "-o", str(tmp_path / "m.pt")]) == 2  # exists, no --overwrite
+
+
+def test_nan_samples_are_repaired_or_refused_never_written(tmp_path, capsys):
+    model = _model_file(tmp_path)
+    x = (0.3 * np.sin(np.arange(12000) * 0.05)).astype("float32")
+    x[100], x[7000] = np.nan, np.inf
+    sf.write(tmp_path / "spiky.wav", x, 8000, subtype="FLOAT")
+    assert main(["separate", str(tmp_path / "spiky.wav"), "-m", str(model), "-o", str(tmp_path / "o"), "-q"]) == 0
+    assert "2 isolated non-finite (NaN/inf) sample(s) set to 0" in capsys.readouterr().err
+    for k in (1, 2):
+        y = sf.read(tmp_path / "o" / f"spiky_s{k}.wav")[0]
+        assert len(y) == 12000 and np.isfinite(y).all() and np.abs(y).max() > 0
+    x[2000:2400] = np.nan
+    sf.write(tmp_path / "broken.wav", x, 8000, subtype="FLOAT")
+    assert main(["separate", str(tmp_path / "broken.wav"), "-m", str(model), "-o", str(tmp_path / "o"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.wav: a run of 400 non-finite samples (NaN/inf) from 0.250 s; refusing" in err
+    assert err.count("\n") == 1 and not list((tmp_path / "o").glob("broken*"))
+
+
+def test_mp3_in_pcm16_wav_out(tmp_path):
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile has no MP3")
+    model = _model_file(tmp_path)
+    sf.write(tmp_path / "talk.mp3", (0.3 * np.sin(np.arange(16000 * 2) * 0.05)).astype("float32"), 16000)
+    assert sf.info(tmp_path / "talk.mp3").subtype == "MPEG_LAYER_III"
+    assert main(["separate", str(tmp_path / "talk.mp3"), "-m", str(model), "-q"]) == 0
+    info = sf.info(tmp_path / "talk_s1.wav")
+    assert (info.format, info.subtype, info.samplerate, info.frames) == ("WAV", "PCM_16", 16000, 32000)
+
+
+def test_batch_goes_on_past_a_bad_file_and_lists_it(tmp_path, capsys):
+    model = _model_file(tmp_path)
+    (tmp_path / "in").mkdir()
+    for name in ("a.wav", "c.wav"):
+        sf.write(tmp_path / "in" / name, np.zeros(4000, dtype="float32") + 0.1, 8000)
+    (tmp_path / "in" / "b.wav").write_text("not audio")
+    assert main(["separate", str(tmp_path / "in"), "-m", str(model), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 inputs failed" in err and "b.wav: not a readable audio file" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_s1.wav", "a_s2.wav", "c_s1.wav", "c_s2.wav"]
+    # preflight: an existing output stops the batch before any work, --out-dir is the deprecated -o
+    assert main(["separate", str(tmp_path / "in"), "-m", str(model), "--out-dir", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "--out-dir is deprecated" in err and "a_s1.wav: output exists" in err
+
+
+def test_every_command_has_version_examples_and_help_on_every_option(capsys):
+    from audiosep.cli import _parser
+    from shared_backbones.cliutil import iter_subparsers
+
+    for path, parser in iter_subparsers(_parser()):
+        for action in parser._actions:
+            if action.option_strings and action.help != "==SUPPRESS==":
+                assert action.help, (path, action.option_strings)
+        if path:
+            assert parser.epilog and parser.epilog.count("audiosep ") >= 2, path
+            assert any("-q" in a.option_strings for a in parser._actions), path
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--version"])
+    assert "(convsuite)" in capsys.readouterr().out
+
+
+def test_speech_corpus_has_held_out_voices_and_sentences(tmp_path):
+    pytest.importorskip("espeakng_loader")
+    from audiosep.speech import Espeak, Speaker, write_corpus
+
+    paths = write_corpus(tmp_path, train_speakers=3, per_speaker=2, val_mixtures=2, test_mixtures=2)
+    meta = __import__("json").loads((tmp_path / "corpus.json").read_text())
+    train_v = {s["variant"] for s in meta["train_speakers"]}
+    assert train_v and train_v.isdisjoint(s["variant"] for s in meta["test_speakers"])
+    assert len(list(paths["train"].iterdir())) == 3 and len(list(paths["train"].rglob("*.wav"))) == 6
+    for name in ("mix0000.wav", "mix0001.wav"):
+        mix, rate = sf.read(paths["test"] / "mix" / name)
+        s1, s2 = sf.read(paths["test"] / "s1" / name)[0], sf.read(paths["test"] / "s2" / name)[0]
+        assert rate == 8000 and len(mix) == len(s1) == len(s2) > 8000  # a sentence lasts more than a second
+        assert np.allclose(mix, s1 + s2, atol=1e-6)
+        rel = 10 * np.log10(np.mean(s2**2) / np.mean(s1**2))
+        assert -5.5 < rel < 5.5  # within -5..5 dB (zero padding moves it a little)
+    # speech, not tones: voiced energy concentrated below 1 kHz, and the same text differs between two voices
+    es = Espeak.get()
+    a = es.synth("Hello world", Speaker("en-us", "m3", 30, 50, 160))
+    b = es.synth("Hello world", Speaker("en-us", "f2", 80, 50, 160))
+    assert es.rate == 22050 and 0.5 < len(a) / es.rate < 2.0 and len(a) != len(b)
+    spec = np.abs(np.fft.rfft(a))
+    freqs = np.fft.rfftfreq(len(a), 1 / es.rate)
+    assert spec[freqs < 1000].sum() > spec[freqs > 4000].sum()
+    assert write_corpus(tmp_path, train_speakers=3, per_speaker=2, val_mixtures=2, test_mixtures=2) == paths  # cached
