@@ -295,6 +295,14 @@ def _wait_for_children(procs: list[Any]) -> None:
 _WATCHED: set[int] = set()
 
 
+def _stop_children(trainer: L.Trainer) -> None:
+    """Rank 0 failed: end the processes Lightning started for the other ranks."""
+    for p in list(getattr(getattr(trainer.strategy, "launcher", None), "procs", []) or []):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def _watch_children(trainer: L.Trainer) -> None:
     launcher = getattr(trainer.strategy, "launcher", None)
     procs = list(getattr(launcher, "procs", []) or [])
@@ -317,6 +325,9 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, tra
     except SystemExit:
         if trainer.interrupted:
             raise KeyboardInterrupt from None
+        raise
+    except BaseException:
+        _stop_children(trainer)  # the other ranks would wait in a collective until the 30-minute timeout
         raise
     if trainer.interrupted:
         raise KeyboardInterrupt

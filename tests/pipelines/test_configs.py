@@ -18,7 +18,7 @@ QUICK = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", 
 
 
 def test_every_task_has_a_config():
-    assert {p.stem for p in CONFIGS.glob("*.yaml")} >= {"example", "medseg", "remote", "audiosep"}
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} >= {"example", "medseg", "remote", "audiosep", "phases"}
 
 
 def test_remote_config_fits_exports_and_predicts(tmp_path, monkeypatch):
@@ -64,3 +64,24 @@ def test_audiosep_config_fits_and_exports(tmp_path, monkeypatch):
     assert audiosep_main(["separate", str(mix), "-m", "tasnet.pt", "-o", "sep", "--quiet"]) == 0
     outs = sorted(p.name for p in (tmp_path / "sep").glob("*.wav"))
     assert outs == ["utt0000_s1.wav", "utt0000_s2.wav"] and sf.info(tmp_path / "sep" / outs[0]).samplerate == 8000
+
+
+def test_phases_config_fits_exports_and_predicts(tmp_path, monkeypatch):
+    from medseg.phases.synthetic import write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_dataset(tmp_path / "phases_data", n_videos=4, dim=16, centres=2, time_scale=0.2)
+    rc = pipelines_main(["fit", "-c", str(CONFIGS / "phases.yaml"), *QUICK, "--data.folds", "2",
+                         "--model.arch_kwargs", "{in_features: 16, num_blocks: 2, channels: 8}"])
+    assert rc == 0
+    ckpts = list((tmp_path / "runs" / "phases" / "checkpoints").glob("best-*.ckpt"))
+    assert len(ckpts) == 1
+    assert pipelines_main(["export", str(ckpts[0]), "-o", "tcn.pt"]) == 0
+    mf = load_model_file("tcn.pt", task="phases")
+    assert mf.arch == "colontcn" and mf.arch_kwargs["in_features"] == 16
+    from medseg.cli import main as medseg_main
+
+    video = next((tmp_path / "phases_data" / "features").glob("*.npy"))
+    rc = medseg_main(["phases", "predict", str(video), "-m", "tcn.pt", "--out-dir", "pred", "--no-png", "--quiet"])
+    assert rc == 0
+    assert any((tmp_path / "pred").iterdir())

@@ -22,7 +22,8 @@ CLASSES = ["healthy", "yellow_rust", "nitrogen_deficiency"]
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    paths = [str(ROOT), str(Path(__file__).parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
 
@@ -77,6 +78,17 @@ def test_example_config_ddp_two_processes(tmp_path):
         logits = net(x)
     assert float(row["val_acc"]) == pytest.approx(float((logits.argmax(1) == y).float().mean()), abs=1e-6)
     assert float(row["val_loss"]) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-5)
+
+
+def test_a_failing_rank_fails_the_command(tmp_path):
+    """Rank 1 raises: the command ends (no hang in a collective) with a non-zero exit code."""
+    config = ROOT / "pipelines" / "configs" / "example.yaml"
+    start = time.monotonic()
+    r = _run("pipelines.cli", ["fit", "-c", str(config), "--model.class_path", "ddp_helpers.FailingOnRank1",
+                               "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp",
+                               "--trainer.enable_progress_bar", "false", "--data.n_train", "128"], tmp_path)
+    assert r.returncode != 0 and time.monotonic() - start < 200
+    assert not list(tmp_path.glob("runs/example/**/*.ckpt"))
 
 
 def test_medseg_train_ddp_two_processes(tmp_path):
