@@ -12,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from ddp_helpers import write_table
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSES = ["healthy", "yellow_rust", "nitrogen_deficiency"]
 
 
 def _env() -> dict[str, str]:
@@ -37,21 +36,6 @@ def _last_row(metrics_csv: Path, key: str) -> dict[str, str]:
     rows = [r for r in csv.DictReader(open(metrics_csv)) if r.get(key)]
     assert rows, f"no {key} in {metrics_csv}"
     return rows[-1]
-
-
-def write_table(path: Path, n: int = 60, seed: int = 0) -> Path:
-    """A per-field table (6 dates x 6 bands, a field_id column for grouped folds)."""
-    rng = np.random.default_rng(seed)
-    dates = ["2024-04-01", "2024-04-11", "2024-04-21", "2024-05-01", "2024-05-11", "2024-05-21"]
-    bands = ["B02", "B03", "B04", "B05", "B06", "B08"]
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["field_id", "label"] + [f"{b}_{d}" for d in dates for b in bands])
-        for i in range(n):
-            lab = i % 3
-            vals = rng.uniform(0.02, 0.4, len(dates) * len(bands)) + 0.1 * lab
-            w.writerow([i // 6, CLASSES[lab]] + [f"{v:.4f}" for v in vals])
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------ DDP

@@ -89,6 +89,20 @@ def test_ddp_strategy_is_chosen_for_several_processes():
     assert ddp_strategy("auto", 1) == "auto" and ddp_strategy("fsdp", 4) == "fsdp"
 
 
+def test_train_commands_take_bf16_on_cpu(tmp_path, capsys):
+    from ddp_helpers import write_table
+
+    from remote.cli import main as remote_main
+    from shared_backbones.checkpoint import load_model_file
+
+    table = write_table(tmp_path / "t.csv", n=30)
+    assert remote_main(["train", "--table", str(table), "-o", str(tmp_path / "t.pt"), "--epochs", "1", "--folds", "2",
+                        "--channels", "4", "--depth", "1", "--device", "cpu", "--precision", "bf16", "--quiet"]) == 0
+    assert "overall accuracy" in capsys.readouterr().out
+    m = load_model_file(tmp_path / "t.pt").metrics
+    assert m["n_test"] + m["n_train"] == 30 and 0 <= m["test_overall_accuracy"] <= 1
+
+
 def test_bf16_on_cpu_trains(tmp_path):
     dm = ExampleDataModule(n_train=32, n_val=16, batch_size=16)
     trainer = build_trainer(tmp_path / "run", max_epochs=1, precision="bf16", quiet=True, seed=0, device="cpu")
