@@ -112,7 +112,10 @@ class MedsegDataModule(L.LightningDataModule):
         self.val_vols = [vols[i] for i in va]
 
     def train_dataloader(self) -> DataLoader:
-        ds = PatchDataset(self.train_vols, self.plan["patch_size"], self.steps * self.batch_size, seed=self.seed)
+        # a resumed run (current_epoch restored before the loaders are built) draws new patches, not epoch 0's again
+        epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
+        ds = PatchDataset(self.train_vols, self.plan["patch_size"], self.steps * self.batch_size,
+                          seed=self.seed + 1_000_003 * epoch)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.workers,
                           persistent_workers=self.workers > 0, worker_init_fn=seed_worker)
 
