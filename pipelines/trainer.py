@@ -177,6 +177,8 @@ def _quiet_lightning(quiet: bool) -> None:
     if quiet:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # --quiet: no advice about logging intervals or worker counts either
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"lightning(\.|$)")
 
 
 def _device_count(devices: int | str | list | None) -> int:
