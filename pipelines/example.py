@@ -56,7 +56,9 @@ class ExampleModule(SuiteModule):
 
     def on_validation_epoch_end(self) -> None:
         # compute() reduces the metric states over all ranks: every rank logs the same numbers
-        self.log_dict({"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute()}, prog_bar=True)
+        # (sync_dist: the values are already equal on every rank; it only tells Lightning so)
+        self.log_dict({"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute()}, prog_bar=True,
+                      sync_dist=True)
         self.val_loss.reset()
         self.val_acc.reset()
 

@@ -216,8 +216,9 @@ class MedsegModule(SuiteModule):
             if torch.isfinite(v):
                 values[f"val_dice_{names[c] if c < len(names) else c}"] = v
             metric.reset()
-        self.log("val_dice", values.pop("val_dice"), prog_bar=True)
-        self.log_dict(values)
+        # computed values are equal on every rank (the same keys too); sync_dist only tells Lightning so
+        self.log("val_dice", values.pop("val_dice"), prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
         self.val_dice.reset()
         self.val_loss.reset()
 

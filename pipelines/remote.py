@@ -180,7 +180,8 @@ class RemoteModule(SuiteModule):
     def on_validation_epoch_end(self) -> None:
         metrics = {"val_loss": self.val_loss, "val_acc": self.val_acc, "val_kappa": self.val_kappa,
                    "val_f1": self.val_f1}
-        self.log_dict({k: m.compute() for k, m in metrics.items()}, prog_bar=True)
+        # computed values are equal on every rank; sync_dist only tells Lightning so
+        self.log_dict({k: m.compute() for k, m in metrics.items()}, prog_bar=True, sync_dist=True)
         for m in metrics.values():
             m.reset()
 
