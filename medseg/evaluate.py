@@ -109,14 +109,12 @@ def _pairs(pred_dir: Path, ref_dir: Path) -> list[tuple[str, Path, Path]]:
 
 def class_names_from(dataset_json: str | Path | None, n_classes: int) -> list[str]:
     """Names from an MSD/nnU-Net dataset.json (``labels``: {"0": "background", ...} or {"background": 0, ...})."""
+    from .dataset import parse_label_map
     labels: dict[int, str] = {}
     if dataset_json and Path(dataset_json).is_file():
         try:
             raw = json.loads(Path(dataset_json).read_text()).get("labels", {})
-            labels = {
-                (int(k) if str(k).isdigit() else int(v)): (str(v) if str(k).isdigit() else str(k))
-                for k, v in raw.items()
-            }
+            labels = parse_label_map(raw, dataset_json)
         except (ValueError, AttributeError, TypeError):
             raise InputError("unreadable 'labels' in dataset.json", dataset_json) from None
     n = max(n_classes, max(labels, default=0) + 1)

@@ -19,7 +19,6 @@ from shared_backbones.cliutil import (
     add_command,
     add_common,
     add_deprecated,
-    add_run_options,
     check_output,
     make_parser,
     prepare_outputs,
@@ -83,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                               f"{PROG} predict scans/ -m model.pt -o segs/ --num-parts 8 --part-id 3"])
     p.add_argument("inputs", nargs="+",
                    help="a .nii/.nii.gz file, several files forming the channels of one case, or one folder of cases "
-                        "(<case>_0000.nii.gz ... for multi-channel models), or one DICOM series (a folder or .zip of CT/MR slices)")
+                        "(<case>_0000.nii.gz ... for multi-channel models), or one DICOM series (a folder or .zip "
+                        "of CT/MR slices)")
     add_common(p, model="many", output="output file (one case) or folder (default: <input>_seg.nii.gz / "
                                         "<folder>_seg/)",
                model_help="model file (.pt), or an nnU-Net v2 model folder (<Trainer>__<Plans>__<configuration>/ with "
@@ -112,39 +112,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dicom-seg", metavar="OUT.dcm",
                    help="also write the labels as a DICOM SEG object referencing the source series (DICOM input only)")
 
-    t = sub.add_parser("train", help="train on an nnU-Net/MSD dataset folder (imagesTr/, labelsTr/, dataset.json)")
+    from pipelines.options import MedsegTrainOptions, add_options  # a light module: no torch, no Lightning
+
+    t = add_command(
+        sub, "train", help="train on an nnU-Net/MSD dataset folder (imagesTr/, labelsTr/, dataset.json)",
+        examples=["medseg train phantoms -o unet.pt --epochs 20 --optimizer adamw",
+                  "medseg train Task04 -o unet.pt --devices 4 --precision bf16 --max-time 12:00:00",
+                  "medseg train Task04 -o unet.pt --resume"])
     t.add_argument("dataset", help="dataset folder")
-    t.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
-    t.add_argument("--arch", default="unet3d", help="unet3d | stunet-s/b/l/h | revunet3d | revunet3d-plain")
-    t.add_argument("--fold", type=int, default=0, help="validation fold (default 0)")
-    t.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--steps-per-epoch", type=int, default=50, help="patch batches per epoch (default 50)")
-    t.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size (default: from data)")
-    t.add_argument("--batch-size", type=int, default=2)
-    t.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        help="target spacing in mm (default: median of the training cases)",
-    )
-    t.add_argument(
-        "--optimizer",
-        default="sgd",
-        choices=["sgd", "adamw", "adam"],
-        help="sgd (nnU-Net's: momentum 0.99, Nesterov) or adamw/adam (converge faster on short runs)",
-    )
-    t.add_argument("--lr", type=float, default=1e-2, help="learning rate, poly decay (default 0.01)")
-    t.add_argument("--base-channels", type=int, help="first-stage channels (unet3d; default 32)")
-    t.add_argument("--devices", default="auto", help="GPUs per node or 'auto' (DDP when > 1)")
-    t.add_argument(
-        "--workers", type=int, default=0, help="processes for preprocessing and data loading (default 0: in-process)"
-    )
-    t.add_argument("--work-dir", help="logs and checkpoints (default: <output>.train/)")
-    t.add_argument("--resume", help="Lightning checkpoint to resume from")
-    t.add_argument("--seed", type=int, default=0)
-    add_run_options(t)
+    add_options(t, MedsegTrainOptions)
+    add_common(t, output="model file to write (.pt)", output_required=True, devices=True, seed=True, resume=True,
+               fold=True)
 
     e = add_command(sub, "evaluate", help="Dice, HD95 and NSD per class of a prediction folder against references",
                     examples=[f"{PROG} evaluate segs/ labelsTs/",
@@ -338,33 +316,12 @@ def _describe(models: Sequence) -> str:
 # ---------------------------------------------------------------------------------------------------- others
 def _train(args: argparse.Namespace) -> int:
     from pipelines.medseg import train_medseg
+    from pipelines.options import MedsegTrainOptions, options_from
 
     check_output(args.output, args.overwrite)
-    arch_kwargs = {"base_channels": args.base_channels} if args.base_channels else None
-    res = train_medseg(
-        args.dataset,
-        args.output,
-        arch=args.arch,
-        arch_kwargs=arch_kwargs,
-        fold=args.fold,
-        folds=args.folds,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        patch_size=args.patch,
-        batch_size=args.batch_size,
-        spacing=args.spacing,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        precision=args.precision,
-        device=args.device,
-        devices=args.devices,
-        workers=args.workers,
-        work_dir=args.work_dir,
-        resume=args.resume,
-        seed=args.seed,
-        quiet=args.quiet,
-        overwrite=args.overwrite,
-    )
+    res = train_medseg(args.dataset, args.output, **options_from(MedsegTrainOptions, args))
+    if not res.is_global_zero:  # other DDP ranks: rank 0 reports and writes the model file
+        return 0
     say(
         f"model file: {res.model_file} "
         f"(best val_dice {res.best_score if res.best_score is not None else float('nan'):.4f}; "

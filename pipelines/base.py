@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from shared_backbones.checkpoint import ModelFile
 from shared_backbones.registry import create_model
@@ -84,3 +85,17 @@ class SuiteModule(L.LightningModule):
         return ModelFile.from_model(self.model, task=hp.task, arch=hp.arch, arch_kwargs=dict(hp.arch_kwargs or {}),
                                     classes=list(hp.classes or []), preprocessing=dict(hp.preprocessing or {}),
                                     metrics=dict(metrics or {}))
+
+
+def eval_dataloader(dataset: Dataset, batch_size: int = 1, **kwargs: Any) -> DataLoader:
+    """A validation/test loader that, under DDP, gives each rank a disjoint shard without the padding Lightning's
+    default ``DistributedSampler`` adds (repeated samples would bias the metrics): with metrics synced across
+    ranks (torchmetrics), N processes then report exactly what one process computes on the same data."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)

@@ -7,11 +7,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from shared_backbones.blocks import ConvNormAct, reversible_mbconv_sequence
 from shared_backbones.registry import register_model
 
-from .base import SuiteModule
+from .base import SuiteModule, eval_dataloader
 
 
 @register_model("example-revnet1d", task="example")
@@ -29,7 +31,7 @@ def example_revnet1d(
 
 
 class ExampleModule(SuiteModule):
-    """Cross-entropy classification; logs train_loss, val_loss, val_acc."""
+    """Cross-entropy classification; logs train_loss, and val_loss / val_acc as torchmetrics synced across ranks."""
 
     def __init__(
         self, arch: str = "example-revnet1d", arch_kwargs: dict | None = None, lr: float = 3e-3, **kwargs
@@ -37,6 +39,8 @@ class ExampleModule(SuiteModule):
         super().__init__(
             task="example", arch=arch, arch_kwargs=arch_kwargs, classes=["sine", "square", "noise"], lr=lr, **kwargs
         )
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes=3, average="micro")
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -47,8 +51,16 @@ class ExampleModule(SuiteModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.log("val_acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
+        self.val_loss.update(F.cross_entropy(logits.float(), y), weight=len(y))
+        self.val_acc.update(logits.argmax(1), y)
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() reduces the metric states over all ranks: every rank logs the same numbers
+        # (sync_dist: the values are already equal on every rank; it only tells Lightning so)
+        self.log_dict({"val_loss": self.val_loss.compute(), "val_acc": self.val_acc.compute()}, prog_bar=True,
+                      sync_dist=True)
+        self.val_loss.reset()
+        self.val_acc.reset()
 
 
 def make_patterns(n: int, length: int = 64, seed: int = 0) -> TensorDataset:
@@ -80,4 +92,4 @@ class ExampleDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.hparams.batch_size)
+        return eval_dataloader(self.val_set, batch_size=self.hparams.batch_size)

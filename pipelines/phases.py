@@ -387,3 +387,24 @@ def train_phases(
 def is_worker_rank() -> bool:
     """True in a process that Lightning's launcher started for a rank other than 0."""
     return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+
+
+class PhasesFilesDataModule(PhasesDataModule):
+    """A fold of a phases dataset folder (``features/<id>.npy``, ``labels/<id>.txt``) given by paths and numbers, as
+    a LightningCLI config writes it (``pipelines/configs/phases.yaml``): k-fold, grouped (``groups`` CSV;
+    ``folds=0`` = leave-one-group-out) or fixed MS-TCN split bundles (``split_dir``), as ``medseg phases train``."""
+
+    def __init__(self, data_dir: str, folds: int = 4, fold: int = 0, groups: str | None = None,
+                 split_dir: str | None = None, batch_size: int = 2, seed: int = 0) -> None:
+        ids, videos, classes = load_dataset(data_dir)
+        if split_dir:
+            splits = bundle_splits(split_dir, ids)
+        elif groups:
+            splits = group_kfold_splits(read_groups(groups, ids), None if folds == 0 else folds, seed)
+        else:
+            splits = kfold_splits(len(ids), folds, seed)
+        if not 0 <= fold < len(splits):
+            raise InputError(f"fold {fold} out of range (0..{len(splits) - 1})")
+        tr, va = splits[fold]
+        super().__init__([videos[i] for i in tr], [videos[i] for i in va], batch_size)
+        self.classes, self.in_features = classes, int(videos[0][0].shape[1])

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa, MulticlassF1Score
 
-import remote.models  # noqa: F401  (registers the architectures)
 from remote.evaluate import classification_metrics
 from remote.fields import open_fields
 from remote.io import DEFAULT_BANDS, DEFAULT_SCL_INVALID, S2Series
@@ -40,11 +41,11 @@ from remote.samples import (
 from remote.timeseries import default_step, regular_grid
 from shared_backbones.checkpoint import load_model_file, save_model_file
 from shared_backbones.errors import InputError
-from shared_backbones.registry import model_entry
+from shared_backbones.folds import group_kfold_splits, kfold_splits
+from shared_backbones.registry import create_model, model_entry
 
-from .base import SuiteModule
-from .kfold import group_kfold_splits, kfold_splits
-from .trainer import build_trainer, fit
+from .base import SuiteModule, eval_dataloader
+from .trainer import build_trainer, fit, seed_everything
 
 
 class ChipDataset(Dataset):
@@ -80,12 +81,45 @@ class RemoteDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         ds = ChipDataset(*self.val) if self.chips else TensorDataset(*self.val)
-        return DataLoader(ds, batch_size=self.batch_size * (1 if self.chips else 4))
+        return eval_dataloader(ds, batch_size=self.batch_size * (1 if self.chips else 4))
+
+
+class RemoteFilesDataModule(RemoteDataModule):
+    """A fold of a training set given by paths and numbers, as a LightningCLI config writes it
+    (``pipelines/configs/remote.yaml``): rasters (``inputs`` + ``labels``) or a sample ``table``, read, put on the
+    regular time grid and split exactly as ``remote train`` does (:func:`prepare_remote_data`). The module takes
+    classes, class weights, preprocessing and the network's input arguments from here."""
+
+    def __init__(self, table: str | None = None, inputs: list[str] | None = None, labels: str | None = None,
+                 arch: str = "ffdnn", classes: list[str] | None = None, bands: list[str] | None = None,
+                 indices: list[str] | None = None, grid_days: int | None = None, folds: int = 5, fold: int = 0,
+                 block_size: int = 32, buffer: int = 2, chip: int = 64, max_per_class: int | None = 20000,
+                 batch_size: int = 256, seed: int = 0, dates: list[str] | None = None,
+                 band_order: list[str] | None = None, offset: float | None = None) -> None:
+        from remote.io import open_series, read_date_list
+
+        classes = list(classes or CLASSES)
+        series = None
+        if inputs:
+            series = open_series(inputs, dates=read_date_list(dates) if dates else None, band_order=band_order,
+                                 offset=offset)
+        data = prepare_remote_data(series=series, labels=labels, table=table, arch=arch, classes=classes,
+                                   bands=bands, indices=indices or DEFAULT_INDICES, grid_days=grid_days,
+                                   offset=offset, folds=folds, block_size=block_size, buffer=buffer, chip=chip,
+                                   max_per_class=max_per_class, seed=seed)
+        if not 0 <= fold < len(data.splits):
+            raise InputError(f"fold {fold} out of range (0..{len(data.splits) - 1})")
+        train_t, val_t, cw, pre = data.fold_tensors(fold, classes, buffer)
+        super().__init__(train_t, val_t, batch_size, chips=data.chips is not None)
+        self.arch, self.classes, self.class_weights = arch, classes, cw
+        self.preprocessing = {**pre, "fold": fold, "folds": len(data.splits)}
+        self.arch_kwargs = dict(data.arch_kwargs)
 
 
 class RemoteModule(SuiteModule):
-    """Margin loss (capsule outputs) or weighted cross-entropy (logits, 255 = ignore); logs val_loss, val_acc,
-    val_kappa, val_f1 (macro)."""
+    """Margin loss (capsule outputs) or weighted cross-entropy (logits, 255 = ignore); logs val_loss, val_acc
+    (overall accuracy), val_kappa (Cohen's kappa) and val_f1 (macro F1) as torchmetrics reduced over every rank,
+    so N processes report what one process computes on the same validation samples."""
 
     def __init__(self, arch: str = "ffdnn", arch_kwargs: dict | None = None, classes: list[str] | None = None,
                  preprocessing: dict | None = None, class_weights: list[float] | None = None, lr: float = 3e-3,
@@ -96,7 +130,30 @@ class RemoteModule(SuiteModule):
                          weight_decay=weight_decay, monitor="val_loss", mode="min", **kwargs)
         self.register_buffer("class_weights", torch.tensor(class_weights or [1.0] * len(classes)))
         self.capsule = getattr(self.model, "output_kind", "logits") == "capsule"
-        self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.val_loss = MeanMetric()
+        self._make_metrics(len(classes))
+
+    def _make_metrics(self, k: int) -> None:
+        self.val_acc = MulticlassAccuracy(k, average="micro", ignore_index=LABEL_NODATA)
+        self.val_kappa = MulticlassCohenKappa(k, ignore_index=LABEL_NODATA)
+        self.val_f1 = MulticlassF1Score(k, average="macro", ignore_index=LABEL_NODATA)
+
+    def setup(self, stage: str) -> None:
+        """Configured from a YAML file without preprocessing: take classes, class weights, preprocessing and the
+        network's input arguments from a :class:`RemoteFilesDataModule` (``arch_kwargs`` of the config are kept)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.suite_cfg["preprocessing"] or not isinstance(dm, RemoteFilesDataModule):
+            return
+        if dm.arch != self.suite_cfg["arch"]:
+            raise InputError(f"data.arch {dm.arch!r} differs from model.arch {self.suite_cfg['arch']!r}")
+        cfg = self.suite_cfg
+        user = {k: v for k, v in cfg["arch_kwargs"].items() if k != "num_classes"}
+        kwargs = {**dm.arch_kwargs, **user, "num_classes": len(dm.classes)}
+        cfg.update(arch_kwargs=kwargs, classes=list(dm.classes), preprocessing=dict(dm.preprocessing))
+        self.model = create_model(cfg["arch"], **kwargs)
+        self.capsule = getattr(self.model, "output_kind", "logits") == "capsule"
+        self.class_weights = torch.tensor(dm.class_weights, dtype=torch.float32)
+        self._make_metrics(len(dm.classes))
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
@@ -114,20 +171,19 @@ class RemoteModule(SuiteModule):
 
     def validation_step(self, batch, batch_idx):
         loss, scores = self._loss(batch)
-        self.log("val_loss", loss, prog_bar=True, batch_size=len(batch[1]))
-        pred, y = scores.argmax(1).flatten(), batch[1].flatten()
-        keep = y != LABEL_NODATA
-        self._val.append((pred[keep].cpu(), y[keep].cpu()))
+        self.val_loss.update(loss, weight=len(batch[1]))
+        pred, y = scores.argmax(1).flatten(), batch[1].flatten().long()
+        self.val_acc.update(pred, y)
+        self.val_kappa.update(pred, y)
+        self.val_f1.update(pred, y)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val:
-            p = torch.cat([a for a, _ in self._val]).numpy()
-            y = torch.cat([b for _, b in self._val]).numpy()
-            if len(y):
-                m = classification_metrics(p, y, self.suite_cfg["classes"])
-                self.log_dict({"val_acc": m["overall_accuracy"], "val_kappa": m["kappa"], "val_f1": m["macro_f1"]},
-                              prog_bar=True)
-        self._val.clear()
+        metrics = {"val_loss": self.val_loss, "val_acc": self.val_acc, "val_kappa": self.val_kappa,
+                   "val_f1": self.val_f1}
+        # computed values are equal on every rank; sync_dist only tells Lightning so
+        self.log_dict({k: m.compute() for k, m in metrics.items()}, prog_bar=True, sync_dist=True)
+        for m in metrics.values():
+            m.reset()
 
 
 def class_weights_of(y: np.ndarray, k: int) -> list[float]:
@@ -174,21 +230,63 @@ def _buffer_chip_labels(y: np.ndarray, r0: np.ndarray, c0: np.ndarray, test: np.
     return y
 
 
-def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str | Path | None = None,
-                 table: str | Path | None = None, arch: str = "ffdnn", arch_kwargs: dict | None = None,
-                 classes: Sequence[str] = CLASSES, bands: Sequence[str] | None = None,
-                 indices: Sequence[str] = DEFAULT_INDICES, grid_days: int | None = None,
-                 scl_invalid: Sequence[int] = DEFAULT_SCL_INVALID, offset: float | None = None,
-                 folds: int = 5, fold: int | None = 0, block_size: int = 32, buffer: int = 2, chip: int = 64,
-                 max_per_class: int | None = 20000, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
-                 precision: str = "auto", accelerator: str = "auto", devices: int | str = "auto",
-                 max_time: str | None = None, quiet: bool = False, overwrite: bool = False,
-                 seed: int = 0, fields: str | Path | None = None, field_id_attr: str | None = None,
-                 per_field: bool = False) -> list[FoldResult]:
-    """Train ``arch`` on rasters (``series`` + ``labels``) or a CSV/Parquet ``table``; one fold (``fold``) or all
-    (``fold=None``; ``out`` gets ``_fold<k>``). With ``per_field`` (rasters + ``fields``) each field's mean time
-    series is one sample, labelled with its majority class; folds are spatial blocks of field centroids.
-    Returns each fold's model file and held-out metrics."""
+@dataclass
+class RemoteData:
+    """Samples of a training set with their folds and the preprocessing the model file records: pixel/field
+    samples (``samples``) or image chips (``chips`` = (x, y, row0, col0)) for the spatial model."""
+
+    splits: list
+    pre: dict[str, Any]
+    arch_kwargs: dict[str, Any]
+    samples: PixelSamples | None = None
+    chips: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    chip: int = 0
+    shape: tuple[int, int] = (0, 0)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.chips[0]) if self.chips is not None else len(self.samples.y)
+
+    def fold_tensors(self, k: int, classes: Sequence[str], buffer: int
+                     ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[float],
+                                dict[str, Any]]:
+        """Train and validation tensors of fold ``k``, class weights and the preprocessing (with the fold's
+        normalisation for chips)."""
+        tr, te = self.splits[k]
+        if not len(tr) or not len(te):
+            raise InputError(f"fold {k} has an empty train or test part ({len(tr)}/{len(te)} of {self.n_items} "
+                             "samples)")
+        pre = dict(self.pre)
+        if self.chips is not None:
+            xs, ys, r0, c0 = self.chips
+            chip = self.chip
+            yb = _buffer_chip_labels(ys, r0, c0, te, chip, buffer, self.shape)
+            xtr = xs[tr]
+            mean = np.nan_to_num(np.nanmean(xtr, axis=(0, 1, 3, 4)))
+            std = np.nan_to_num(np.nanstd(xtr, axis=(0, 1, 3, 4)), nan=1.0) + 1e-6
+            pre.update(norm_mean=mean.tolist(), norm_std=std.tolist())
+
+            def prep(a: np.ndarray) -> torch.Tensor:
+                a = (a - mean[None, None, :, None, None]) / std[None, None, :, None, None]
+                return torch.from_numpy(np.nan_to_num(a).reshape(len(a), -1, chip, chip).astype(np.float32))
+
+            return ((prep(xtr), torch.from_numpy(yb[tr])), (prep(xs[te]), torch.from_numpy(ys[te])),
+                    class_weights_of(yb[tr], len(classes)), pre)
+        s = self.samples
+        return ((torch.from_numpy(s.x[tr]), torch.from_numpy(s.y[tr])), (torch.from_numpy(s.x[te]),
+                torch.from_numpy(s.y[te])), class_weights_of(s.y[tr], len(classes)), pre)
+
+
+def prepare_remote_data(*, series: S2Series | None = None, labels: str | Path | None = None,
+                        table: str | Path | None = None, arch: str = "ffdnn", arch_kwargs: dict | None = None,
+                        classes: Sequence[str] = CLASSES, bands: Sequence[str] | None = None,
+                        indices: Sequence[str] = DEFAULT_INDICES, grid_days: int | None = None,
+                        scl_invalid: Sequence[int] = DEFAULT_SCL_INVALID, offset: float | None = None,
+                        folds: int = 5, block_size: int = 32, buffer: int = 2, chip: int = 64,
+                        max_per_class: int | None = 20000, seed: int = 0, fields: str | Path | None = None,
+                        field_id_attr: str | None = None, per_field: bool = False, quiet: bool = True) -> RemoteData:
+    """Read the training samples (rasters + labels, or a table), put them on the regular time grid and split them
+    (spatially blocked k-fold with a buffer; grouped by field or plain k-fold for tables without positions)."""
     classes = list(classes)
     entry = model_entry(arch)
     if entry.task != "remote":
@@ -217,11 +315,12 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
     else:
         grid = None
     pre.update(bands=bands)
+    data: dict[str, Any] = {}
     if spatial:
         chip = max(32, chip)
         xs, ys, r0, c0 = raster_chips(series, labels, grid, bands, classes, chip, scl_invalid)
         splits = spatial_block_splits(r0, c0, chip, folds, 0, seed)
-        n_items = len(xs)
+        data.update(chips=(xs, ys, r0, c0), chip=chip, shape=(series.grid.height, series.grid.width))
     else:
         if per_field:
             s = field_samples(series, open_fields(fields, series.grid, field_id_attr), labels, grid, bands, classes,
@@ -238,10 +337,8 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
                 grid = regular_grid(grid[0], grid[-1], step)
                 s = table_samples(table, classes, grid, bands)
         splits = _pixel_splits(s, folds, block_size, buffer, seed)
-        n_items = len(s.y)
+        data.update(samples=s)
     pre.update(dates=[d.isoformat() for d in grid], grid_days=int(step))
-    if fold is not None and not 0 <= fold < len(splits):
-        raise InputError(f"--fold {fold} out of range (0..{len(splits) - 1})")
     kw = dict(arch_kwargs or {})
     if spatial:
         kw.setdefault("in_channels", len(grid) * len(bands))
@@ -249,52 +346,91 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
         kw.setdefault("bands", list(bands))
         if arch in ("ffdnn", "cnn1d"):
             kw.setdefault("indices", list(indices))
+    return RemoteData(splits=splits, pre=pre, arch_kwargs=kw, **data)
+
+
+def _arch_kwargs(arch: str, arch_kwargs: dict | None, channels: int | None, depth: int | None,
+                 n_modes: int | None, encoder: str | None) -> dict[str, Any]:
+    kw = dict(arch_kwargs or {})
+    for key, value in (("channels", channels), ("depth", depth), ("n_modes", n_modes), ("encoder_name", encoder)):
+        if value is not None and not (key == "n_modes" and arch == "cnn1d"):
+            kw[key] = value
+    return kw
+
+
+def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str | Path | None = None,
+                 table: str | Path | None = None, arch: str = "ffdnn", arch_kwargs: dict | None = None,
+                 classes: Sequence[str] | None = CLASSES, bands: Sequence[str] | None = None,
+                 indices: Sequence[str] | None = DEFAULT_INDICES, grid_days: int | None = None,
+                 scl_invalid: Sequence[int] | None = DEFAULT_SCL_INVALID, offset: float | None = None,
+                 folds: int = 5, fold: int | str | None = 0, block_size: int = 32, buffer: int = 2, chip: int = 64,
+                 max_per_class: int | None = 20000, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
+                 precision: str = "auto", accelerator: str = "auto", devices: int | str = "auto",
+                 max_time: str | None = None, quiet: bool = False, overwrite: bool = False,
+                 seed: int = 0, fields: str | Path | None = None, field_id_attr: str | None = None,
+                 per_field: bool = False, device: str | None = None, num_nodes: int = 1, strategy: str = "auto",
+                 resume: str | Path | None = None, work_dir: str | Path | None = None,
+                 channels: int | None = None, depth: int | None = None, n_modes: int | None = None,
+                 encoder: str | None = None, no_cloud_mask: bool = False) -> list[FoldResult]:
+    """Train ``arch`` on rasters (``series`` + ``labels``) or a CSV/Parquet ``table``; one fold (``fold``) or all
+    (``fold=None`` or ``"all"``; ``out`` gets ``_fold<k>``). With ``per_field`` (rasters + ``fields``) each field's
+    mean time series is one sample, labelled with its majority class; folds are spatial blocks of field centroids.
+
+    ``devices``/``num_nodes`` > 1 train with DDP; only global rank 0 writes model files and returns results (other
+    ranks return an empty list). ``resume="last"`` continues the fold from ``<work_dir>/checkpoints/last.ckpt``.
+    Returns each fold's model file and held-out metrics."""
+    classes = list(classes or CLASSES)
+    if no_cloud_mask:
+        if scl_invalid not in (None, DEFAULT_SCL_INVALID) and list(scl_invalid):
+            raise InputError("give either --scl-invalid or --no-cloud-mask, not both")
+        scl_invalid = []
+    scl_invalid = DEFAULT_SCL_INVALID if scl_invalid is None else scl_invalid
+    fold = None if fold in (None, "all") else int(fold)
+    if fold is None and resume:
+        raise InputError("--resume continues one fold: give --fold K")
+    seed_everything(seed)
+    data = prepare_remote_data(series=series, labels=labels, table=table, arch=arch,
+                               arch_kwargs=_arch_kwargs(arch, arch_kwargs, channels, depth, n_modes, encoder),
+                               classes=classes, bands=bands, indices=indices or DEFAULT_INDICES, grid_days=grid_days,
+                               scl_invalid=scl_invalid, offset=offset, folds=folds, block_size=block_size,
+                               buffer=buffer, chip=chip, max_per_class=max_per_class, seed=seed, fields=fields,
+                               field_id_attr=field_id_attr, per_field=per_field, quiet=quiet)
+    splits, spatial = data.splits, data.chips is not None
+    if fold is not None and not 0 <= fold < len(splits):
+        raise InputError(f"--fold {fold} out of range (0..{len(splits) - 1})")
     out = Path(out)
     results = []
     for k in (range(len(splits)) if fold is None else [fold]):
         tr, te = splits[k]
-        if not len(tr) or not len(te):
-            raise InputError(f"fold {k} has an empty train or test part ({len(tr)}/{len(te)} of {n_items} samples)")
-        L.seed_everything(seed + k, verbose=False)
-        if spatial:
-            yb = _buffer_chip_labels(ys, r0, c0, te, chip, buffer, (series.grid.height, series.grid.width))
-            xtr = xs[tr]
-            mean = np.nan_to_num(np.nanmean(xtr, axis=(0, 1, 3, 4)))
-            std = np.nan_to_num(np.nanstd(xtr, axis=(0, 1, 3, 4)), nan=1.0) + 1e-6
-            pre.update(norm_mean=mean.tolist(), norm_std=std.tolist())
-
-            def prep(a: np.ndarray, mean: np.ndarray = mean, std: np.ndarray = std) -> torch.Tensor:
-                a = (a - mean[None, None, :, None, None]) / std[None, None, :, None, None]
-                return torch.from_numpy(np.nan_to_num(a).reshape(len(a), -1, chip, chip).astype(np.float32))
-
-            train_t = (prep(xtr), torch.from_numpy(yb[tr]))
-            val_t = (prep(xs[te]), torch.from_numpy(ys[te]))
-            cw = class_weights_of(yb[tr], len(classes))
-        else:
-            train_t = (torch.from_numpy(s.x[tr]), torch.from_numpy(s.y[tr]))
-            val_t = (torch.from_numpy(s.x[te]), torch.from_numpy(s.y[te]))
-            cw = class_weights_of(s.y[tr], len(classes))
-        module = RemoteModule(arch, kw, classes, dict(pre), cw, lr)
+        train_t, val_t, cw, pre = data.fold_tensors(k, classes, buffer)
+        seed_everything(seed + k)  # before the network's weights are drawn
+        module = RemoteModule(arch, data.arch_kwargs, classes, pre, cw, lr)
         path = out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}")
-        trainer = build_trainer(path.parent / f"{path.stem}_run", max_epochs=epochs, max_time=max_time,
-                                precision=precision, accelerator=accelerator, devices=devices, quiet=quiet,
-                                seed=seed + k, log_every_n_steps=5, monitor="val_loss", mode="min")
+        run_dir = Path(work_dir) / f"fold{k}" if work_dir and fold is None else \
+            Path(work_dir) if work_dir else path.parent / f"{path.stem}_run"
+        trainer = build_trainer(run_dir, max_epochs=epochs, max_time=max_time, precision=precision,
+                                accelerator=accelerator, devices=devices, device=device, num_nodes=num_nodes,
+                                strategy=strategy, quiet=quiet, log_every_n_steps=5, monitor="val_loss", mode="min")
         res = fit(module, RemoteDataModule(train_t, val_t, batch_size, chips=spatial), trainer, export_to=path,
-                  overwrite=overwrite)
+                  ckpt_path=resume, overwrite=overwrite)
+        if not res.is_global_zero:
+            continue
         rm = RemoteModel.from_file(res.model_file, "cpu", "fp32")
         if spatial:
+            xs, ys = data.chips[0], data.chips[1]
             pred = np.stack([rm.spatial_probabilities(xs[i]).argmax(0) for i in te])
             ref = ys[te]
             keep = ref != LABEL_NODATA
             m = classification_metrics(pred[keep], ref[keep], classes)
         else:
+            s = data.samples
             m = classification_metrics(rm.pixel_probabilities(s.x[te]).argmax(1), s.y[te], classes)
         n_params = int(sum(p.numel() for p in rm.model.parameters()))
         mf = load_model_file(res.model_file, task="remote")
         mf.metrics.update(fold=k, folds=len(splits), test_overall_accuracy=m["overall_accuracy"],
                           test_kappa=m["kappa"], test_macro_f1=m["macro_f1"],
                           test_f1={c: v["f1"] for c, v in m["per_class"].items()}, n_train=int(len(tr)),
-                          n_test=int(len(te)), block_size=block_size if not spatial else chip, buffer=buffer,
+                          n_test=int(len(te)), block_size=block_size if not spatial else data.chip, buffer=buffer,
                           parameters=n_params)
         save_model_file(res.model_file, mf, overwrite=True)
         results.append(FoldResult(k, Path(res.model_file), m, int(len(tr)), int(len(te)), n_params))

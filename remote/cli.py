@@ -24,7 +24,6 @@ from shared_backbones.cliutil import (
     say,
 )
 from shared_backbones.errors import InputError
-from shared_backbones.precision import PRECISION_CHOICES
 
 from .naming import DEFAULT_SCL_INVALID, read_date_list
 
@@ -176,61 +175,14 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
 
-    q = sub.add_parser("train", help="train a model (spatially blocked k-fold) and export the model file")
+    from pipelines.options import RemoteTrainOptions, add_options  # a light module: no torch, no Lightning
+
+    q = add_command(
+        sub, "train", help="train a model (spatially blocked k-fold) and export the model file",
+        examples=["remote train demo_s2/images --labels demo_s2/labels.tif -o ffdnn.pt --epochs 20",
+                  "remote train --table samples.csv -o ffdnn.pt --fold all --devices 2",
+                  "remote train demo_s2/images --labels demo_s2/labels.tif -o ffdnn.pt --resume"])
     q.add_argument("inputs", nargs="*", help="image time series (as for predict); omit with --table")
-    q.add_argument("--labels", default=None, help="label raster: class index per pixel, 255 = unlabelled")
-    q.add_argument(
-        "--table",
-        default=None,
-        help="CSV or Parquet table of per-pixel/per-field time series with a label column (instead of "
-        "rasters; columns like B04_2024-05-01; Parquet needs pyarrow, pandas or polars)",
-    )
-    q.add_argument("--fields", default=None, help="field IDs (GeoTIFF or vector file) for --per-field")
-    q.add_argument("--field-id-attr", default=None, help="attribute holding the field ID in a vector file")
-    q.add_argument(
-        "--per-field",
-        action="store_true",
-        help="one sample per field (its mean time series, majority label) instead of per pixel",
-    )
-    q.add_argument("-o", "--output", required=True, help="model file to write (.pt)")
-    q.add_argument("--arch", default="ffdnn", choices=("ffdnn", "cnn1d", "unet2d"))
-    q.add_argument(
-        "--classes",
-        type=_str_list,
-        default=None,
-        help="class names in label order (default healthy,yellow_rust,nitrogen_deficiency)",
-    )
-    q.add_argument("--bands", type=_str_list, default=None, help="bands to use (default: 10 and 20 m bands present)")
-    q.add_argument(
-        "--indices",
-        type=_str_list,
-        default=None,
-        help="index traits of the FFDNN filter (default TCARI/OSAVI,WDVI,NDVI,NDRE,PSRI)",
-    )
-    q.add_argument("--grid-days", type=int, default=None, help="time-grid step in days (default: median spacing)")
-    q.add_argument("--folds", type=int, default=5, help="spatially blocked folds (default 5)")
-    q.add_argument("--fold", default="0", help="fold to train (0-based) or 'all' (default 0)")
-    q.add_argument(
-        "--block-size",
-        type=int,
-        default=32,
-        help="spatial block size in pixels (default 32; in map units for a table with x/y columns)",
-    )
-    q.add_argument(
-        "--buffer", type=int, default=2, help="training pixels closer than this to a test block are dropped (default 2)"
-    )
-    q.add_argument("--chip", type=int, default=64, help="chip size for unet2d (multiple of 32; default 64)")
-    q.add_argument("--max-per-class", type=int, default=20000, help="labelled pixels sampled per class")
-    q.add_argument("--epochs", type=int, default=30)
-    q.add_argument("--batch-size", type=int, default=256)
-    q.add_argument("--lr", type=float, default=3e-3)
-    q.add_argument("--channels", type=int, default=None, help="width of the temporal blocks (ffdnn/cnn1d)")
-    q.add_argument("--depth", type=int, default=None, help="number of temporal blocks (ffdnn/cnn1d)")
-    q.add_argument("--n-modes", type=int, default=None, help="Fourier modes kept per block (ffdnn)")
-    q.add_argument("--encoder", default=None, help="smp encoder of unet2d (default resnet18)")
-    q.add_argument("--max-time", default=None, help="stop after DD:HH:MM:SS")
-    q.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    q.add_argument("--precision", choices=PRECISION_CHOICES, default="auto")
     q.add_argument(
         "--dates",
         type=_str_list,
@@ -243,23 +195,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="band names of files without band descriptions (the bands of one date for a stack)",
     )
-    q.add_argument(
-        "--offset",
-        type=float,
-        default=None,
-        help="DN offset added before /10000 (overrides metadata; stored in the model file)",
-    )
-    g = q.add_mutually_exclusive_group()
-    g.add_argument(
-        "--scl-invalid",
-        type=_int_list,
-        default=None,
-        help=f"SCL classes masked as invalid (default {','.join(map(str, DEFAULT_SCL_INVALID))})",
-    )
-    g.add_argument("--no-cloud-mask", action="store_true", help="ignore the SCL band")
-    q.add_argument("--seed", type=int, default=0, help="seed of the folds, sampling and initialisation")
-    q.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_out(q)
+    add_options(q, RemoteTrainOptions)
+    add_common(q, output="model file to write (.pt; with --fold all: <stem>_fold<k>.pt)", output_required=True,
+               devices=True, seed=True, resume=True, fold=True)
 
     q = add_command(sub, "evaluate", help="accuracy, per-class F1, confusion matrix and kappa of a class map",
                     examples=["remote evaluate stress.tif demo_s2/labels.tif",
@@ -372,15 +310,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pipelines.options import RemoteTrainOptions, options_from
     from pipelines.remote import train_remote
 
-    from .models import CLASSES, DEFAULT_INDICES
-
-    if args.fold != "all" and not args.fold.lstrip("-").isdigit():
-        raise InputError(f"--fold must be an integer or 'all', not {args.fold!r}")
-    fold = None if args.fold == "all" else int(args.fold)
     out = Path(args.output)
-    if fold is None:
+    if args.fold == "all":
         for k in range(args.folds):
             check_output(out.with_name(f"{out.stem}_fold{k}{out.suffix}"), args.overwrite)
     else:
@@ -388,55 +322,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.table and args.inputs:
         raise InputError("give either input rasters or --table, not both")
     series = _series(args) if args.inputs else None
-    kw = {
-        k: v
-        for k, v in (
-            ("channels", args.channels),
-            ("depth", args.depth),
-            ("n_modes", args.n_modes),
-            ("encoder_name", args.encoder),
-        )
-        if v is not None
-    }
-    if args.arch == "cnn1d":
-        kw.pop("n_modes", None)
-    scl = _scl(args)
-    accel = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(args.device.split(":")[0])
-    if accel is None:
-        raise InputError(f"unknown device {args.device!r} (use auto, cpu or cuda)")
-    res = train_remote(
-        out,
-        series=series,
-        labels=args.labels,
-        table=args.table,
-        arch=args.arch,
-        arch_kwargs=kw,
-        classes=args.classes or CLASSES,
-        bands=args.bands,
-        indices=args.indices or DEFAULT_INDICES,
-        grid_days=args.grid_days,
-        scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
-        offset=args.offset,
-        folds=args.folds,
-        fold=fold,
-        block_size=args.block_size,
-        buffer=args.buffer,
-        chip=args.chip,
-        max_per_class=args.max_per_class,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        precision=args.precision,
-        accelerator=accel,
-        max_time=args.max_time,
-        quiet=args.quiet,
-        overwrite=args.overwrite,
-        seed=args.seed,
-        fields=args.fields,
-        field_id_attr=args.field_id_attr,
-        per_field=args.per_field,
-    )
-    for r in res:
+    res = train_remote(out, series=series, **options_from(RemoteTrainOptions, args))
+    for r in res:  # empty on DDP ranks other than 0
         m = r.metrics
         f1 = ", ".join(f"{c} {v['f1']:.3f}" for c, v in m["per_class"].items())
         print(

@@ -172,39 +172,7 @@ def raster_chips(
 def spatial_block_splits(
     rows: np.ndarray, cols: np.ndarray, block_size: int, k: int, buffer: int = 0, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Spatially blocked k-fold: pixels are grouped in ``block_size`` square blocks, blocks are dealt to ``k`` folds
-    (seeded shuffle), and training pixels closer than ``buffer`` pixels (Chebyshev distance) to any test block are
-    dropped, so no training pixel neighbours a test pixel. Returns [(train_idx, test_idx)] per fold."""
-    if block_size < 1:
-        raise InputError("--block-size must be >= 1")
-    if not 0 <= buffer <= block_size:
-        raise InputError(f"--buffer must be between 0 and the block size ({block_size})")
-    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
-    br, bc = rows // block_size, cols // block_size
-    keys = np.unique(np.stack([br, bc], 1), axis=0)
-    if len(keys) < k:
-        raise InputError(
-            f"only {len(keys)} spatial block(s) of {block_size} px hold samples: fewer than {k} folds "
-            "(use a smaller --block-size or fewer --folds)"
-        )
-    order = np.random.default_rng(seed).permutation(len(keys))
-    fold_of = {tuple(keys[i]): j % k for j, i in enumerate(order)}
-    sample_fold = np.array([fold_of[(a, b)] for a, b in zip(br, bc)])
-    splits = []
-    for v in range(k):
-        test = np.nonzero(sample_fold == v)[0]
-        near = np.zeros(len(rows), dtype=bool)
-        if buffer > 0:
-            # a pixel is within `buffer` of a test block only if that block is one of its 8 neighbours
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    if dr == dc == 0:
-                        continue
-                    nb = [fold_of.get((a + dr, b + dc), -1) == v for a, b in zip(br, bc)]
-                    lo_r, lo_c = (br + dr) * block_size, (bc + dc) * block_size
-                    dist_r = np.maximum(np.maximum(lo_r - rows, rows - (lo_r + block_size - 1)), 0)
-                    dist_c = np.maximum(np.maximum(lo_c - cols, cols - (lo_c + block_size - 1)), 0)
-                    near |= np.asarray(nb) & (np.maximum(dist_r, dist_c) <= buffer)
-        train = np.nonzero((sample_fold != v) & ~near)[0]
-        splits.append((train, test))
-    return splits
+    """Spatially blocked k-fold with a buffer in pixels: see :func:`shared_backbones.folds.spatial_block_splits`."""
+    from shared_backbones.folds import spatial_block_splits as _split
+
+    return _split(rows, cols, block_size, k, buffer, seed)

@@ -11,10 +11,12 @@ import pytest
 import torch
 from medseg_testutil import load, make_model_file, write_volume
 
+from medseg.dataset import read_dataset
 from medseg.evaluate import case_metrics
+from medseg.planning import plan_strides
 from medseg.synthetic import save_nifti
 from medseg.volume_cli import main
-from pipelines.medseg import deep_supervision_weights, plan_strides, read_dataset
+from pipelines.medseg import deep_supervision_weights
 
 
 def _one_error(capsys, path) -> str:
@@ -104,7 +106,8 @@ def test_metrics_equal_monai_and_conventions():
 def test_planning_helpers():
     assert plan_strides([24, 48, 48], [2.5, 1.0, 1.0]) == [[1, 2, 2], [2, 2, 2], [2, 2, 2]]
     assert plan_strides([16, 16, 16], [1, 1, 1], max_pools=2) == [[2, 2, 2], [2, 2, 2]]
-    assert deep_supervision_weights(3) == pytest.approx([2 / 3, 1 / 3, 0])
+    # every output the network builds is weighted (an unweighted head breaks DDP without find_unused_parameters)
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
     assert deep_supervision_weights(1) == [1.0]
 
 
@@ -180,7 +183,8 @@ def test_evaluate_errors(tmp_path, capsys):
 
 
 def test_cached_cases_are_memory_mapped_and_equal_fresh_preprocessing(tmp_path):
-    from pipelines.medseg import PatchDataset, cached_case, crop_patch, plan_training, preprocess_case
+    from medseg.dataset import PatchDataset, cached_case, crop_patch, preprocess_case
+    from medseg.planning import plan_training
 
     data = tmp_path / "data"
     assert main(["synth", str(data), "--train", "2", "--test", "0", "--quiet"]) == 0

@@ -11,10 +11,8 @@ import torch
 from pipelines.cli import main as pipelines_main
 from pipelines.example import ExampleDataModule, ExampleModule
 from pipelines.export import export_checkpoint
-from pipelines.kfold import group_kfold_splits, kfold_splits, load_splits, save_splits
 from pipelines.trainer import build_trainer, fit
 from shared_backbones.checkpoint import load_model_file
-from shared_backbones.errors import InputError
 
 CONFIG = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "example.yaml"
 
@@ -76,31 +74,6 @@ def test_export_errors(tmp_path):
     with pytest.raises(Exception, match="overwrite"):
         export_checkpoint(foreign, existing)
     assert existing.read_bytes() == b"x"
-
-
-def test_kfold_properties(tmp_path):
-    splits = kfold_splits(23, 5, seed=3)
-    assert splits == kfold_splits(23, 5, seed=3) and splits != kfold_splits(23, 5, seed=4)
-    vals = [v for _, v in splits]
-    assert sorted(i for v in vals for i in v) == list(range(23))
-    for t, v in splits:
-        assert not set(t) & set(v) and len(t) + len(v) == 23
-    groups = ["a", "a", "b", "c", "c", "c", "d", "b"]
-    logo = group_kfold_splits(groups)
-    assert len(logo) == 4
-    for t, v in logo:
-        assert len({groups[i] for i in v}) == 1 and not {groups[i] for i in v} & {groups[i] for i in t}
-    for t, v in group_kfold_splits(groups, k=2):
-        assert not {groups[i] for i in v} & {groups[i] for i in t}
-    p = save_splits(tmp_path / "s.json", splits)
-    assert load_splits(p) == splits
-    with pytest.raises(InputError):
-        kfold_splits(3, 5)
-    with pytest.raises(InputError):
-        group_kfold_splits(["a", "a"])
-    (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(InputError, match="bad.json"):
-        load_splits(tmp_path / "bad.json")
 
 
 def test_cli_fit_with_example_config_and_export(tmp_path, monkeypatch, capsys):
