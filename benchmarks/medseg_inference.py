@@ -39,7 +39,6 @@ CLASSES = ["background", "organ", "lesion", "vessel"]
 
 
 def build_net(base_channels: int, num_classes: int) -> torch.nn.Module:
-    import medseg.models  # noqa: F401  (registers the architectures)
     from shared_backbones.registry import create_model
 
     torch.manual_seed(0)

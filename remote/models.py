@@ -110,7 +110,9 @@ class DynamicRouting(nn.Module):
         uj = u.unsqueeze(0)                                           # [1, n_in, d_in, N]
         # first iteration: b = 0, so c_ij = 1 / n_out and s_j = sum_i W_ij u_i / n_out
         s = torch.matmul(fwd, u.reshape(1, n_in * d_in, n)) / n_out   # [n_out, d_out, N]
-        inplace = not (torch.is_grad_enabled() and (u.requires_grad or fwd.requires_grad))
+        # in-place buffers only without autograd and outside autocast (out= tensors are not cast by autocast)
+        inplace = not (torch.is_grad_enabled() and (u.requires_grad or fwd.requires_grad)) and not (
+            torch.is_autocast_enabled(u.device.type))
         tmp = u.new_empty(n_out, n_in, d_in, n) if inplace else None  # one buffer for c_ij u_i and W_ij^T v_j
         c = b = None
         for r in range(self.iterations):

@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import torch
 
-import medseg.models  # noqa: F401
 from medseg.synthetic import CLASSES, make_phantom, save_nifti
 from shared_backbones.checkpoint import ModelFile, save_model_file
 from shared_backbones.registry import create_model

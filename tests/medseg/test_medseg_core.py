@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import medseg.models  # noqa: F401
 from medseg.importers import import_stunet, read_plans
 from medseg.models import count_parameters
 from medseg.preprocess import ct_statistics, normalise, resample_slabs
