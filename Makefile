@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 # Test extras: pytest, ruff and the reference implementations the agreement tests run (nnU-Net, dcm2niix, Asteroid).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,peers]"
+	$(BIN)/python -m pip install --quiet -e ".[test,peers,vector,tables]"
 	$(BIN)/python -m pip install --quiet --no-deps $(ASTEROID)
 	touch $(TEST_STAMP)
 
