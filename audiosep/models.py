@@ -15,25 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared_backbones.blocks import TCNBlock, TCNResidualBody, get_norm
+from shared_backbones.blocks.norms import ChannelLayerNorm
 from shared_backbones.registry import register_model
 from shared_backbones.reversible import ReversibleBlock, ReversibleSequence
 
 TASK = "audiosep"
 NORMS = ("gln", "cln", "chanln")
-
-
-class ChannelLayerNorm(nn.Module):
-    """Channel-wise layer norm (Asteroid's ``cLN``): each frame normalised over its channels only, so it is causal.
-    Keys ``weight``, ``bias`` [C]; eps 1e-8 inside the square root, as Asteroid."""
-
-    def __init__(self, channels: int, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.transpose(1, -1), x.shape[1:2], self.weight, self.bias, self.eps).transpose(1, -1)
 
 
 def _norm(name: str, channels: int) -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class GlobalLayerNorm(nn.GroupNorm):
@@ -33,3 +34,17 @@ class CumulativeLayerNorm(nn.Module):
         var = (cum_sq / count - mean * mean).clamp_min(0)
         y = (xs - mean[:, None]) / torch.sqrt(var[:, None] + self.eps)
         return (y * self.weight[:, None] + self.bias[:, None]).to(x.dtype)
+
+
+class ChannelLayerNorm(nn.Module):
+    """Channel-wise layer norm (Asteroid's ``cLN``): each frame normalised over its channels only, so it is causal.
+    Keys ``weight``, ``bias`` [C]; eps 1e-8 inside the square root, as Asteroid."""
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.transpose(1, -1), x.shape[1:2], self.weight, self.bias, self.eps).transpose(1, -1)
