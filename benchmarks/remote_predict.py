@@ -11,7 +11,8 @@
    and above each process's baseline (after imports and model load).
 3. FFDNN vs the same-depth 1-D CNN (``cnn1d``, same filter, stem and head widths; plain 9-tap conv blocks in place of
    the Fourier blocks, linear head in place of the capsules): parameters and model throughput (pixels/s of the
-   forward pass on [65536, 12, 10] inputs, best of interleaved repeats, the pipeline's thread count)
+   forward pass on [65536, 12, 10] inputs, median of 7 interleaved repeats with the min/max of the ratio, the
+   pipeline's thread count)
    -> ``param_ratio_cnn_over_ffdnn``, ``throughput_ratio_ffdnn_over_cnn``.
 
 On a 2-core CPU the whole script takes about 6 minutes (the 4096^2 prediction about 4); ``--dense 1024`` measures
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -105,31 +107,30 @@ def predict_once(images: str, model: str, out: str, tile: int = 256, threads: in
             "baseline_rss": base}
 
 
-def model_throughput(n: int = 65536, t: int = 12, repeats: int = 5) -> dict:
-    """Forward pixels/s of ffdnn and cnn1d (eval, inference mode) with the pipeline's thread count
-    (:func:`remote.predict.default_threads`); best of interleaved repeats, timed by process CPU time so that other
-    processes on a shared machine do not count."""
+def model_throughput(n: int = 65536, t: int = 12, repeats: int = 7) -> dict:
+    """Forward pixels/s of ffdnn and cnn1d (eval, inference mode, batches of 8192) with the pipeline's thread count
+    (:func:`remote.predict.default_threads`): medians of interleaved repeats, timed by process CPU time with one
+    thread so that other processes on a shared machine do not count; the FFDNN / CNN ratio's min / median / max
+    over rounds."""
     from remote.predict import default_threads, torch_threads
     from shared_backbones.registry import create_model
+    from shared_backbones.timing import ratio_spread, time_interleaved_runs
 
     torch.manual_seed(0)
     models = {a: create_model(a).eval() for a in ("ffdnn", "cnn1d")}
     x = torch.rand(n, t, 10) * 0.4
-    times: dict[str, list[float]] = {a: [] for a in models}
     threads = default_threads()
-    clock = time.process_time if threads == 1 else time.perf_counter
+
+    def run(m: torch.nn.Module) -> None:
+        for s in range(0, n, 8192):
+            m(x[s:s + 8192])
+
     with torch.inference_mode(), torch_threads(threads):
-        for m in models.values():
-            m(x[:4096])
-        for _ in range(repeats):
-            for a, m in models.items():
-                t0 = clock()
-                for s in range(0, n, 8192):
-                    m(x[s:s + 8192])
-                times[a].append(clock() - t0)
-    med = {a: min(v) for a, v in times.items()}
+        times = time_interleaved_runs({a: (lambda m=m: run(m)) for a, m in models.items()}, repeats,
+                                      time.process_time if threads == 1 else time.perf_counter)
     params = {a: sum(p.numel() for p in m.parameters()) for a, m in models.items()}
-    return {"params": params, "pixels_per_s": {a: n / med[a] for a in models}}
+    return {"params": params, "pixels_per_s": {a: n / statistics.median(v) for a, v in times.items()},
+            "ratio": ratio_spread(times["cnn1d"], times["ffdnn"])}
 
 
 def main() -> None:
@@ -150,10 +151,13 @@ def main() -> None:
         pf, pc = mt["params"]["ffdnn"], mt["params"]["cnn1d"]
         tf, tc = mt["pixels_per_s"]["ffdnn"], mt["pixels_per_s"]["cnn1d"]
         print(f"   parameters: ffdnn {pf:,}  cnn1d {pc:,}  (cnn1d / ffdnn = {pc / pf:.2f})")
-        print(f"   pixels/s:   ffdnn {tf:,.0f}  cnn1d {tc:,.0f}  (ffdnn / cnn1d = {tf / tc:.2f})")
+        sp = mt["ratio"]
+        print(f"   pixels/s:   ffdnn {tf:,.0f}  cnn1d {tc:,.0f} (medians; ffdnn / cnn1d per round: median "
+              f"{sp['median']:.2f}, min {sp['min']:.2f}, max {sp['max']:.2f})")
         out.update(params_ffdnn=pf, params_cnn1d=pc, param_ratio_cnn_over_ffdnn=round(pc / pf, 3),
                    model_pixels_per_s_ffdnn=round(tf), model_pixels_per_s_cnn1d=round(tc),
-                   throughput_ratio_ffdnn_over_cnn=round(tf / tc, 3))
+                   throughput_ratio_ffdnn_over_cnn=round(sp["median"], 3),
+                   throughput_ratio_spread={k: round(v, 3) for k, v in sp.items()})
 
         print(f"== whole pipeline: {args.dense}^2 px x {args.dates} dates x 10 bands (+SCL), tile 256, FFDNN")
         t0 = time.perf_counter()

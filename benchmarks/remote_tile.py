@@ -12,7 +12,8 @@ function the CLI calls (:func:`remote.predict.predict_series`: read, resample th
 filling, network, class + probability GeoTIFFs), in a fresh child process so its peak RSS is measured, with the
 default thread settings (:func:`remote.predict.default_threads`). In the same run the network alone
 (``RemoteModel.pixel_probabilities`` on prepared [N, dates, 10] inputs, same threads and batch) gives
-``model_only_pixels_per_s``, and the same-depth 1-D CNN's rate gives the FFDNN / CNN throughput ratio.
+``model_only_pixels_per_s``, and the same-depth 1-D CNN's rate gives the FFDNN / CNN throughput ratio (median of
+7 interleaved rounds, with its min and max).
 
 The run also reports the CPU seconds of each pipeline stage (network thread, reader thread, writer thread): on a
 loaded machine the wall time says little, the CPU split says whether I/O would hide behind the network.
@@ -31,6 +32,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -152,25 +154,24 @@ def predict_once(images: str, model: str, out: str, threads: int | None) -> dict
 
 
 def model_only(model: str, arch_file_cnn: str, n_dates: int, threads: int | None, n: int = 65536,
-               repeats: int = 5) -> dict:
-    """Pixels/s of the network alone (FFDNN and the same-depth CNN), same threads and batch as the pipeline;
-    best of interleaved repeats (the machine is shared)."""
+               repeats: int = 7) -> dict:
+    """Pixels/s of the network alone (FFDNN and the same-depth CNN), same threads and batch as the pipeline, from the
+    median of interleaved repeats (CPU time with one thread: other processes on a shared machine do not count), and
+    the min / median / max over rounds of the FFDNN / CNN throughput ratio."""
     from remote.predict import RemoteModel, default_threads, torch_threads
+    from shared_backbones.timing import ratio_spread, time_interleaved_runs
 
     rms = {"ffdnn": RemoteModel.from_file(model, "cpu", "fp32"), "cnn1d": RemoteModel.from_file(arch_file_cnn,
                                                                                                  "cpu", "fp32")}
     rng = np.random.default_rng(0)
     x = (rng.random((n, n_dates, 10), dtype=np.float32) * 0.4 + 0.02).astype(np.float32)
-    best = {a: float("inf") for a in rms}
-    with torch_threads(default_threads() if threads is None else threads):
-        for rm in rms.values():
-            rm.pixel_probabilities(x[:8192])
-        for _ in range(repeats):
-            for a, rm in rms.items():
-                t0 = time.perf_counter()
-                rm.pixel_probabilities(x)
-                best[a] = min(best[a], time.perf_counter() - t0)
-    return {a: n / t for a, t in best.items()}
+    threads = default_threads() if threads is None else threads
+    with torch_threads(threads):
+        times = time_interleaved_runs({a: (lambda rm=rm: rm.pixel_probabilities(x)) for a, rm in rms.items()},
+                                      repeats, time.process_time if threads == 1 else time.perf_counter)
+    out = {a: n / statistics.median(t) for a, t in times.items()}
+    out["ratio"] = ratio_spread(times["cnn1d"], times["ffdnn"])       # time ratio cnn / ffdnn = throughput ratio
+    return out
 
 
 def main() -> None:
@@ -196,10 +197,12 @@ def main() -> None:
         mc = model_file(Path(tmp) / "cnn1d.pt", "cnn1d", args.dates)
         print(f"== network alone: [65536, {args.dates} dates, 10 bands], batch 8192, {threads} torch thread(s)")
         mo = model_only(str(mf), str(mc), args.dates, threads)
-        print(f"   ffdnn {mo['ffdnn']:,.0f} px/s, cnn1d {mo['cnn1d']:,.0f} px/s "
-              f"(ffdnn / cnn1d = {mo['ffdnn'] / mo['cnn1d']:.2f})")
+        sp = mo["ratio"]
+        print(f"   ffdnn {mo['ffdnn']:,.0f} px/s, cnn1d {mo['cnn1d']:,.0f} px/s (medians); ffdnn / cnn1d per round: "
+              f"median {sp['median']:.2f} (min {sp['min']:.2f}, max {sp['max']:.2f})")
         out.update(model_only_pixels_per_s=round(mo["ffdnn"]), model_only_pixels_per_s_cnn1d=round(mo["cnn1d"]),
-                   throughput_ratio_ffdnn_over_cnn=round(mo["ffdnn"] / mo["cnn1d"], 3))
+                   throughput_ratio_ffdnn_over_cnn=round(sp["median"], 3),
+                   throughput_ratio_spread={k: round(v, 3) for k, v in sp.items()})
         runs = {}
         for size in sorted(set(args.size)):
             print(f"== tile {size} x {size} px (10 m), {args.dates} dates, per-band files")

@@ -43,6 +43,16 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _str_list(text: str) -> list[str]:
     return [v for v in text.replace(",", " ").split() if v]
 
@@ -174,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--fields-csv", default=None, help="per-field summary path [X_fields.csv]")
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
+    q.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch threads for the network [CPUs usable minus one for the reader (minus two above four "
+                        "CPUs); CONVSUITE_THREADS or OMP_NUM_THREADS override the default]")
 
     from pipelines.options import RemoteTrainOptions, add_options  # a light module: no torch, no Lightning
 
@@ -299,11 +312,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 scl_invalid=_scl(args),
                 overwrite=args.overwrite,
                 quiet=args.quiet,
+                threads=args.threads,
             )
         frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
         fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
         say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
-            f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}): {frac}; "
+            f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}, "
+            f"{s['threads']} network thread(s)): {frac}; "
             f"{timer.summary()}", args.quiet)
 
     return run_batch(jobs, work, prog=PROG, quiet=args.quiet, name=lambda j: ", ".join(j[0]))

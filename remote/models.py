@@ -197,8 +197,10 @@ class FFDNN(_TemporalNet):
 
     Inference (eval mode, dates x channels <= ``FLAT_MAX_WIDTH``) runs a fused path with the same values up to
     float rounding: the filter's batch norm folded into the stem, each Fourier block as one time-major matrix
-    product (:meth:`FourierBlock1d.time_major`), the primary conv and temporal pooling as one matrix, the routing
-    without the u_hat tensor and with the samples on the last axis, in chunks of ``FLAT_CHUNK`` samples.
+    product (:meth:`FourierBlock1d.linear_map`; the first one composed with the stem, so it reads the narrow
+    traits), the norms' affine weights repeated over time once, the residual added in place, the primary conv and
+    temporal pooling as one matrix, the routing without the u_hat tensor and with the samples on the last axis, in
+    chunks of ``FLAT_CHUNK`` samples.
 
     Args:
         bands: input bands, in the order of the last input axis.
@@ -262,7 +264,13 @@ class FFDNN(_TemporalNet):
             scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
             shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
             w, b = w * scale, b + w @ shift
-        blocks = [blk.linear_map(t, dtype) for blk in self.blocks]
+        blocks = [(*blk.linear_map(t, dtype), blk.norm_affine(t, dtype)) for blk in self.blocks]
+        # the stem as a block-diagonal time-major matrix [T * F, T * C] on the flattened traits, and the first block's
+        # linear part composed with it: both come from the (narrow) traits in one product each
+        stem = (torch.block_diag(*[w.t()] * t), b.repeat(t))
+        if blocks:
+            m0, b0, aff0 = blocks[0]
+            blocks[0] = (stem[0] @ m0, stem[1] @ m0 + b0, aff0)
         c = self.stem.out_channels
         dev = self.stem.weight.device
         eye = torch.eye(c * t, dtype=dtype, device=dev).view(c * t, t, c).transpose(1, 2)
@@ -271,7 +279,7 @@ class FFDNN(_TemporalNet):
         resp = resp @ _pool_matrix(t, self.primary_positions, dtype, dev)       # [T*C + 1, types * dim, positions]
         resp = resp.view(-1, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
         resp = resp.reshape(c * t + 1, -1)
-        out = {"stem": (w, b), "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
+        out = {"stem": stem, "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
                "routing": self.routing.routing_matrices(dtype)}
         if stamp is not None:
             self._flat_cache = {key: (stamp, out)}
@@ -293,9 +301,14 @@ class FFDNN(_TemporalNet):
 
     def _flat_chunk(self, traits_tf: torch.Tensor, wts: dict[str, Any]) -> torch.Tensor:
         n, t, f = traits_tf.shape
-        h = F.linear(traits_tf.view(n * t, f), *wts["stem"]).view(n, -1)      # [N, T * C], time-major
-        for blk, (m, bias) in zip(self.blocks, wts["blocks"]):
-            h = blk.time_major(h, t, m, bias)
+        x = traits_tf.view(n, t * f)
+        stem_m, stem_b = wts["stem"]
+        h = torch.addmm(stem_b, x, stem_m)                                    # [N, T * C], time-major
+        inplace = not torch.is_grad_enabled()     # h is saved for the backward of the next product otherwise
+        for i, (blk, (m, bias, affine)) in enumerate(zip(self.blocks, wts["blocks"])):
+            z = torch.addmm(bias, x if i == 0 else h, m)                      # block 0: composed with the stem
+            upd = blk.time_major_update(z, t, affine)
+            h = h.add_(upd) if inplace else h + upd
         m, bias = wts["primary"]
         u = torch.addmm(bias[:, None], m.t(), h.t()).view(-1, self.primary_dim, n)   # [capsules, dim, N]
         return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0]

@@ -149,15 +149,18 @@ def _random_ffdnn(**kw) -> FFDNN:
     return m.eval()
 
 
-@pytest.mark.parametrize("t,kw", [(6, {}), (12, {"mixing": "full", "kernel_size": 3}), (24, {})])
-def test_ffdnn_fast_forward_equals_reference_computation(t, kw):
+@pytest.mark.parametrize("t,n,kw", [(6, 300, {}), (6, 1103, {}), (12, 300, {"mixing": "full", "kernel_size": 3}),
+                                   (24, 300, {})])
+def test_ffdnn_fast_forward_equals_reference_computation(t, n, kw):
+    """The fused path (n 1103: two full chunks and an odd remainder) equals the step-by-step reference; so does the
+    plain path of long series (t 24: dates x channels above FLAT_MAX_WIDTH)."""
     m = _random_ffdnn(**kw)
-    x = torch.rand(300, t, 10) * 0.5
+    x = torch.rand(n, t, 10) * 0.5
     x[:5, 2] = float("nan")                                        # NaN inputs are zeroed by the filter in both
     ref = reference_ffdnn(m, x)
     with torch.inference_mode():
         fast = m(x)
-    assert fast.shape == (300, 3)
+    assert fast.shape == (n, 3)
     assert torch.allclose(fast, ref, atol=2e-5, rtol=1e-4), (fast - ref).abs().max()
     assert (fast.argmax(1) == ref.argmax(1)).float().mean() > 0.99
     if t * m.stem.out_channels <= m.FLAT_MAX_WIDTH:                # the flattened path ran (and was cached)

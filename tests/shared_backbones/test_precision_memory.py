@@ -81,3 +81,13 @@ def test_time_interleaved_runs_warmup_then_alternates():
     calls: list[str] = []
     t = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3)
     assert calls == ["a", "b"] * 4 and set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
+
+
+def test_interleaved_runs_with_a_given_clock_and_ratio_spread():
+    from shared_backbones.timing import ratio_spread, time_interleaved_runs
+
+    ticks = iter(range(100))
+    t = time_interleaved_runs({"a": lambda: None, "b": lambda: next(ticks)}, repeats=3, clock=lambda: next(ticks))
+    # every run reads the clock twice; "b" consumes one tick more inside its run
+    assert t == {"a": [1, 1, 1], "b": [2, 2, 2]}
+    assert ratio_spread([1.0, 4.0, 2.0], [2.0, 2.0, 2.0]) == {"min": 0.5, "median": 1.0, "max": 2.0}
