@@ -121,7 +121,11 @@ def preprocess_case(files: list[Path], label_file: Path | None, plan: dict[str, 
     """Reorient, normalise and resample image (trilinear) and label (nearest) to the planned spacing."""
     case: Case = read_case(files)
     arr, geom = model_array(case, plan["orientation"])
-    image = normalise(torch.from_numpy(arr), plan["normalization"])
+    # NaN/Inf voxels (filled with the channel's minimum by read_case) are background: left out of the statistics,
+    # as in prediction
+    exclude = None if case.nonfinite is None else torch.from_numpy(np.ascontiguousarray(
+        geom.forward(case.nonfinite[None])[0]))
+    image = normalise(torch.from_numpy(arr), plan["normalization"], exclude)
     shape = target_shape(arr.shape[1:], geom.spacing, plan["spacing"])
     image = resample(image, shape).contiguous()
     label = torch.zeros(shape, dtype=torch.uint8)
@@ -145,6 +149,7 @@ def preprocess_case(files: list[Path], label_file: Path | None, plan: dict[str, 
 def plan_key(plan: dict[str, Any]) -> str:
     """A short hash of everything that changes the preprocessed arrays (cache folders are keyed by it)."""
     keep = {k: plan[k] for k in ("orientation", "spacing", "normalization") if k in plan}
+    keep["nonfinite"] = "excluded from statistics"   # cases cached before non-finite voxels were left out differ
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=float).encode()).hexdigest()[:12]
 
 

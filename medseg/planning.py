@@ -37,17 +37,22 @@ def _round_up(v: int, m: int) -> int:
 
 
 def plan_training(info: DatasetInfo, spacing: list[float] | None = None, patch_size: list[int] | None = None,
-                  max_patch: int = 128) -> dict[str, Any]:
-    """Target spacing, normalisation, patch size and strides from the training cases."""
+                  max_patch: int = 128, nonfinite: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+    """Target spacing, normalisation, patch size and strides from the training cases. Cases with NaN/Inf voxels
+    (background: left out of the CT foreground statistics) are appended to ``nonfinite`` as (name, voxels)."""
     spacings, shapes, fg_values = [], [], []
     ct = [c.upper() == "CT" for c in info.channels]
-    for _, files, label in info.cases:
+    for name, files, label in info.cases:
         case = read_case(files)
         arr, geom = model_array(case)
         spacings.append(geom.spacing)
         shapes.append(arr.shape[1:])
+        if case.nonfinite is not None and nonfinite is not None:
+            nonfinite.append((name, case.nonfinite_count))
         if any(ct):
             lab = model_array(read_case(label))[0][0] > 0
+            if case.nonfinite is not None:
+                lab &= ~geom.forward(case.nonfinite[None])[0]
             fg_values.append(arr[:, lab][:, :: max(1, int(lab.sum()) // 10000)])
     target = [float(v) for v in (spacing or np.median(np.asarray(spacings), axis=0))]
     med_shape = np.median([target_shape(s, sp, target) for s, sp in zip(shapes, spacings)], axis=0)

@@ -240,7 +240,12 @@ def train_medseg(data_dir: str | Path, out: str | Path, *, arch: str = "unet3d",
         raise InputError("medseg train trains one fold at a time: give --fold K (run the command once per fold)")
     seed_everything(seed)  # before planning and before the network's weights are drawn
     info = read_dataset(data_dir)
-    plan = plan_training(info, spacing, patch_size)
+    nonfinite: list[tuple[str, int]] = []
+    plan = plan_training(info, spacing, patch_size, nonfinite=nonfinite)
+    if nonfinite:
+        say(f"{len(nonfinite)} of {len(info.cases)} training case(s) hold NaN/Inf voxels ("
+            + ", ".join(f"{n}: {k}" for n, k in nonfinite[:3]) + (", ..." if len(nonfinite) > 3 else "")
+            + "): treated as background, left out of the normalisation statistics", quiet or not is_global_zero())
     extra = dict(arch_kwargs or {})
     if base_channels:
         extra["base_channels"] = int(base_channels)

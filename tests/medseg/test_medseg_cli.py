@@ -282,3 +282,32 @@ def test_parallel_preprocessing_fills_the_same_cache(tmp_path):
         arrays.append([np.load(f) for f in files])
     # labels identical; images equal up to float summation order (one thread per worker)
     assert all(np.allclose(a, b, atol=1e-5) and (a.dtype != np.uint8 or np.array_equal(a, b)) for a, b in zip(*arrays))
+
+
+def test_training_normalisation_leaves_nonfinite_voxels_out(tmp_path):
+    """NaN voxels (outside an SPM field of view) are background in training too: the z-score statistics come from
+    the finite voxels only (the filled minimum would pull the mean down and inflate the std), and the planner
+    names the case."""
+    from medseg.dataset import preprocess_case
+    from medseg.io import model_array, read_case
+    from medseg.planning import plan_training
+
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--train", "2", "--test", "0", "--quiet"]) == 0
+    info = read_dataset(data)
+    name, files, lab = info.cases[0]
+    img = nib.load(str(files[0]))
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    arr[:, :12] = np.nan                                         # a quarter of the volume outside the field of view
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), str(files[0]))
+    found: list[tuple[str, int]] = []
+    plan = plan_training(info, nonfinite=found)
+    assert found == [(name, int(np.isnan(arr).sum()))]
+    vol = preprocess_case(files, lab, plan, name)
+    case = read_case(files)
+    keep = ~model_array(case, plan["orientation"])[1].forward(case.nonfinite[None])[0]
+    ref = model_array(read_case(files), plan["orientation"])[0][0][keep]
+    expected = (ref - ref.mean()) / (ref.std() + 1e-8)
+    got = vol.image[0].numpy()[keep]
+    assert vol.image.shape[1:] == keep.shape and np.isfinite(vol.image.numpy()).all()
+    assert np.allclose(got, expected, atol=1e-4), np.abs(got - expected).max()
