@@ -97,7 +97,64 @@ class ConvDropoutNormReLU(nn.Module):
         self.all_modules = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _lean(x):
+            return self._after_conv(self.conv(x))
         return self.all_modules(x)
+
+    def forward_concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The block on the channel concatenation of ``parts`` without building it: the conv as a sum of convs
+        with the matching slices of its weight (same value up to float rounding). ``parts`` is emptied as the
+        tensors are consumed, so each is freed as soon as the caller holds no other reference."""
+        if not _lean(parts[0]):
+            x = torch.cat(parts, 1)
+            parts.clear()
+            return self.all_modules(x)
+        w, start, out = self.conv.weight, 0, None
+        while parts:
+            x = parts.pop(0)
+            c = x.shape[1]
+            y = self.conv._conv_forward(x, w[:, start:start + c], self.conv.bias if out is None else None)
+            del x
+            out = y if out is None else out.add_(y)
+            del y
+            start += c
+        assert out is not None
+        return self._after_conv(out)
+
+    def _after_conv(self, y: torch.Tensor) -> torch.Tensor:
+        """Dropout (identity in eval), norm and nonlin on the fresh conv output ``y``, in place where possible."""
+        for layer in list(self.all_modules)[1:]:
+            if isinstance(layer, nn.modules.dropout._DropoutNd):
+                continue
+            if isinstance(layer, nn.modules.instancenorm._InstanceNorm) and not layer.track_running_stats:
+                y = _instance_norm_(y, layer)
+            elif isinstance(layer, nn.LeakyReLU):
+                y = torch.nn.functional.leaky_relu_(y, layer.negative_slope)
+            elif isinstance(layer, nn.ReLU):
+                y = y.relu_()
+            else:
+                y = layer(y)
+        return y
+
+
+def _lean(x: torch.Tensor) -> bool:
+    """Inference without autograd or autocast on float32: the blocks may work in place on their fresh outputs
+    (instance norm, activation, concatenation-free decoder convs), which keeps fewer full-size tensors alive."""
+    return (not torch.is_grad_enabled() and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type))
+
+
+def _instance_norm_(y: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """Instance normalisation of ``y`` [N, C, *S] in place (statistics per sample and channel, biased variance)."""
+    var, mean = torch.var_mean(y, dim=tuple(range(2, y.ndim)), keepdim=True, unbiased=False)
+    scale = torch.rsqrt(var.add_(norm.eps))
+    shape = (1, -1) + (1,) * (y.ndim - 2)
+    if norm.affine:
+        scale.mul_(norm.weight.view(shape))
+        shift = norm.bias.view(shape) - mean * scale
+    else:
+        shift = -mean * scale
+    return y.mul_(scale).add_(shift)
 
 
 class StackedConvBlocks(nn.Module):
@@ -235,11 +292,18 @@ class Decoder(nn.Module):
         self.seg_layers = nn.ModuleList(seg)
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
-        x = skips[-1]
+        """Full-resolution logits from the encoder's outputs. The list is emptied as the skips are used (the
+        caller's references go with it), and each stage's first conv reads the upsampled tensor and the skip
+        without concatenating them (:meth:`ConvDropoutNormReLU.forward_concat`), so at inference only the tensors
+        still needed stay in memory."""
+        x = skips.pop()
         for s in range(len(self.stages)):
-            up = self.transpconvs[s](x)
-            x = self.stages[s](torch.cat((up, skips[-(s + 2)]), 1))
-            del up
+            parts = [self.transpconvs[s](x), skips.pop()]
+            del x
+            convs = self.stages[s].convs
+            x = convs[0].forward_concat(parts)
+            for blk in convs[1:]:
+                x = blk(x)
         return self.seg_layers[-1](x)
 
 

@@ -157,8 +157,10 @@ def test_networks_are_key_compatible_with_dynamic_network_architectures(cls):
     assert list(ours.state_dict()) == list(ref.state_dict())
     ours.load_state_dict(ref.state_dict(), strict=True)
     x = torch.randn(1, 2, *([8, 16, 16] if dims == 3 else [16, 16]))
-    with torch.no_grad():
-        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    with torch.no_grad():                     # the lean inference path: in-place norms, no decoder concatenation
+        lean, expected = ours(x), ref(x)
+    plain = ours(x)                           # with autograd: the modules as nnU-Net runs them
+    assert torch.allclose(lean, expected, atol=1e-5) and torch.allclose(plain.detach(), expected, atol=1e-5)
 
 
 def test_region_labels_and_refused_operators():
