@@ -107,8 +107,8 @@ def predict_once(images: str, model: str, out: str, tile: int = 256, threads: in
 
 def model_throughput(n: int = 65536, t: int = 12, repeats: int = 5) -> dict:
     """Forward pixels/s of ffdnn and cnn1d (eval, inference mode) with the pipeline's thread count
-    (:func:`remote.predict.default_threads`); best of interleaved repeats, timed by process CPU time so that other
-    processes on a shared machine do not count."""
+    (:func:`remote.predict.default_threads`); best of interleaved repeats, and the ratio of each alternated pair
+    (min / median / max), timed by process CPU time so that other processes on a shared machine do not count."""
     from remote.predict import default_threads, torch_threads
     from shared_backbones.registry import create_model
 
@@ -129,7 +129,8 @@ def model_throughput(n: int = 65536, t: int = 12, repeats: int = 5) -> dict:
                 times[a].append(clock() - t0)
     med = {a: min(v) for a, v in times.items()}
     params = {a: sum(p.numel() for p in m.parameters()) for a, m in models.items()}
-    return {"params": params, "pixels_per_s": {a: n / med[a] for a in models}}
+    ratios = sorted(c / f for f, c in zip(times["ffdnn"], times["cnn1d"]))     # per alternated repeat
+    return {"params": params, "pixels_per_s": {a: n / med[a] for a in models}, "ratios": ratios}
 
 
 def main() -> None:
@@ -150,10 +151,15 @@ def main() -> None:
         pf, pc = mt["params"]["ffdnn"], mt["params"]["cnn1d"]
         tf, tc = mt["pixels_per_s"]["ffdnn"], mt["pixels_per_s"]["cnn1d"]
         print(f"   parameters: ffdnn {pf:,}  cnn1d {pc:,}  (cnn1d / ffdnn = {pc / pf:.2f})")
-        print(f"   pixels/s:   ffdnn {tf:,.0f}  cnn1d {tc:,.0f}  (ffdnn / cnn1d = {tf / tc:.2f})")
+        rs = mt["ratios"]
+        med = float(np.median(rs))
+        print(f"   pixels/s:   ffdnn {tf:,.0f}  cnn1d {tc:,.0f}  (best of each; ffdnn / cnn1d per alternated "
+              f"repeat: min {rs[0]:.2f}, median {med:.2f}, max {rs[-1]:.2f})")
         out.update(params_ffdnn=pf, params_cnn1d=pc, param_ratio_cnn_over_ffdnn=round(pc / pf, 3),
                    model_pixels_per_s_ffdnn=round(tf), model_pixels_per_s_cnn1d=round(tc),
-                   throughput_ratio_ffdnn_over_cnn=round(tf / tc, 3))
+                   throughput_ratio_ffdnn_over_cnn=round(med, 3),
+                   throughput_ratio_ffdnn_over_cnn_min_median_max=[round(rs[0], 3), round(med, 3),
+                                                                   round(rs[-1], 3)])
 
         print(f"== whole pipeline: {args.dense}^2 px x {args.dates} dates x 10 bands (+SCL), tile 256, FFDNN")
         t0 = time.perf_counter()

@@ -43,6 +43,16 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
 def _str_list(text: str) -> list[str]:
     return [v for v in text.replace(",", " ").split() if v]
 
@@ -174,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--fields-csv", default=None, help="per-field summary path [X_fields.csv]")
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
+    q.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads for the network (default: the CPUs this process may use minus one for the "
+                        "reader thread, minus two above four CPUs; OMP_NUM_THREADS or CONVSUITE_THREADS if set)")
 
     from pipelines.options import RemoteTrainOptions, add_options  # a light module: no torch, no Lightning
 
@@ -299,6 +312,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 scl_invalid=_scl(args),
                 overwrite=args.overwrite,
                 quiet=args.quiet,
+                threads=args.threads,
             )
         frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
         fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""

@@ -326,3 +326,26 @@ def test_train_unet2d_on_chips_then_predict_with_halo(tmp_path, scene, capsys):
                        (["--fields", str(scene.fields), "--per-field"], "--per-field needs a per-pixel model")):
         assert main(["predict", str(scene.images), "-m", str(out), "-o", str(tmp_path / "x.tif")] + extra) == 2
         assert msg in _err(capsys)
+
+
+def test_predict_threads_option_sets_the_network_threads(tmp_path, scene, ffdnn_file, monkeypatch, capsys):
+    import torch
+
+    seen: list[int] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+    before = torch.get_num_threads()
+    maps = {}
+    for n in (1, 2):
+        out = tmp_path / f"t{n}.tif"
+        assert main(["predict", str(scene.images), "-m", str(ffdnn_file), "-o", str(out), "--threads", str(n),
+                     "--no-prob", "--quiet"]) == 0
+        assert seen[0] == n and seen[-1] == before          # set for the network, then restored
+        seen.clear()
+        with rasterio.open(out) as m:
+            maps[n] = m.read(1)
+    assert np.array_equal(maps[1], maps[2])
+    with pytest.raises(SystemExit) as exc:                   # argparse: usage error, exit code 2
+        main(["predict", str(scene.images), "-m", str(ffdnn_file), "-o", str(tmp_path / "x.tif"), "--threads", "0"])
+    assert exc.value.code == 2
+    assert "--threads" in capsys.readouterr().err
