@@ -196,9 +196,12 @@ class FFDNN(_TemporalNet):
     encoder routes as in Sabour et al. 2017 (:class:`DynamicRouting`).
 
     Inference (eval mode, dates x channels <= ``FLAT_MAX_WIDTH``) runs a fused path with the same values up to
-    float rounding: the filter's batch norm folded into the stem, each Fourier block as one time-major matrix
-    product (:meth:`FourierBlock1d.time_major`), the primary conv and temporal pooling as one matrix, the routing
-    without the u_hat tensor and with the samples on the last axis, in chunks of ``FLAT_CHUNK`` samples.
+    float rounding, in chunks of ``FLAT_CHUNK`` samples with the samples on the last axis: the indices computed on
+    contiguous rows, the filter's batch norm folded into the stem, each Fourier block (depthwise mixing, pointwise
+    local branch) as one C x C product plus one batched T x T product per channel (the spectral convolution over a
+    short fixed T is an exact real matrix) and the per-sample layer norm, the primary conv and temporal pooling as
+    one matrix, the routing without the u_hat tensor. Other block settings run each block as one dense time-major
+    matrix product (:meth:`FourierBlock1d.time_major`).
 
     Args:
         bands: input bands, in the order of the last input axis.
