@@ -196,11 +196,12 @@ class FFDNN(_TemporalNet):
     encoder routes as in Sabour et al. 2017 (:class:`DynamicRouting`).
 
     Inference (eval mode, dates x channels <= ``FLAT_MAX_WIDTH``) runs a fused path with the same values up to
-    float rounding: the filter's batch norm folded into the stem, each Fourier block as one time-major matrix
-    product (:meth:`FourierBlock1d.linear_map`; the first one composed with the stem, so it reads the narrow
-    traits), the norms' affine weights repeated over time once, the residual added in place, the primary conv and
-    temporal pooling as one matrix, the routing without the u_hat tensor and with the samples on the last axis, in
-    chunks of ``FLAT_CHUNK`` samples.
+    float rounding, in chunks of ``FLAT_CHUNK`` samples with the samples on the last axis: the indices computed on
+    contiguous rows, the filter's batch norm folded into the stem, each Fourier block (depthwise mixing, pointwise
+    local branch) as one C x C product plus one batched T x T product per channel (the spectral convolution over a
+    short fixed T is an exact real matrix) and the per-sample layer norm, the primary conv and temporal pooling as
+    one matrix, the routing without the u_hat tensor. Other block settings run each block as one dense time-major
+    matrix product (:meth:`FourierBlock1d.time_major`).
 
     Args:
         bands: input bands, in the order of the last input axis.
@@ -264,13 +265,7 @@ class FFDNN(_TemporalNet):
             scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
             shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
             w, b = w * scale, b + w @ shift
-        blocks = [(*blk.linear_map(t, dtype), blk.norm_affine(t, dtype)) for blk in self.blocks]
-        # the stem as a block-diagonal time-major matrix [T * F, T * C] on the flattened traits, and the first block's
-        # linear part composed with it: both come from the (narrow) traits in one product each
-        stem = (torch.block_diag(*[w.t()] * t), b.repeat(t))
-        if blocks:
-            m0, b0, aff0 = blocks[0]
-            blocks[0] = (stem[0] @ m0, stem[1] @ m0 + b0, aff0)
+        blocks = [blk.linear_map(t, dtype) for blk in self.blocks]
         c = self.stem.out_channels
         dev = self.stem.weight.device
         eye = torch.eye(c * t, dtype=dtype, device=dev).view(c * t, t, c).transpose(1, 2)
@@ -279,14 +274,113 @@ class FFDNN(_TemporalNet):
         resp = resp @ _pool_matrix(t, self.primary_positions, dtype, dev)       # [T*C + 1, types * dim, positions]
         resp = resp.view(-1, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
         resp = resp.reshape(c * t + 1, -1)
-        out = {"stem": stem, "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
+        out = {"stem": (w, b), "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
                "routing": self.routing.routing_matrices(dtype)}
         if stamp is not None:
-            self._flat_cache = {key: (stamp, out)}
+            self._flat_cache[key] = (stamp, out)
         return out
 
     #: samples per chunk of the fast path: the routing's working set (about 2 kB a sample) stays in the CPU cache
     FLAT_CHUNK = 512
+
+    def _samples_last_ok(self) -> bool:
+        """Depthwise spectral mixing and a pointwise local branch: each block runs as one C x C product and one
+        batched T x T product per channel with the samples on the last axis (far fewer operations than the dense
+        (T * C)^2 time-major matrix)."""
+        return all(b.spectral.mixing == "depthwise" and b.local.kernel_size == (1,) for b in self.blocks)
+
+    def _sl_weights(self, t: int, dtype: torch.dtype, fold_filter: bool) -> dict[str, Any]:
+        """Weights of the samples-last path (cached like :meth:`_flat_weights`): stem (filter's batch norm folded
+        in when ``fold_filter``), per block (local C x C, spectral kernels [C, T, T] as out x in, bias, norm
+        affine), the primary conv + pooling as one [capsules * dim, C * T] matrix (channel-major inputs), routing."""
+        stamp = None
+        key = ("sl", t, dtype, fold_filter)
+        if not torch.is_grad_enabled():
+            stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.buffers()))
+            hit = self._flat_cache.get(key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        w, b = self.stem.weight[:, :, 0].to(dtype), self.stem.bias.to(dtype)
+        if fold_filter:
+            bn = self.filter.norm
+            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
+            shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
+            w, b = w * scale, b + w @ shift
+        blocks = []
+        for blk in self.blocks:
+            k = blk.spectral.kernel(t, dtype).transpose(1, 2).contiguous()          # [C, T_out, T_in]
+            bias = blk.local.bias.to(dtype) if blk.local.bias is not None else None
+            nw = blk.norm.weight.to(dtype) if isinstance(blk.norm, nn.GroupNorm) and blk.norm.weight is not None \
+                else None
+            nb = blk.norm.bias.to(dtype) if isinstance(blk.norm, nn.GroupNorm) and blk.norm.bias is not None \
+                else None
+            blocks.append((blk.local.weight[:, :, 0].to(dtype), k, bias, nw, nb))
+        c = self.stem.out_channels
+        dev = self.stem.weight.device
+        eye = torch.eye(c * t, dtype=dtype, device=dev).view(c * t, c, t)            # impulses, channel-major
+        probe = torch.cat([eye, eye.new_zeros(1, c, t)])
+        resp = F.conv1d(probe, self.primary.weight.to(dtype), self.primary.bias.to(dtype), padding=self.primary.padding)
+        resp = resp @ _pool_matrix(t, self.primary_positions, dtype, dev)
+        resp = resp.view(-1, self.primary_types, self.primary_dim, self.primary_positions).permute(0, 1, 3, 2)
+        resp = resp.reshape(c * t + 1, -1)
+        out = {"stem": (w, b), "blocks": blocks, "primary": ((resp[:-1] - resp[-1]).t().contiguous(), resp[-1]),
+               "routing": self.routing.routing_matrices(dtype)}
+        if stamp is not None:
+            self._flat_cache[key] = (stamp, out)
+        return out
+
+    def _sl_traits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw traits [F, T, n] from bands [n, T, B] (the filter's :meth:`PhotochemicalFilter.traits` with the
+        samples last: every index is computed on contiguous [T, n] rows)."""
+        f = self.filter
+        n, t, nb = x.shape
+        ni = len(f.indices)
+        if torch.is_grad_enabled() and x.requires_grad:       # explanations: no in-place buffers
+            bands = torch.nan_to_num(x.float().permute(2, 1, 0))
+            feats = [v.clamp(-f.clamp, f.clamp) for v in compute_indices(f.indices, bands, f.bands, axis=0,
+                                                                          soil_slope=f.soil_slope, fill=0.0)]
+            return torch.cat([torch.stack(feats), bands]) if f.include_bands else torch.stack(feats)
+        out = x.new_empty(ni + nb, t, n, dtype=torch.float32)   # indices, then the bands
+        bands = out[ni:]
+        bands.copy_(x.permute(2, 1, 0))
+        torch.nan_to_num_(bands)
+        for i, v in enumerate(compute_indices(f.indices, bands, f.bands, axis=0, soil_slope=f.soil_slope, fill=0.0)):
+            torch.clamp(v, -f.clamp, f.clamp, out=out[i])
+        return out if f.include_bands else out[:ni]
+
+    def _sl_chunk(self, tr: torch.Tensor, wts: dict[str, Any]) -> torch.Tensor:
+        """Traits [F, T, n] -> class capsules [K, class_dim, n]."""
+        nf, t, n = tr.shape
+        w, b = wts["stem"]
+        h = torch.addmm(b[:, None], w, tr.reshape(nf, t * n))                     # [C, T * n]
+        c = h.shape[0]
+        for blk, (wl, k, bias, nw, nb) in zip(self.blocks, wts["blocks"]):
+            z = torch.mm(wl, h) if bias is None else torch.addmm(bias[:, None], wl, h)
+            z = torch.baddbmm(z.view(c, t, n), k, h.view(c, t, n))              # spectral + local branch
+            if nw is not None or isinstance(blk.norm, nn.GroupNorm):
+                # layer norm over (C, T) of each sample: batch norm (batch statistics) with the samples as channels
+                z = F.batch_norm(z.view(c * t, n), None, None, training=True, eps=blk.norm.eps).view(c, t, n)
+                if nw is not None:
+                    z = torch.addcmul(nb[:, None, None], z, nw[:, None, None]) if nb is not None else \
+                        z * nw[:, None, None]
+            h = h + blk.drop(blk.act(z)).view(c, t * n)
+        m, bias = wts["primary"]
+        u = torch.addmm(bias[:, None], m, h.view(c * t, n)).view(-1, self.primary_dim, n)
+        return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0]
+
+    def _sl_capsules(self, x: torch.Tensor | None, traits: torch.Tensor | None = None) -> torch.Tensor:
+        """Class capsules [K, class_dim, N] from bands [N, T, B] (filter fused) or normalised traits [N, F, T]."""
+        fold = x is not None
+        src = x if fold else traits
+        n = src.shape[0]
+        t = src.shape[1] if fold else src.shape[2]
+        wts = self._sl_weights(t, torch.float32 if fold else src.dtype, fold)
+        step = self.FLAT_CHUNK
+        parts = []
+        for s in range(0, n, step):
+            tr = self._sl_traits(x[s:s + step]) if fold else traits[s:s + step].permute(1, 2, 0)
+            parts.append(self._sl_chunk(tr, wts))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def _flat_capsules(self, traits: torch.Tensor, fold_filter: bool) -> torch.Tensor:
         """Traits [N, F, T] (raw when ``fold_filter``, else normalised) -> class capsules [K, class_dim, N]
@@ -301,14 +395,9 @@ class FFDNN(_TemporalNet):
 
     def _flat_chunk(self, traits_tf: torch.Tensor, wts: dict[str, Any]) -> torch.Tensor:
         n, t, f = traits_tf.shape
-        x = traits_tf.view(n, t * f)
-        stem_m, stem_b = wts["stem"]
-        h = torch.addmm(stem_b, x, stem_m)                                    # [N, T * C], time-major
-        inplace = not torch.is_grad_enabled()     # h is saved for the backward of the next product otherwise
-        for i, (blk, (m, bias, affine)) in enumerate(zip(self.blocks, wts["blocks"])):
-            z = torch.addmm(bias, x if i == 0 else h, m)                      # block 0: composed with the stem
-            upd = blk.time_major_update(z, t, affine)
-            h = h.add_(upd) if inplace else h + upd
+        h = F.linear(traits_tf.view(n * t, f), *wts["stem"]).view(n, -1)      # [N, T * C], time-major
+        for blk, (m, bias) in zip(self.blocks, wts["blocks"]):
+            h = blk.time_major(h, t, m, bias)
         m, bias = wts["primary"]
         u = torch.addmm(bias[:, None], m.t(), h.t()).view(-1, self.primary_dim, n)   # [capsules, dim, N]
         return self.routing.route_samples_last(squash(u, dim=1), wts["routing"])[0]
@@ -317,10 +406,19 @@ class FFDNN(_TemporalNet):
         return x.dim() == 3 and x.shape[-1] == len(self.bands) and self._flat_ok(x.shape[1]) \
             and self.filter.norm.running_mean is not None
 
+    def _fast(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Class capsules [K, class_dim, N] by the fastest exact inference path, None where none applies."""
+        if not self._flat_input(x):
+            return None
+        if self._samples_last_ok():
+            return self._sl_capsules(x)
+        return self._flat_capsules(self.filter.traits(x), fold_filter=True)
+
     def capsules(self, x: torch.Tensor) -> torch.Tensor:
         """Class capsules [N, K, class_dim]."""
-        if self._flat_input(x):
-            return self._flat_capsules(self.filter.traits(x), fold_filter=True).permute(2, 0, 1)
+        v = self._fast(x)
+        if v is not None:
+            return v.permute(2, 0, 1)
         return self._route(self.features(x))[0]
 
     @staticmethod
@@ -330,14 +428,17 @@ class FFDNN(_TemporalNet):
 
     def scores_from_traits(self, traits: torch.Tensor) -> torch.Tensor:
         if self._flat_ok(traits.shape[-1]):
+            if self._samples_last_ok():
+                return self._lengths(self._sl_capsules(None, traits))
             return self._lengths(self._flat_capsules(traits, fold_filter=False))
         return self._route(self.features_from_traits(traits))[0].norm(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class-capsule lengths [N, K] (class scores in [0, 1))."""
-        if self._flat_input(x):
-            return self._lengths(self._flat_capsules(self.filter.traits(x), fold_filter=True))
-        return self.capsules(x).norm(dim=-1)
+        v = self._fast(x)
+        if v is not None:
+            return self._lengths(v)
+        return self._route(self.features(x))[0].norm(dim=-1)
 
 
 class _ConvBlock1d(nn.Module):

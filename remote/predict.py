@@ -81,7 +81,8 @@ class RemoteModel(LoadedModel):
         """[P, G, B] reflectance -> [P, K] probabilities (per-pixel models)."""
         out = np.empty((x.shape[0], len(self.classes)), dtype=np.float32)
         for s in range(0, x.shape[0], batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size])).to(self.device)
+            # strided inputs are fine (the reader hands a samples-last array transposed; FFDNN reads it as is)
+            xb = torch.from_numpy(x[s:s + batch_size]).to(self.device)
             with self.policy.autocast():
                 scores = self.model(xb)
             out[s:s + batch_size] = class_probabilities(scores.float(), self.output_kind).cpu().numpy()
@@ -488,7 +489,7 @@ class _TileInput:
 
     fid: np.ndarray | None                 # field IDs [h, w]
     filled: np.ndarray | None = None       # gap-filled reflectance [G, B, H, W] of the read window (spatial model)
-    x: np.ndarray | None = None            # model input of the valid pixels [P, G, B], contiguous (per-pixel model)
+    x: np.ndarray | None = None            # model input of the valid pixels [P, G, B] (a view of [G, B, P])
     valid: np.ndarray | None = None        # [H, W] at least one valid date
     offset: tuple[int, int] = (0, 0)       # the tile's offset inside the read window (halo)
 
@@ -504,7 +505,7 @@ def _read_tile(series: S2Series, window: Any, rm: RemoteModel, plan: _Plan, grid
     filled, valid = filled_window(series, read_win, rm.bands, plan.grid_dates, plan.scl)
     if rm.spatial:
         return _TileInput(fid, filled=filled, valid=valid, offset=(dr, dc))
-    x = np.ascontiguousarray(filled[:, :, valid].transpose(2, 0, 1))   # [P, G, B]
+    x = filled[:, :, valid].transpose(2, 0, 1)     # [P, G, B] view of [G, B, P]: no transposing copy here
     return _TileInput(fid, x=x, valid=valid)
 
 

@@ -95,16 +95,13 @@ class AlignedResampler:
         a = np.where(bad, 0.0, a)
         ya, yb, xa, xb = ya - r0, yb - r0, xa - c0, xb - c0
         wy, wx = fy[:, None], fx[None, :]
-        top = a[:, ya][:, :, xa] * (1 - wx) + a[:, ya][:, :, xb] * wx
-        bot = a[:, yb][:, :, xa] * (1 - wx) + a[:, yb][:, :, xb] * wx
-        out = top * (1 - wy) + bot * wy
-        b = bad.astype(np.float32)
-        contrib = (
-            (b[:, ya][:, :, xa] * ((1 - wy) * (1 - wx)) > 0)
-            | (b[:, ya][:, :, xb] * ((1 - wy) * wx) > 0)
-            | (b[:, yb][:, :, xa] * (wy * (1 - wx)) > 0)
-            | (b[:, yb][:, :, xb] * (wy * wx) > 0)
-        )
+        # separable: along x on the source rows once, then along y (the same products in the same order as the
+        # four-corner form, so the same values, with half the gathers on a 2x upsampling)
+        ax = a[:, :, xa] * (1 - wx) + a[:, :, xb] * wx
+        out = ax[:, ya] * (1 - wy) + ax[:, yb] * wy
+        # nodata where a source pixel with non-zero weight is bad
+        bx = (bad[:, :, xa] & (1 - wx > 0)) | (bad[:, :, xb] & (wx > 0))
+        contrib = (bx[:, ya] & (1 - wy > 0)) | (bx[:, yb] & (wy > 0))
         contrib[:, outside[0], :] = True
         contrib[:, :, outside[1]] = True
         out[contrib] = np.nan if self.is_float else 0.0

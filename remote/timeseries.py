@@ -79,16 +79,21 @@ def fill_gaps(obs: np.ndarray, obs_days: np.ndarray, grid_days: np.ndarray) -> n
     grid_days = np.asarray(grid_days, dtype=np.float64)
     right = np.searchsorted(days, grid_days, side="right") - 1   # last obs date <= g
     left = np.searchsorted(days, grid_days, side="left")         # first obs date >= g
-    cols = np.arange(p)
     out = np.empty((len(grid_days), x.shape[1], p), dtype=np.float32)
+    flat, stride = x.reshape(-1), x.shape[1] * p
+    base = np.arange(stride, dtype=np.int64).reshape(x.shape[1], p)
     for g, (r, lf) in enumerate(zip(right, left)):
         pi = prev[r] if r >= 0 else np.full(p, -1, np.int32)
         ni = nxt[lf] if lf < t else np.full(p, t, np.int32)
-        has_p, has_n = pi >= 0, ni < t
-        pc, nc = np.clip(pi, 0, t - 1), np.clip(ni, 0, t - 1)
-        pv, nv = x[pc, :, cols].T, x[nc, :, cols].T                  # [B, P]
+        # one-sided pixels take their one neighbour on both sides (weight 0); a pixel with no valid observation at
+        # all reads NaN on every date, so it stays NaN without a mask
+        pc = np.where(pi >= 0, pi, ni).clip(0, t - 1)
+        nc = np.where(ni < t, ni, pc).clip(0, t - 1)
+        pv = flat.take(base + pc.astype(np.int64) * stride)    # [B, P] = x[pc, b, p]
+        nv = flat.take(base + nc.astype(np.int64) * stride)
         span = days[nc] - days[pc]
         w = np.where(span > 0, (grid_days[g] - days[pc]) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
-        val = np.where(has_p & has_n, pv + w * (nv - pv), np.where(has_p, pv, nv))
-        out[g] = np.where(has_p | has_n, val, np.float32(np.nan))
+        nv -= pv
+        nv *= w
+        np.add(pv, nv, out=out[g])
     return out.reshape((len(grid_days),) + tail)

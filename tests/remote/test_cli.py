@@ -203,24 +203,6 @@ def test_metrics_hand_example():
     assert m["per_class"]["b"]["f1"] == pytest.approx(0.8)
 
 
-def test_predict_threads_option(tmp_path, scene, ffdnn_file, capsys):
-    """``--threads N`` sets the network's torch threads (said in the summary), the maps do not depend on it, and a
-    count below 1 is a usage error."""
-    maps = {}
-    for n in (1, 2):
-        out = tmp_path / f"map{n}.tif"
-        assert main(["predict", str(scene.images), "-m", str(ffdnn_file), "-o", str(out), "--threads", str(n),
-                     "--no-prob"]) == 0
-        assert f"{n} network thread(s)" in capsys.readouterr().err
-        with rasterio.open(out) as m:
-            maps[n] = m.read(1)
-    assert (maps[1] == maps[2]).all()
-    with pytest.raises(SystemExit) as e:
-        main(["predict", str(scene.images), "-m", str(ffdnn_file), "-o", str(tmp_path / "x.tif"), "--threads", "0"])
-    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
-    assert not (tmp_path / "x.tif").exists()
-
-
 def test_synth_cli(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "s"), "--size", "32", "--n-dates", "3", "--quiet"]) == 0
     files = sorted(p.name for p in (tmp_path / "s" / "images").iterdir())
@@ -344,3 +326,29 @@ def test_train_unet2d_on_chips_then_predict_with_halo(tmp_path, scene, capsys):
                        (["--fields", str(scene.fields), "--per-field"], "--per-field needs a per-pixel model")):
         assert main(["predict", str(scene.images), "-m", str(out), "-o", str(tmp_path / "x.tif")] + extra) == 2
         assert msg in _err(capsys)
+
+
+def test_predict_threads_option_sets_the_network_threads(tmp_path, scene, ffdnn_file, monkeypatch, capsys):
+    """``--threads N`` sets the network's torch threads (said in the summary) and restores them, the maps do not
+    depend on it, and a count below 1 is a usage error."""
+    import torch
+
+    seen: list[int] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (seen.append(n), real(n)))
+    before = torch.get_num_threads()
+    maps = {}
+    for n in (1, 2):
+        out = tmp_path / f"t{n}.tif"
+        assert main(["predict", str(scene.images), "-m", str(ffdnn_file), "-o", str(out), "--threads", str(n),
+                     "--no-prob"]) == 0
+        assert seen[0] == n and seen[-1] == before          # set for the network, then restored
+        assert f"{n} network thread(s)" in capsys.readouterr().err      # said in the summary line
+        seen.clear()
+        with rasterio.open(out) as m:
+            maps[n] = m.read(1)
+    assert np.array_equal(maps[1], maps[2])
+    with pytest.raises(SystemExit) as exc:                   # argparse: usage error, exit code 2
+        main(["predict", str(scene.images), "-m", str(ffdnn_file), "-o", str(tmp_path / "x.tif"), "--threads", "0"])
+    assert exc.value.code == 2
+    assert "--threads" in capsys.readouterr().err

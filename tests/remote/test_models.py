@@ -323,3 +323,26 @@ def test_pipelined_prediction_threads_and_errors(tmp_path, scene, ffdnn_file, mo
     assert rp.default_threads() == 1            # 2 CPUs: one for the network, one for the reader
     monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: set(range(8)))
     assert rp.default_threads() == 6
+
+
+@pytest.mark.parametrize("t,n,kw", [(6, 1, {}), (6, 1037, {}), (12, 513, {}), (7, 600, {"include_bands": False}),
+                                    (12, 300, {"mixing": "full"}), (6, 300, {"kernel_size": 3}), (24, 50, {})])
+def test_ffdnn_fast_paths_equal_plain_module_forward(t, n, kw):
+    """Samples-last path (depthwise, pointwise local branch), time-major path (full mixing or k-tap local branch)
+    and the plain path (dates x channels above FLAT_MAX_WIDTH) all equal the modules' own forward within 1e-5,
+    for odd sample counts across several chunks."""
+    m = _random_ffdnn(**kw)
+    x = torch.rand(n, t, 10) * 0.5
+    x[:1, 1, 3] = float("nan")
+    with torch.inference_mode():
+        plain = m._route(m.features(x))[0].norm(dim=-1)                  # filter, stem, blocks, conv, pooling
+        fast = m(x)
+        caps = m.capsules(x)
+        from_traits = m.scores_from_traits(m.filter(x))
+    assert fast.shape == (n, 3)
+    assert torch.allclose(fast, plain, atol=1e-5, rtol=0), (fast - plain).abs().max()
+    assert torch.allclose(caps.norm(dim=-1), plain, atol=1e-5, rtol=0)
+    assert torch.allclose(from_traits, plain, atol=1e-5, rtol=0)
+    sl = m._samples_last_ok() and m._flat_ok(t)
+    assert sl == (t <= 16 and kw.get("mixing") is None and kw.get("kernel_size") is None)
+    assert any(k[0] == "sl" for k in m._flat_cache) == sl

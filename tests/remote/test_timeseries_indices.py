@@ -110,3 +110,20 @@ def test_compute_indices_on_an_axis_numpy_and_torch_agree():
     b = compute_indices(names, torch.from_numpy(x), ["B03", "B04", "B05", "B08"], axis=-1)
     for u, v in zip(a, b):
         assert u.shape == (5, 7) and np.allclose(u, v.numpy(), rtol=1e-5)
+
+
+def test_fill_gaps_equals_numpy_interp_per_pixel():
+    rng = np.random.default_rng(3)
+    t, b, p = 7, 3, 400
+    days = np.sort(rng.choice(100, t, replace=False)).astype(float)
+    obs = rng.random((t, b, p)).astype(np.float32)
+    gaps = rng.random((t, p)) < 0.4
+    gaps[:, :5] = True                                       # pixels without any observation stay NaN
+    obs[np.broadcast_to(gaps[:, None], obs.shape)] = np.nan
+    grid = np.linspace(-10, 110, 13)
+    out = fill_gaps(obs, days, grid)
+    assert np.isnan(out[:, :, :5]).all()
+    for j in range(5, p):
+        ok = ~gaps[:, j]
+        for k in range(b):
+            assert np.allclose(out[:, k, j], np.interp(grid, days[ok], obs[ok, k, j]), atol=1e-6)
