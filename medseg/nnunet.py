@@ -668,9 +668,16 @@ def predict_nnunet(case: Any, model: Any, *, mirror: bool = True, step: float = 
     with timer("network"):
         k = int(model.file.arch_kwargs["num_classes"])
 
+        # 3-D convolutions on the CPU run faster and with a smaller working set in channels-last (oneDNN's
+        # preferred layout); the blocks are layout-agnostic, the values equal up to float rounding
+        fmt = torch.channels_last_3d if (torch.device(model.device).type == "cpu"
+                                         and len(pre["patch_size"]) == 3) else None
+        if fmt is not None:
+            model.net.to(memory_format=fmt)
+
         def net(x: torch.Tensor) -> torch.Tensor:
             with model.policy.autocast():
-                return model.net(x)
+                return model.net(x if fmt is None else x.contiguous(memory_format=fmt))
 
         with torch.inference_mode():
             logits = sliding_logits(net, torch.from_numpy(data), pre["patch_size"], num_outputs=k, step=step,

@@ -86,8 +86,13 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto",
         if not is_model_folder(p):
             raise ModelFileError("a folder, but not an nnU-Net v2 model folder (no plans.json); "
                                  "give a model file (.pt) or <Trainer>__<Plans>__<configuration>/", p)
-        return VolumeModel.from_model_file(read_model_folder(p, folds, checkpoint), device, precision, path=p)
-    return VolumeModel.from_file(p, device, precision)
+        vm = VolumeModel.from_model_file(read_model_folder(p, folds, checkpoint), device, precision, path=p)
+    else:
+        vm = VolumeModel.from_file(p, device, precision)
+    # the network now holds the weights: drop the file's copy (prediction reads only its metadata), which would
+    # otherwise stay resident for the whole run (as much memory again as the parameters)
+    vm.file.state_dict = {}
+    return vm
 
 
 def load_models(paths: Sequence[str | Path], device: str = "auto", precision: str = "auto",
