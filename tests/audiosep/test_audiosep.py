@@ -663,3 +663,22 @@ def test_evaluate_cli_scores_the_good_mixtures_and_lists_the_bad(tmp_path, capsy
     assert [ln.split(",")[0] for ln in lines] == ["file", "a.wav", "c.wav", "mean"]
     with pytest.raises(InputError, match="b_s1.wav"):  # the library call still stops at the first bad mixture
         evaluate_folder(est, tmp_path / "data")
+
+
+def test_sdr_survives_a_thread_count_change():
+    """torch's MKL linalg.solve fails after set_num_threads(1) then (2); sdr (used by evaluate) must not."""
+    from audiosep.metrics import sdr
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 2, 4000, generator=g, dtype=torch.float64)
+    est = ref + 0.1 * torch.randn(1, 2, 4000, generator=g, dtype=torch.float64)
+    before = sdr(est, ref)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.set_num_threads(2)
+        after = sdr(est, ref)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(before, after, atol=1e-9) and (before > 15).all()
