@@ -401,6 +401,10 @@ def train_audiosep(
     On a small CPU shared with other jobs one thread trains the small presets several times faster per wall second
     than two (OpenMP threads wait on each other whenever one is descheduled). Returns the fit result; its
     ``metrics`` hold the best checkpoint's validation figures."""
+    if speed_perturb and not dynamic_mixing:
+        raise InputError("--speed-perturb needs --dynamic-mixing (it perturbs the sources of on-the-fly mixtures)")
+    if not 0 <= speed_perturb < 1:
+        raise InputError(f"--speed-perturb must be in [0, 1), got {speed_perturb:g}")
     if scheduler == "time-cosine" and not max_time:
         raise InputError("--scheduler time-cosine needs --max-time (the schedule runs over the time budget)")
     module = AudiosepModule(

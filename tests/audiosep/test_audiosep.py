@@ -682,3 +682,16 @@ def test_sdr_survives_a_thread_count_change():
     finally:
         torch.set_num_threads(threads)
     assert torch.allclose(before, after, atol=1e-9) and (before > 15).all()
+
+
+def test_train_refuses_speed_perturbation_it_would_ignore(tmp_path, capsys):
+    data = tmp_path / "data"
+    for d in ("mix", "s1", "s2"):
+        (data / d).mkdir(parents=True)
+        sf.write(data / d / "a.wav", np.zeros(800, "float32"), 8000)
+    base = ["train", str(data), "-o", str(tmp_path / "m.pt"), "-q"]
+    assert main([*base, "--speed-perturb", "0.1"]) == 2  # LibriMix folder: nothing to perturb
+    assert "--speed-perturb needs --dynamic-mixing" in capsys.readouterr().err
+    assert main([*base, "--dynamic-mixing", "--val-dir", str(data), "--speed-perturb", "1.5"]) == 2
+    assert "must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
