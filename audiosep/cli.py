@@ -146,9 +146,22 @@ def _parser() -> argparse.ArgumentParser:
         "time-cosine: warm-up, then cosine decay over the --max-time budget",
     )
     t.add_argument("--epoch-size", type=int, default=1000, help="mixtures per epoch with --dynamic-mixing")
+    t.add_argument(
+        "--speed-perturb",
+        type=float,
+        default=0.0,
+        help="with --dynamic-mixing, play each source at a random speed within 1 +- this (0.15: new voices)",
+    )
     t.add_argument("--fold", type=int, default=0, help="validation fold of DATA when no --val-dir is given")
     t.add_argument("--folds", type=int, default=5, help="number of folds for that split")
     t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads on CPU [torch's default; 1 is often faster on a small machine shared with other jobs]",
+    )
     return p
 
 
@@ -185,19 +198,33 @@ def _separate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from shared_backbones.cliutil import progress
     from shared_backbones.report import format_table, mean_row, write_report
 
-    from .evaluate import METRICS, evaluate_folder
+    from .evaluate import METRICS, list_mixtures, score_mixture
 
     if args.output:
         prepare_outputs([args.output], overwrite=args.overwrite)
-    rows = evaluate_folder(args.estimates, args.data, quiet=args.quiet)
+    srcs, mixes = list_mixtures(args.estimates, args.data)
+    bar = iter(progress(mixes, desc="scoring", unit="file", quiet=args.quiet))
+    rows: list[dict] = []
+
+    def work(mix: Path) -> None:
+        next(bar, None)  # advance the progress bar
+        rows.append(score_mixture(mix, srcs, args.estimates))
+
+    rc = run_batch(mixes, work, prog=PROG, quiet=args.quiet)  # a bad pair is listed at the end, the rest scored
+    next(bar, None)  # close the bar
+    if not rows:
+        return rc
     table = [*rows, mean_row(rows, "file")]
     print(format_table(table, ["file", *METRICS], digits=2))
     if args.output:
         write_report(args.output, table, ["file", *METRICS], overwrite=args.overwrite)
         say(f"wrote {args.output}", args.quiet)
-    return 0
+    if rc:
+        say(f"scored {len(rows)} of {len(mixes)} mixture(s); the mean covers those only", args.quiet)
+    return rc
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -234,6 +261,8 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         scheduler=args.scheduler,
         epoch_size=args.epoch_size,
+        speed_perturb=args.speed_perturb,
+        threads=args.threads,
         precision=args.precision,
         **lightning_device(args.device, args.devices),
         fold=args.fold,

@@ -61,10 +61,9 @@ def _check_pair(est: Path, est_audio: tuple[np.ndarray, int], ref: Path, ref_aud
         )
 
 
-def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> list[dict]:
-    """One row per mixture in ``data_dir/mix``: the file name and the four metrics (best SI-SNR permutation).
-    Estimates are ``<estimates_dir>/<stem>_s<k>.wav`` as ``audiosep separate`` writes them; a pair with another
-    sample rate or a length more than one encoder stride apart is refused (one-line error naming the pair)."""
+def list_mixtures(estimates_dir: str | Path, data_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """The source folders (``s1/``, ...) and the mixtures (``mix/*.wav|flac``) of a LibriMix-style ``data_dir``,
+    after checking that both folders exist."""
     data_dir, estimates_dir = Path(data_dir), Path(estimates_dir)
     srcs = source_dirs(data_dir)
     if not estimates_dir.is_dir():
@@ -72,25 +71,37 @@ def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool
     mixes = sorted(p for p in (data_dir / "mix").iterdir() if p.suffix.lower() in MIX_SUFFIXES)
     if not mixes:
         raise InputError("no mixtures in mix/", data_dir)
-    rows = []
-    for mix_path in progress(mixes, desc="scoring", unit="file", quiet=quiet):
-        mix = _read_mono(mix_path)
-        ref_paths = [d / mix_path.name for d in srcs]
-        refs = [_read_mono(p) for p in ref_paths]
-        for p, r in zip(ref_paths, refs):
-            _check_pair(p, r, mix_path, mix)
-        est_paths = output_paths(mix_path, len(srcs), estimates_dir)
-        ests = [_read_mono(p) for p in est_paths]
-        for p, e in zip(est_paths, ests):
-            _check_pair(p, e, ref_paths[0], refs[0])
-        n = min(len(mix[0]), *(len(r[0]) for r in refs), *(len(e[0]) for e in ests))
+    return srcs, mixes
 
-        def t(arrs: list[tuple[np.ndarray, int]], n: int = n) -> torch.Tensor:
-            return torch.from_numpy(np.stack([a[:n] for a, _ in arrs]))[None].double()
 
-        s = separation_scores(t(ests), t(refs), torch.from_numpy(mix[0][:n])[None, None].double())
-        rows.append({"file": mix_path.name, **{k: float(s[k][0]) for k in METRICS}})
-    return rows
+def score_mixture(mix_path: Path, srcs: list[Path], estimates_dir: str | Path) -> dict:
+    """One row: the mixture's file name and the four metrics (best SI-SNR permutation) of its estimates
+    ``<estimates_dir>/<stem>_s<k>.wav``; a missing or unreadable file, or a pair with another sample rate or a
+    length more than one encoder stride apart, raises :class:`InputError` naming the file."""
+    mix = _read_mono(mix_path)
+    ref_paths = [d / mix_path.name for d in srcs]
+    refs = [_read_mono(p) for p in ref_paths]
+    for p, r in zip(ref_paths, refs):
+        _check_pair(p, r, mix_path, mix)
+    est_paths = output_paths(mix_path, len(srcs), Path(estimates_dir))
+    ests = [_read_mono(p) for p in est_paths]
+    for p, e in zip(est_paths, ests):
+        _check_pair(p, e, ref_paths[0], refs[0])
+    n = min(len(mix[0]), *(len(r[0]) for r in refs), *(len(e[0]) for e in ests))
+
+    def t(arrs: list[tuple[np.ndarray, int]]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([a[:n] for a, _ in arrs]))[None].double()
+
+    s = separation_scores(t(ests), t(refs), torch.from_numpy(mix[0][:n])[None, None].double())
+    return {"file": mix_path.name, **{k: float(s[k][0]) for k in METRICS}}
+
+
+def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> list[dict]:
+    """One row per mixture in ``data_dir/mix`` (:func:`score_mixture`); the first bad mixture raises. Estimates are
+    ``<estimates_dir>/<stem>_s<k>.wav`` as ``audiosep separate`` writes them. ``audiosep evaluate`` instead scores
+    every good mixture and lists the bad ones at the end."""
+    srcs, mixes = list_mixtures(estimates_dir, data_dir)
+    return [score_mixture(m, srcs, estimates_dir) for m in progress(mixes, desc="scoring", unit="file", quiet=quiet)]
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:

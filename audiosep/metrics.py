@@ -21,10 +21,18 @@ def si_snr(estimate: torch.Tensor, target: torch.Tensor, eps: float = EPS) -> to
 
 def sdr(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BSS-eval signal-to-distortion ratio in dB (a 512-tap distortion filter is allowed, as in mir_eval's
-    bss_eval_sources, the SDR papers report), computed by torchmetrics."""
+    bss_eval_sources, the SDR papers report), computed by torchmetrics one signal pair at a time.
+
+    One pair at a time: with torch's MKL build, once a process has gone from one thread back to several
+    (``torch.set_num_threads``, as ``audiosep train --threads 1`` does), the *batched* ``torch.linalg.solve`` that
+    torchmetrics runs on a batch fails ("Pivots given to lu_solve must all be greater or equal to 1"); the unbatched
+    solve does not (tested)."""
     from torchmetrics.functional.audio import signal_distortion_ratio
 
-    return signal_distortion_ratio(estimate, target, filter_length=512)
+    estimate, target = torch.broadcast_tensors(estimate, target)
+    e, t = estimate.reshape(-1, estimate.shape[-1]), target.reshape(-1, target.shape[-1])
+    out = [signal_distortion_ratio(e[i], t[i], filter_length=512) for i in range(e.shape[0])]
+    return torch.stack(out).reshape(estimate.shape[:-1]) if out else estimate.new_zeros(estimate.shape[:-1])
 
 
 def pairwise(metric, estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

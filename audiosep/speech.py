@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -118,14 +119,43 @@ class Espeak:
         return audio[loud[0] : loud[-1] + 1] if len(loud) else audio
 
 
+def shipped_variants() -> dict[str, str]:
+    """Every voice variant the ``espeakng-loader`` wheel ships (``espeak-ng-data/voices/!v``) with its gender from
+    the variant file (``male``, ``female`` or ``""`` when it names none), our male/female lists included. Variants
+    whose name has a space, and the unstable ``fast`` test variant, are left out."""
+    out = {v: "male" for v in MALE} | {v: "female" for v in FEMALE}
+    try:
+        import espeakng_loader
+    except ImportError:
+        return out
+    folder = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
+    for f in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if f.name in out or " " in f.name or f.name == "fast" or not f.is_file():
+            continue
+        words = [ln.split() for ln in f.read_text(errors="replace").lower().splitlines()]
+        gender = next((w[1] for w in words if len(w) > 1 and w[0] == "gender"), "")
+        out[f.name] = gender if gender in ("male", "female") else ""
+    return out
+
+
+def variant_family(variant: str) -> str:
+    """The family a variant belongs to (``klatt3`` -> ``klatt``, ``Mike``/``mike2`` -> ``mike``; ``m3``/``f2`` stay
+    themselves): near-copies of a voice never sit on both sides of a train/test split."""
+    v = variant.lower()
+    return v if re.fullmatch(r"[mf]\d", v) else v.rstrip("0123456789")
+
+
 def make_speakers(n: int, rng: np.random.Generator, variants: tuple[str, ...] | None = None) -> list[Speaker]:
-    """``n`` distinct speakers drawn from ``variants`` (default: all), half male, half female where possible."""
+    """``n`` distinct speakers drawn from ``variants`` (default: our male and female lists); the base pitch follows
+    the variant's gender (either range when the variant names none)."""
     pool = list(variants) if variants is not None else list(MALE + FEMALE)
+    genders = shipped_variants()
     rng.shuffle(pool)
     out: list[Speaker] = []
     for i in range(n):
         v = pool[i % len(pool)]
-        female = v in FEMALE
+        gender = genders.get(v) or str(rng.choice(("male", "female")))
+        female = gender == "female"
         out.append(Speaker(
             accent=str(rng.choice(ACCENTS)),
             variant=v,
@@ -136,8 +166,11 @@ def make_speakers(n: int, rng: np.random.Generator, variants: tuple[str, ...] | 
     return out
 
 
-def split_variants(rng: np.random.Generator, test_fraction: float = 0.25) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Voice variants split into (train, test), both sexes in each."""
+def split_variants(rng: np.random.Generator, test_fraction: float = 0.25,
+                   all_variants: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Voice variants split into (train, test), both sexes in each: the test variants are drawn from our male and
+    female lists; with ``all_variants`` every other variant the wheel ships (:func:`shipped_variants`) trains, except
+    those of a test variant's family (:func:`variant_family`), so no near-copy of a test voice is seen in training."""
     train, test = [], []
     for group in (MALE, FEMALE):
         g = list(group)
@@ -145,6 +178,8 @@ def split_variants(rng: np.random.Generator, test_fraction: float = 0.25) -> tup
         k = max(1, round(len(g) * test_fraction))
         test += g[:k]
         train += g[k:]
+    held = {variant_family(v) for v in test}
+    train = [v for v in (shipped_variants() if all_variants else train) if variant_family(v) not in held]
     return tuple(train), tuple(test)
 
 
@@ -208,20 +243,24 @@ def write_mixtures(out_dir: str | Path, speakers: list[Speaker], n: int, rng: np
 
 
 def write_corpus(out_dir: str | Path, *, train_speakers: int = 24, per_speaker: int = 20, val_mixtures: int = 16,
-                 test_mixtures: int = 24, rate: int = 8000, seed: int = 0) -> dict[str, Path]:
+                 test_mixtures: int = 24, rate: int = 8000, seed: int = 0,
+                 all_variants: bool = True) -> dict[str, Path]:
     """The demo's corpus, cached in ``out_dir`` (reused when its ``corpus.json`` matches the arguments):
 
     ``train/<speaker>/u*.wav`` single-speaker utterances for dynamic mixing; ``val/`` mixtures of training voices
-    with new sentences; ``test/`` mixtures of held-out voice variants saying sentences seen nowhere else."""
+    with new sentences; ``test/`` mixtures of held-out voice variants (and their families) saying sentences seen
+    nowhere else. ``all_variants`` trains on every variant the wheel ships but the held-out families (else on our
+    male/female lists only); the test voices are the same either way."""
     out = Path(out_dir)
     params = {"train_speakers": train_speakers, "per_speaker": per_speaker, "val_mixtures": val_mixtures,
-              "test_mixtures": test_mixtures, "rate": rate, "seed": seed, "version": 1}
+              "test_mixtures": test_mixtures, "rate": rate, "seed": seed, "all_variants": all_variants,
+              "version": 2}
     paths = {k: out / k for k in ("train", "val", "test")}
     manifest = out / "corpus.json"
     if manifest.is_file() and json.loads(manifest.read_text()).get("params") == params:
         return paths
     rng = np.random.default_rng(seed)
-    train_v, test_v = split_variants(rng)
+    train_v, test_v = split_variants(rng, all_variants=all_variants)
     train_spk = make_speakers(train_speakers, rng, train_v)
     test_spk = make_speakers(max(4, len(test_v)), rng, test_v)
     used = write_speakers(paths["train"], train_spk, per_speaker, rng, rate)

@@ -108,7 +108,8 @@ class LibriMixDataset(Dataset):
 class DynamicMixDataset(Dataset):
     """On-the-fly mixtures of ``num_sources`` random single-speaker files: random crops, files of different speakers
     when the folder holds one subfolder per speaker, each source RMS-normalised and the others at -5..5 dB relative
-    to the first. Files are read once and kept in memory when they total less than ``cache_mb``."""
+    to the first. ``speed_perturb`` s plays each source at a random speed in [1-s, 1+s] (new voices from the same
+    speakers). Files are read once and kept in memory when they total less than ``cache_mb``."""
 
     def __init__(
         self,
@@ -119,6 +120,7 @@ class DynamicMixDataset(Dataset):
         length: int = 1000,
         seed: int | None = None,
         cache_mb: int = 512,
+        speed_perturb: float = 0.0,
     ) -> None:
         root = Path(folder)
         self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".wav", ".flac"))
@@ -132,6 +134,7 @@ class DynamicMixDataset(Dataset):
         self.rate, self.n, self.k, self.length, self.seed = rate, int(segment * rate), num_sources, length, seed
         self.cache: dict[int, np.ndarray] = {}
         self.cache_ok = sum(p.stat().st_size for p in self.files) < cache_mb * 2**20
+        self.speed = float(speed_perturb)
 
     def __len__(self) -> int:
         return self.length
@@ -144,6 +147,16 @@ class DynamicMixDataset(Dataset):
             self.cache[j] = a
         return a
 
+    def _source(self, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A random crop of ``n`` samples; with ``speed_perturb`` s, played at a random speed in [1-s, 1+s] (linear
+        interpolation: pitch and formants move together, a new vocal-tract length; the usual speed perturbation)."""
+        if not self.speed:
+            return _crop([a], self.n, rng)[0]
+        f = float(rng.uniform(1 - self.speed, 1 + self.speed))
+        span = int(np.ceil((self.n - 1) * f)) + 1
+        seg = _crop([a], span, rng)[0]
+        return np.interp(np.arange(self.n) * f, np.arange(span), seg).astype(np.float32)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng(None if self.seed is None else self.seed + i)
         if self.speakers is not None:
@@ -151,7 +164,7 @@ class DynamicMixDataset(Dataset):
             picks = [self.speakers[s][int(rng.integers(len(self.speakers[s])))] for s in spk]
         else:
             picks = list(rng.choice(len(self.files), self.k, replace=False))
-        srcs = [_crop([self._load(j)], self.n, rng)[0] for j in picks]
+        srcs = [self._source(self._load(j), rng) for j in picks]
         gains = np.concatenate(([0.0], rng.uniform(-5, 5, self.k - 1)))
         srcs = np.stack([s / (np.sqrt((s**2).mean()) + 1e-8) * 0.05 * 10 ** (g / 20) for s, g in zip(srcs, gains)])
         return torch.from_numpy(srcs.sum(0).astype(np.float32))[None], torch.from_numpy(srcs.astype(np.float32))
@@ -246,6 +259,7 @@ class AudiosepDataModule(L.LightningDataModule):
         fold: int = 0,
         folds: int = 5,
         epoch_size: int = 1000,
+        speed_perturb: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -256,7 +270,8 @@ class AudiosepDataModule(L.LightningDataModule):
             self.val_set = LibriMixDataset(hp.val_dir, hp.rate, None, train=False)
             self.train_set = (
                 DynamicMixDataset(
-                    hp.data_dir, hp.rate, hp.segment, len(self.val_set.srcs), hp.epoch_size
+                    hp.data_dir, hp.rate, hp.segment, len(self.val_set.srcs), hp.epoch_size,
+                    speed_perturb=hp.speed_perturb,
                 )
                 if hp.dynamic_mixing
                 else LibriMixDataset(hp.data_dir, hp.rate, hp.segment)
@@ -365,6 +380,7 @@ def train_audiosep(
     lr: float = 1e-3,
     scheduler: str = "plateau",
     epoch_size: int = 1000,
+    speed_perturb: float = 0.0,
     precision: str = "auto",
     accelerator: str = "auto",
     devices: int | str = "auto",
@@ -377,10 +393,18 @@ def train_audiosep(
     overwrite: bool = False,
     seed: int = 0,
     limit_val_batches: int | float | None = None,
+    threads: int | None = None,
 ) -> FitResult:
     """Train a separation model and export the best checkpoint (highest validation SI-SNR) to ``out``, the suite's
     model file, with its validation SI-SNR and SI-SNRi (dB) in ``metrics``. ``resume="last"`` continues from the run
-    folder's ``last.ckpt``. Returns the fit result; its ``metrics`` hold the best checkpoint's validation figures."""
+    folder's ``last.ckpt``. ``threads``: torch intra-op threads during the fit (restored after; default: torch's).
+    On a small CPU shared with other jobs one thread trains the small presets several times faster per wall second
+    than two (OpenMP threads wait on each other whenever one is descheduled). Returns the fit result; its
+    ``metrics`` hold the best checkpoint's validation figures."""
+    if speed_perturb and not dynamic_mixing:
+        raise InputError("--speed-perturb needs --dynamic-mixing (it perturbs the sources of on-the-fly mixtures)")
+    if not 0 <= speed_perturb < 1:
+        raise InputError(f"--speed-perturb must be in [0, 1), got {speed_perturb:g}")
     if scheduler == "time-cosine" and not max_time:
         raise InputError("--scheduler time-cosine needs --max-time (the schedule runs over the time budget)")
     module = AudiosepModule(
@@ -402,6 +426,7 @@ def train_audiosep(
         fold=fold,
         folds=folds,
         epoch_size=epoch_size,
+        speed_perturb=speed_perturb,
     )
     run_dir = Path(run_dir) if run_dir else Path(out).parent / (Path(out).stem + "_run")
     if resume == "last":
@@ -430,7 +455,13 @@ def train_audiosep(
         trainer.callbacks.append(BudgetStop(parse_max_time(max_time)))
     if scheduler == "time-cosine":
         trainer.callbacks.append(TimeCosineLR(parse_max_time(max_time), lr))
-    res = fit(module, dm, trainer, export_to=None, ckpt_path=resume, overwrite=overwrite)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    try:
+        res = fit(module, dm, trainer, export_to=None, ckpt_path=resume, overwrite=overwrite)
+    finally:
+        torch.set_num_threads(old_threads)
     if res.best_checkpoint is not None:
         val = read_torch_file(res.best_checkpoint).get("audiosep_val") or {}
         res.metrics = {**res.metrics, **val}

@@ -17,7 +17,7 @@ from audiosep.metrics import best_permutation, pairwise, pit_si_snr_loss, reorde
 from audiosep.models import ConvTasNet
 from audiosep.separate import Separator, separate_chunks
 from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
-from shared_backbones.errors import ModelFileError
+from shared_backbones.errors import InputError, ModelFileError
 from shared_backbones.precision import PrecisionPolicy
 from shared_backbones.registry import create_model
 
@@ -602,3 +602,96 @@ def test_speech_corpus_has_held_out_voices_and_sentences(tmp_path):
     freqs = np.fft.rfftfreq(len(a), 1 / es.rate)
     assert spec[freqs < 1000].sum() > spec[freqs > 4000].sum()
     assert write_corpus(tmp_path, train_speakers=3, per_speaker=2, val_mixtures=2, test_mixtures=2) == paths  # cached
+
+
+def test_dynamic_mixing_speed_perturbation_moves_pitch_within_range(tmp_path):
+    from pipelines.audiosep import DynamicMixDataset
+
+    t = np.arange(16000) / 8000
+    for k in range(2):
+        (tmp_path / f"spk{k}").mkdir()
+        sf.write(tmp_path / f"spk{k}" / "u0.wav", (0.3 * np.sin(2 * np.pi * 400 * t)).astype("float32"), 8000)
+    plain = DynamicMixDataset(tmp_path, segment=1.0, length=20, seed=0)
+    fast = DynamicMixDataset(tmp_path, segment=1.0, length=20, seed=0, speed_perturb=0.2)
+    peaks = []
+    for i in range(20):
+        mix, srcs = fast[i]
+        assert mix.shape == (1, 8000) and srcs.shape == (2, 8000)
+        assert torch.allclose(mix[0], srcs.sum(0), atol=1e-6)
+        assert torch.equal(fast[i][1], srcs)  # seeded per item
+        peaks += [int(np.abs(np.fft.rfft(s.numpy())).argmax()) for s in srcs]  # 1 Hz bins over 1 s
+        assert [int(np.abs(np.fft.rfft(s.numpy())).argmax()) for s in plain[i][1]] == [400, 400]
+    assert all(318 <= p <= 482 for p in peaks)  # a tone played at speed f sounds at 400 f Hz, f in [0.8, 1.2]
+    assert max(peaks) - min(peaks) > 80  # and the speeds differ between sources
+
+
+def test_speech_corpus_all_variants_keep_test_families_out_of_training():
+    pytest.importorskip("espeakng_loader")
+    from audiosep.speech import FEMALE, MALE, shipped_variants, split_variants, variant_family
+
+    shipped = shipped_variants()
+    assert set(MALE + FEMALE) <= set(shipped) and len(shipped) > 80 and "fast" not in shipped
+    assert shipped["m3"] == "male" and shipped["f2"] == "female" and shipped["whisperf"] == "female"
+    assert variant_family("klatt3") == variant_family("klatt") == "klatt" and variant_family("mike2") == "mike"
+    assert variant_family("m3") == "m3"
+    narrow = split_variants(np.random.default_rng(0))
+    wide = split_variants(np.random.default_rng(0), all_variants=True)
+    assert narrow[1] == wide[1]  # the same test voices either way
+    assert len(wide[0]) > 2 * len(narrow[0])
+    for train, test in (narrow, wide):
+        assert {variant_family(v) for v in train}.isdisjoint(variant_family(v) for v in test)
+        assert any(v in MALE for v in test) and any(v in FEMALE for v in test)
+
+
+def test_evaluate_cli_scores_the_good_mixtures_and_lists_the_bad(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    est = tmp_path / "est"
+    est.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        s1, s2 = (rng.standard_normal(4000).astype("float32") * 0.2 for _ in range(2))
+        for d, x in (("mix", s1 + s2), ("s1", s1), ("s2", s2)):
+            (tmp_path / "data" / d).mkdir(parents=True, exist_ok=True)
+            sf.write(tmp_path / "data" / d / name, x, 8000, subtype="FLOAT")
+        if name != "b.wav":  # b has no estimates
+            sf.write(est / f"{Path(name).stem}_s1.wav", s1 + 0.1 * s2, 8000, subtype="FLOAT")
+            sf.write(est / f"{Path(name).stem}_s2.wav", s2 + 0.1 * s1, 8000, subtype="FLOAT")
+    out = tmp_path / "r.csv"
+    assert main(["evaluate", str(est), str(tmp_path / "data"), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 inputs failed" in err and "b_s1.wav: file not found" in err
+    lines = out.read_text().splitlines()
+    assert [ln.split(",")[0] for ln in lines] == ["file", "a.wav", "c.wav", "mean"]
+    with pytest.raises(InputError, match="b_s1.wav"):  # the library call still stops at the first bad mixture
+        evaluate_folder(est, tmp_path / "data")
+
+
+def test_sdr_survives_a_thread_count_change():
+    """torch's MKL linalg.solve fails after set_num_threads(1) then (2); sdr (used by evaluate) must not."""
+    from audiosep.metrics import sdr
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(1, 2, 4000, generator=g, dtype=torch.float64)
+    est = ref + 0.1 * torch.randn(1, 2, 4000, generator=g, dtype=torch.float64)
+    before = sdr(est, ref)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.set_num_threads(2)
+        after = sdr(est, ref)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(before, after, atol=1e-9) and (before > 15).all()
+
+
+def test_train_refuses_speed_perturbation_it_would_ignore(tmp_path, capsys):
+    data = tmp_path / "data"
+    for d in ("mix", "s1", "s2"):
+        (data / d).mkdir(parents=True)
+        sf.write(data / d / "a.wav", np.zeros(800, "float32"), 8000)
+    base = ["train", str(data), "-o", str(tmp_path / "m.pt"), "-q"]
+    assert main([*base, "--speed-perturb", "0.1"]) == 2  # LibriMix folder: nothing to perturb
+    assert "--speed-perturb needs --dynamic-mixing" in capsys.readouterr().err
+    assert main([*base, "--dynamic-mixing", "--val-dir", str(data), "--speed-perturb", "1.5"]) == 2
+    assert "must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

@@ -71,3 +71,19 @@ def test_quick_medseg_and_remote_demo_parts_run(tmp_path):
             for c in range(1, 4) if np.any(ref == c) or np.any(pred == c)]
     assert summary["medseg"]["figures"]["mean_dice"] == pytest.approx(float(np.mean(dice)), abs=1e-6)
     assert all(Path(o).exists() for r in summary.values() for o in r["outputs"])
+
+
+def test_quick_audiosep_demo_part_scores_what_it_wrote(tmp_path):
+    """The quick speech part runs end to end (one-thread training, then BSS-eval scoring in the same process: the
+    thread-count change once broke torch's batched solve) and reports the mean of its scores.csv."""
+    pytest.importorskip("espeakng_loader")
+    import csv
+
+    assert main(["demo", "--only", "audiosep", "--quick", "--quiet", "-o", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "summary.json").read_text())[0]
+    assert res["pipeline"] == "audiosep" and "FAILED" not in res["notes"]
+    rows = list(csv.DictReader(open(tmp_path / "audiosep" / "scores.csv")))
+    assert rows[-1]["file"] == "mean" and len(rows) == 5  # 4 held-out mixtures and their mean
+    assert res["figures"]["si_snri_db"] == pytest.approx(float(rows[-1]["si_snri"]), abs=1e-3)
+    assert np.isfinite(res["figures"]["sdri_db"]) and res["figures"]["train_cpu_seconds"] > 0
+    assert all(Path(o).exists() for o in res["outputs"])
