@@ -214,7 +214,9 @@ def main() -> None:
             st = r["stages"]
             runs[size] = {"seconds": round(r["seconds"], 1), "pixels_per_s": round(pps),
                           "peak_rss_mb": round(rss / 2**20), "valid_fraction": round(r["valid"] / r["pixels"], 3),
-                          "cpu_seconds": {k: st[k] for k in ("network", "read", "write")}}
+                          "cpu_seconds": {k: st[k] for k in ("network", "read", "write")},
+                          # the rate with two free cores: the slower of the network thread and reader + writer
+                          "cpu_bound_pixels_per_s": round(r["pixels"] / max(st["network"], st["read"] + st["write"]))}
             print(f"   predicted {r['pixels']:,} px in {r['seconds']:.0f} s = {pps:,.0f} px/s "
                   f"({pps / mo['ffdnn']:.2f} x the network alone); peak RSS {rss / 2**20:.0f} MB")
             print(f"   CPU seconds: network thread {st['network']:.0f}, reader {st['read']:.0f}, writer "
@@ -226,7 +228,9 @@ def main() -> None:
         pps = runs[big]["pixels_per_s"]
         out.update(size=big, seconds=runs[big]["seconds"], pixels_per_s=pps, peak_rss_mb=runs[big]["peak_rss_mb"],
                    tile_minutes=round(FULL * FULL / pps / 60, 2), tile_minutes_projected=big != FULL,
-                   overlap_ratio=round(pps / mo["ffdnn"], 3), runs={str(k): v for k, v in runs.items()})
+                   overlap_ratio=round(pps / mo["ffdnn"], 3), runs={str(k): v for k, v in runs.items()},
+                   cpu_bound_pixels_per_s=runs[big]["cpu_bound_pixels_per_s"],
+                   tile_minutes_cpu_bound=round(FULL * FULL / runs[big]["cpu_bound_pixels_per_s"] / 60, 2))
         if 2048 in runs and big != 2048:
             out["ram_ratio_full_vs_2048"] = round(runs[big]["peak_rss_mb"] / runs[2048]["peak_rss_mb"], 3)
         out["load_average_end"] = round(os.getloadavg()[0], 2)
