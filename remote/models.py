@@ -248,23 +248,36 @@ class FFDNN(_TemporalNet):
         return (not self.training and t * self.stem.out_channels <= self.FLAT_MAX_WIDTH
                 and all(isinstance(b, FourierBlock1d) and b.supports_time_major() for b in self.blocks))
 
-    def _flat_weights(self, t: int, dtype: torch.dtype, fold_filter: bool) -> dict[str, Any]:
-        """Stem (with the filter's batch norm folded in when ``fold_filter``), per-block time-major matrices and the
-        primary conv + temporal pooling as one matrix whose columns come out in capsule order (type, position, dim).
-        Cached while gradients are off and no parameter or buffer has changed."""
-        stamp = None
-        key = (t, dtype, fold_filter)
-        if not torch.is_grad_enabled():
-            stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.buffers()))
-            hit = self._flat_cache.get(key)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
+    def _stamp(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.buffers()))
+
+    def _cache_hit(self, key: tuple) -> tuple | None:
+        """The cached (stamp, weights) of ``key`` while gradients are off and no parameter or buffer has changed."""
+        if torch.is_grad_enabled():
+            return None
+        hit = self._flat_cache.get(key)
+        return hit if hit is not None and hit[0] == self._stamp() else None
+
+    def _stem_weights(self, dtype: torch.dtype, fold_filter: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's 1x1 conv as (weight [C, F], bias), with the filter's eval batch norm folded in when
+        ``fold_filter`` (y = x * scale + shift per trait)."""
         w, b = self.stem.weight[:, :, 0].to(dtype), self.stem.bias.to(dtype)
-        if fold_filter:     # eval batch norm: y = x * scale + shift per trait
+        if fold_filter:
             bn = self.filter.norm
             scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
             shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
             w, b = w * scale, b + w @ shift
+        return w, b
+
+    def _flat_weights(self, t: int, dtype: torch.dtype, fold_filter: bool) -> dict[str, Any]:
+        """Stem (with the filter's batch norm folded in when ``fold_filter``), per-block time-major matrices and the
+        primary conv + temporal pooling as one matrix whose columns come out in capsule order (type, position, dim).
+        Cached while gradients are off and no parameter or buffer has changed."""
+        key = (t, dtype, fold_filter)
+        hit = self._cache_hit(key)
+        if hit is not None:
+            return hit[1]
+        w, b = self._stem_weights(dtype, fold_filter)
         blocks = [blk.linear_map(t, dtype) for blk in self.blocks]
         c = self.stem.out_channels
         dev = self.stem.weight.device
@@ -276,8 +289,8 @@ class FFDNN(_TemporalNet):
         resp = resp.reshape(c * t + 1, -1)
         out = {"stem": (w, b), "blocks": blocks, "primary": (resp[:-1] - resp[-1], resp[-1]),
                "routing": self.routing.routing_matrices(dtype)}
-        if stamp is not None:
-            self._flat_cache[key] = (stamp, out)
+        if not torch.is_grad_enabled():
+            self._flat_cache[key] = (self._stamp(), out)
         return out
 
     #: samples per chunk of the fast path: the routing's working set (about 2 kB a sample) stays in the CPU cache
@@ -293,19 +306,11 @@ class FFDNN(_TemporalNet):
         """Weights of the samples-last path (cached like :meth:`_flat_weights`): stem (filter's batch norm folded
         in when ``fold_filter``), per block (local C x C, spectral kernels [C, T, T] as out x in, bias, norm
         affine), the primary conv + pooling as one [capsules * dim, C * T] matrix (channel-major inputs), routing."""
-        stamp = None
         key = ("sl", t, dtype, fold_filter)
-        if not torch.is_grad_enabled():
-            stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.buffers()))
-            hit = self._flat_cache.get(key)
-            if hit is not None and hit[0] == stamp:
-                return hit[1]
-        w, b = self.stem.weight[:, :, 0].to(dtype), self.stem.bias.to(dtype)
-        if fold_filter:
-            bn = self.filter.norm
-            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).to(dtype)
-            shift = bn.bias.to(dtype) - bn.running_mean.to(dtype) * scale
-            w, b = w * scale, b + w @ shift
+        hit = self._cache_hit(key)
+        if hit is not None:
+            return hit[1]
+        w, b = self._stem_weights(dtype, fold_filter)
         blocks = []
         for blk in self.blocks:
             k = blk.spectral.kernel(t, dtype).transpose(1, 2).contiguous()          # [C, T_out, T_in]
@@ -325,8 +330,8 @@ class FFDNN(_TemporalNet):
         resp = resp.reshape(c * t + 1, -1)
         out = {"stem": (w, b), "blocks": blocks, "primary": ((resp[:-1] - resp[-1]).t().contiguous(), resp[-1]),
                "routing": self.routing.routing_matrices(dtype)}
-        if stamp is not None:
-            self._flat_cache[key] = (stamp, out)
+        if not torch.is_grad_enabled():
+            self._flat_cache[key] = (self._stamp(), out)
         return out
 
     def _sl_traits(self, x: torch.Tensor) -> torch.Tensor:
