@@ -140,29 +140,16 @@ class FourierBlock1d(nn.Module):
         n = self.norm
         return isinstance(n, nn.Identity) or (isinstance(n, nn.GroupNorm) and n.num_groups == 1)
 
-    def norm_affine(self, t: int, dtype: torch.dtype = torch.float32
-                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The single-group norm's affine weights repeated over ``t`` time steps (time-major), for
-        :meth:`time_major_update`; (None, None) without a norm or affine weights."""
-        n = self.norm
-        if not isinstance(n, nn.GroupNorm):
-            return None, None
-        return tuple(None if p is None else p.to(dtype).repeat(t) for p in (n.weight, n.bias))  # type: ignore[return-value]
-
-    def time_major_update(self, z: torch.Tensor, t: int,
-                          affine: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> torch.Tensor:
-        """The block's update ``drop(act(norm(z)))`` from its linear part ``z`` [N, T * C] (time-major; ``affine``:
-        :meth:`norm_affine`, built here when not given)."""
-        n = self.norm
-        if isinstance(n, nn.GroupNorm):
-            w, b = self.norm_affine(t, z.dtype) if affine is None else affine
-            z = F.layer_norm(z, (z.shape[-1],), w, b, n.eps)
-        return self.drop(self.act(z))
-
     def time_major(self, x: torch.Tensor, t: int, m: torch.Tensor | None = None,
                    bias: torch.Tensor | None = None) -> torch.Tensor:
         """The block on time-major flattened inputs ``x`` [N, T * C] (``m``, ``bias``: :meth:`linear_map`, built
         here when not given). Same result as ``forward`` on [N, C, T] up to float rounding."""
         if m is None or bias is None:
             m, bias = self.linear_map(t, x.dtype)
-        return x + self.time_major_update(torch.addmm(bias, x, m), t)
+        z = torch.addmm(bias, x, m)
+        n = self.norm
+        if isinstance(n, nn.GroupNorm):
+            w = n.weight.repeat(t) if n.weight is not None else None
+            b = n.bias.repeat(t) if n.bias is not None else None
+            z = F.layer_norm(z, (z.shape[-1],), w, b, n.eps)
+        return x + self.drop(self.act(z))
