@@ -126,3 +126,34 @@ def _rss_after_free() -> tuple[bool, int]:
     del blocks
     kept = _vm_rss() - before - keep.nbytes
     return ok, kept
+
+
+def _faults_filling_64mib() -> tuple[int, str | None]:
+    import resource
+
+    import torch
+
+    from shared_backbones.memory import return_freed_memory
+
+    return_freed_memory(4)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.empty(64 * 2**20 // 4).fill_(1.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del t
+    import os
+
+    return faults, os.environ.get("THP_MEM_ALLOC_ENABLE")
+
+
+def test_return_freed_memory_backs_big_tensors_with_huge_pages():
+    """With transparent huge pages available (madvise or always), filling a fresh 64 MiB tensor faults in 2 MiB pages:
+    a few dozen faults instead of the 16384 of 4 KiB pages (measured without it: about 16400)."""
+    import sys
+    from pathlib import Path
+
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not sys.platform.startswith("linux") or not thp.exists() or "[never]" in thp.read_text():
+        pytest.skip("no transparent huge pages on this system")
+    (faults, env), _ = run_isolated(_faults_filling_64mib)
+    assert env == "1"
+    assert faults < 2000, faults
