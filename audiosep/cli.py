@@ -157,12 +157,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     t.add_argument(
         "--threads",
-        type=int,
+        type=_threads_arg,
         default=None,
-        metavar="N",
-        help="torch threads on CPU [torch's default; 1 is often faster on a small machine shared with other jobs]",
+        metavar="N|auto",
+        help="torch threads on CPU [torch's default]; auto: time a few training steps at 1 and at torch's count and "
+        "keep more only if >10%% faster (1 is often much faster on a small machine shared with other jobs)",
     )
     return p
+
+
+def _threads_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
+    return n
 
 
 def _separate(args: argparse.Namespace) -> int:

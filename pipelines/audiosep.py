@@ -362,6 +362,32 @@ class AudiosepModule(SuiteModule):
             checkpoint["audiosep_val"] = dict(self.last_val)
 
 
+def _auto_threads(module: AudiosepModule, rate: int, sources: int, segment: float, batch_size: int,
+                  accelerator: str, quiet: bool) -> int | None:
+    """``threads="auto"``: on the CPU, the faster of one thread and torch's count for a training step (forward,
+    PIT SI-SNR loss, backward) of this model on a batch of this shape; None (torch's default) on an accelerator."""
+    from shared_backbones.timing import pick_cpu_threads
+
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
+        return None
+    gen = torch.Generator().manual_seed(0)
+    srcs = torch.randn(batch_size, sources, max(256, int(segment * rate)), generator=gen)
+    mix = srcs.sum(1, keepdim=True)
+
+    def step() -> None:
+        loss, _ = pit_si_snr_loss(module(mix).float(), srcs)
+        loss.backward()
+
+    try:
+        best, per_step = pick_cpu_threads(step, repeats=5, steps_per_run=4)  # ~50 steps, 2-3 s
+    finally:
+        module.zero_grad(set_to_none=True)
+    if not quiet and per_step:
+        timings = ", ".join(f"{n}: {s * 1e3:.0f} ms" for n, s in sorted(per_step.items()))
+        print(f"threads auto: {best} (a training step took {timings})", flush=True)
+    return best
+
+
 def train_audiosep(
     data_dir: str | Path,
     out: str | Path,
@@ -393,7 +419,7 @@ def train_audiosep(
     overwrite: bool = False,
     seed: int = 0,
     limit_val_batches: int | float | None = None,
-    threads: int | None = None,
+    threads: int | str | None = None,
 ) -> FitResult:
     """Train a separation model and export the best checkpoint (highest validation SI-SNR) to ``out``, the suite's
     model file, with its validation SI-SNR and SI-SNRi (dB) in ``metrics``. ``resume="last"`` continues from the run
@@ -456,12 +482,17 @@ def train_audiosep(
     if scheduler == "time-cosine":
         trainer.callbacks.append(TimeCosineLR(parse_max_time(max_time), lr))
     old_threads = torch.get_num_threads()
+    if threads == "auto":
+        threads = _auto_threads(module, sample_rate, num_sources, segment, batch_size, accelerator, quiet)
     if threads is not None:
         torch.set_num_threads(max(1, int(threads)))
     try:
         res = fit(module, dm, trainer, export_to=None, ckpt_path=resume, overwrite=overwrite)
     finally:
         torch.set_num_threads(old_threads)
+    res.metrics = {**res.metrics, "steps": int(trainer.global_step)}
+    if threads is not None:
+        res.metrics = {**res.metrics, "threads": int(threads)}
     if res.best_checkpoint is not None:
         val = read_torch_file(res.best_checkpoint).get("audiosep_val") or {}
         res.metrics = {**res.metrics, **val}

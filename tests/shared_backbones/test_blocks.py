@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from shared_backbones.blocks import (
     ConvNormAct,
@@ -34,6 +35,42 @@ def test_tcn_block_matches_torchaudio_conv_block(no_residual):
     assert (r_res is None) == (o_res is None) == no_residual
     if not no_residual:
         assert torch.allclose(o_res, r_res, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tcn_block_cpu_fast_path_equals_modules_in_values_and_gradients(causal):
+    """The CPU path (shifted multiply-adds for the depthwise conv, relu-form PReLU under autograd) against the
+    block's own nn.Conv1d / nn.PReLU modules run as plain layers: outputs and every gradient."""
+    torch.manual_seed(0)
+    blk = TCNBlock(6, 10, 3, dilation=4, norm="cln" if causal else "gln", causal=causal)
+    with torch.no_grad():
+        blk.conv_layers[1].weight.fill_(0.3)
+        blk.conv_layers[4].weight.fill_(-0.2)
+    x = torch.randn(2, 6, 40, requires_grad=True)
+
+    def reference(x):
+        layers = blk.conv_layers
+        h = layers[2](layers[1](layers[0](x)))
+        h = layers[4](layers[3](F.pad(h, (blk.pad, 0)) if causal else h))
+        h = layers[5](h)
+        return blk.res_out(h), blk.skip_out(h)
+
+    grads = []
+    for fn in (blk, reference):
+        blk.zero_grad()
+        x.grad = None
+        res, skip = fn(x)
+        (res.square().sum() + (skip * torch.linspace(-1, 1, 40)).sum()).backward()
+        pgrads = {n: p.grad.clone() for n, p in blk.named_parameters()}
+        grads.append((res.detach(), skip.detach(), x.grad.clone(), pgrads))
+    (r0, s0, gx0, gp0), (r1, s1, gx1, gp1) = grads
+    assert r0.shape == (2, 6, 40) and s0.shape == (2, 6, 40)
+    assert torch.allclose(r0, r1, atol=1e-5) and torch.allclose(s0, s1, atol=1e-5)
+    assert torch.allclose(gx0, gx1, atol=1e-4)
+    assert set(gp0) == set(gp1)
+    for n in gp0:
+        assert torch.allclose(gp0[n], gp1[n], rtol=1e-4, atol=1e-4), n
+    assert gp0["conv_layers.1.weight"].abs() > 0 and gp0["conv_layers.3.weight"].abs().sum() > 0
 
 
 def test_causal_tcn_block_never_looks_ahead():

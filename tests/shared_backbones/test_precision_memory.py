@@ -93,6 +93,31 @@ def test_interleaved_runs_with_a_given_clock_and_ratio_spread():
     assert ratio_spread([1.0, 4.0, 2.0], [2.0, 2.0, 2.0]) == {"min": 0.5, "median": 1.0, "max": 2.0}
 
 
+@pytest.mark.parametrize("slow", [1, 2])
+def test_pick_cpu_threads_keeps_the_faster_count_and_restores_torch_threads(slow):
+    """A step that is slow at ``slow`` threads (a descheduled or an overhead-bound case) loses to the other count;
+    the thread count is torch's again afterwards, and the per-step seconds are the medians."""
+    import time
+
+    from shared_backbones.timing import pick_cpu_threads
+
+    seen: list[int] = []
+
+    def step():
+        seen.append(torch.get_num_threads())
+        time.sleep(0.02 if seen[-1] == slow else 0.002)
+
+    before = torch.get_num_threads()
+    best, per_step = pick_cpu_threads(step, [1, 2], repeats=3, steps_per_run=2)
+    assert best == 3 - slow and torch.get_num_threads() == before
+    assert set(seen) == {1, 2} and len(seen) == 2 * 2 * 4  # one warm-up round and 3 rounds, 2 steps each
+    assert per_step[slow] > 0.015 and per_step[3 - slow] < 0.015
+    assert pick_cpu_threads(step, [1, 1]) == (1, {})
+    # more threads must win by more than the margin: 5% faster keeps one thread
+    fake = {1: 0.0100, 2: 0.0095}
+    assert pick_cpu_threads(lambda: time.sleep(fake[torch.get_num_threads()]), [1, 2], repeats=3)[0] == 1
+
+
 def test_return_freed_memory_hands_big_blocks_back():
     """After the setting, freed 8 MiB blocks leave the resident set at once (glibc); without it (measured: 65 MiB
     kept of 64 MiB freed) glibc's dynamic threshold keeps them in a heap whose top is held by a live block."""
