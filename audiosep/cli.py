@@ -13,6 +13,7 @@ from shared_backbones.cliutil import (
     add_common,
     add_deprecated,
     make_parser,
+    parse_threads,
     prepare_outputs,
     run_batch,
     run_cli,
@@ -157,25 +158,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     t.add_argument(
         "--threads",
-        type=_threads_arg,
+        type=parse_threads,
         default=None,
         metavar="N|auto",
         help="torch threads on CPU [torch's default]; auto: time a few training steps at 1 and at torch's count and "
         "keep more only if >10%% faster (1 is often much faster on a small machine shared with other jobs)",
     )
     return p
-
-
-def _threads_arg(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
-    return n
 
 
 def _separate(args: argparse.Namespace) -> int:

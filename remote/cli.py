@@ -18,6 +18,7 @@ from shared_backbones.cliutil import (
     add_deprecated,
     check_output,
     make_parser,
+    parse_positive_int,
     prepare_outputs,
     run_batch,
     run_cli,
@@ -41,16 +42,6 @@ def _int_list(text: str) -> list[int]:
         return [int(v) for v in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
 
 
 def _str_list(text: str) -> list[str]:
@@ -184,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--fields-csv", default=None, help="per-field summary path [X_fields.csv]")
     q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
     q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
-    q.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    q.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                    help="torch threads for the network [CPUs usable minus one for the reader (minus two above four "
                         "CPUs); CONVSUITE_THREADS or OMP_NUM_THREADS override the default]")
 

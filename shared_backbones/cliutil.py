@@ -309,6 +309,27 @@ def parse_fold(text: str) -> int | str:
     return k
 
 
+def parse_positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (thread and worker counts)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
+def parse_threads(text: str) -> int | str:
+    """argparse type for ``--threads``: a whole number >= 1, or ``auto`` (timed per machine)."""
+    if text == "auto":
+        return text
+    try:
+        return parse_positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or auto, got {text!r}") from None
+
+
 def parse_device(text: str) -> str:
     """``--device`` values: auto, cpu, cuda, cuda:N, mps."""
     base, _, index = text.partition(":")

@@ -712,4 +712,4 @@ def test_train_threads_auto_times_both_counts_and_says_which(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:  # argparse's usage error: exit 2, one line naming the option
             main([*argv[:-1], bad, "--overwrite"])
         assert exc.value.code == 2
-        assert f"--threads: expected a positive integer or auto, got '{bad}'" in capsys.readouterr().err
+        assert f"--threads: expected a whole number >= 1 or auto, got '{bad}'" in capsys.readouterr().err
