@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -29,6 +28,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from shared_backbones.errors import InputError
+from shared_backbones.options import duration_seconds
 from shared_backbones.precision import PrecisionPolicy
 
 from .export import export_checkpoint
@@ -60,42 +60,10 @@ def is_global_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
 
 
-_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
-          "d": 86400, "day": 86400}
-
-
 def parse_duration(value: str | float | int | dict | None) -> float | None:
-    """Seconds from ``DD:HH:MM:SS`` / ``HH:MM:SS`` / ``MM:SS``, ``90``, ``8 min``, ``1.5h``, ``2 days`` or a dict
-    such as ``{"hours": 2}`` (Lightning's ``max_time`` spellings)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, dict):
-        import datetime as dt
-
-        seconds = dt.timedelta(**value).total_seconds()
-    else:
-        text = str(value).strip().lower()
-        if ":" in text:
-            try:
-                parts = [float(p) for p in text.split(":")]
-            except ValueError:
-                raise InputError(f"--max-time: cannot read {value!r} (use DD:HH:MM:SS or e.g. '8 min')") from None
-            if len(parts) > 4:
-                raise InputError(f"--max-time: cannot read {value!r} (use DD:HH:MM:SS or e.g. '8 min')")
-            seconds = sum(p * m for p, m in zip(reversed(parts), (1, 60, 3600, 86400)))
-        else:
-            m = re.fullmatch(r"([0-9.]+)\s*([a-z]*?)s?", text)
-            if not m or (m.group(2) and m.group(2) not in _UNITS):
-                raise InputError(f"--max-time: cannot read {value!r} (use DD:HH:MM:SS or e.g. '8 min')")
-            try:
-                seconds = float(m.group(1)) * _UNITS.get(m.group(2) or "s", 1)
-            except ValueError:
-                raise InputError(f"--max-time: cannot read {value!r}") from None
-    if seconds <= 0:
-        raise InputError(f"--max-time must be positive, got {value!r}")
-    return seconds
+    """Seconds of a ``max_time`` budget in the suite's one syntax (``90s``, ``45m``, ``2h``, ``DD:HH:MM:SS``, a
+    number of seconds, or Lightning's dict): :func:`shared_backbones.options.duration_seconds`."""
+    return duration_seconds(value)
 
 
 class TimeBudget(Callback):

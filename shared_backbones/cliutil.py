@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import InputError, OutputExistsError, UserError
+from .options import DEVICE_CHOICES, Number, parse_device, parse_devices, seed_int
 
 T = TypeVar("T")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -297,56 +297,20 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: st
 
 
 def parse_fold(text: str) -> int | str:
-    """``--fold`` values: a fold number, or ``all`` for every fold."""
+    """``--fold`` values: a fold number (0 .. 9999), or ``all`` for every fold."""
     if text == "all":
         return "all"
     try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fold number or 'all', got {text!r}") from None
-    if k < 0:
-        raise argparse.ArgumentTypeError(f"fold must be >= 0, got {k}")
-    return k
-
-
-def parse_positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (thread and worker counts)."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
-
-
-def parse_threads(text: str) -> int | str:
-    """argparse type for ``--threads``: a whole number >= 1, or ``auto`` (timed per machine)."""
-    if text == "auto":
-        return text
-    try:
-        return parse_positive_int(text)
+        return _FOLD(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1 or auto, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a fold number (0 .. 9999) or 'all', got {text!r}") from None
 
 
-def parse_device(text: str) -> str:
-    """``--device`` values: auto, cpu, cuda, cuda:N, mps."""
-    base, _, index = text.partition(":")
-    if base not in DEVICE_CHOICES or (index and (base != "cuda" or not index.isdigit())):
-        raise argparse.ArgumentTypeError(f"expected one of auto, cpu, cuda, cuda:N, mps; got {text!r}")
-    return text
-
-
-def parse_devices(text: str) -> int | str:
-    """``--devices`` values: a count, a comma list of indices (``0,2``), or ``auto``."""
-    if text == "auto":
-        return "auto"
-    if text.isdigit() and int(text) > 0:
-        return int(text)
-    if all(p.strip().isdigit() for p in text.split(",")) and "," in text:
-        return text
-    raise argparse.ArgumentTypeError(f"expected a device count, a list such as 0,1, or 'auto'; got {text!r}")
+_FOLD = Number(int, min=0, max=9999)
+#: argparse type: a whole number >= 1 (thread and worker counts)
+parse_positive_int = Number(int, min=1, max=4096)
+#: argparse type for ``--threads``: a whole number >= 1, or ``auto`` (timed per machine)
+parse_threads = Number(int, min=1, max=4096, special={"auto": "auto"})
 
 
 def add_common(parser: argparse.ArgumentParser, *, model: str | None = None, model_help: str = "",
@@ -384,7 +348,7 @@ def add_common(parser: argparse.ArgumentParser, *, model: str | None = None, mod
         parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                             help="auto = bf16 on recent GPUs, fp16 on older ones, fp32 on CPU")
     if seed:
-        parser.add_argument("--seed", type=int, default=0, help="random seed, set before the model is built")
+        parser.add_argument("--seed", type=seed_int, default=0, help="random seed, set before the model is built")
     if resume:
         parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
                             help="continue training from a Lightning checkpoint (no value: the work folder's "
@@ -401,22 +365,22 @@ def add_common(parser: argparse.ArgumentParser, *, model: str | None = None, mod
     return parser
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, device: bool = True, precision: bool = True,
-                    overwrite: bool = True, quiet: bool = True) -> argparse.ArgumentParser:
-    """The options every model-running command shares (kept for callers of the first version)."""
-    return add_common(parser, device=device, precision=precision, overwrite=overwrite, quiet=quiet)
-
-
 def lightning_device(device: str = "auto", devices: int | str = "auto") -> dict[str, Any]:
-    """Map the contract's ``--device``/``--devices`` to Lightning's ``accelerator`` and ``devices`` (one place)."""
+    """Map the contract's ``--device``/``--devices`` to Lightning's ``accelerator`` and ``devices`` (one place).
+
+    A device this machine cannot run (``cuda`` without a GPU, ``mps`` off Apple silicon) is refused here, in one
+    line, before Lightning starts."""
+    from .precision import check_device_available
+
     base, _, index = str(device).partition(":")
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}.get(base)
     if accelerator is None:
-        raise InputError(f"unknown device {device!r} (choose from auto, cpu, cuda, cuda:N, mps)")
+        raise InputError(f"unknown device {device!r} (choose from {', '.join(DEVICE_CHOICES)}, cuda:N)")
+    check_device_available(str(device).replace("gpu", "cuda"))
     if index:
         return {"accelerator": accelerator, "devices": [int(index)]}
-    if accelerator == "cpu" and devices == "auto":
-        return {"accelerator": "cpu", "devices": 1}
+    if accelerator in ("cpu", "mps") and devices == "auto":
+        return {"accelerator": accelerator, "devices": 1}
     return {"accelerator": accelerator, "devices": devices}
 
 

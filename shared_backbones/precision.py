@@ -1,7 +1,7 @@
 """One mixed-precision policy for CPU and GPU: ``auto|fp32|bf16|fp16``.
 
-auto = bf16 on CUDA GPUs that support it, fp16 with a GradScaler on older GPUs, fp32 on CPU (CPU bf16 autocast
-is available explicitly with ``bf16``). The same policy maps to Lightning's ``precision=`` string.
+auto = bf16 on CUDA GPUs that support it, fp16 with a GradScaler on older GPUs, fp32 on CPU and on Apple's MPS
+(CPU bf16 autocast is available explicitly with ``bf16``). The same policy maps to Lightning's ``precision=`` string.
 """
 
 from __future__ import annotations
@@ -18,16 +18,37 @@ _LIGHTNING = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 _DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def check_device_available(name: str) -> None:
+    """Refuse, in one line, a device this machine cannot run (``cuda`` without a GPU, ``mps`` off Apple silicon,
+    ``cuda:N`` beyond the GPU count)."""
+    base, _, index = name.partition(":")
+    if base == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA GPU is available on this machine (use --device cpu or auto)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif base == "mps" and not _mps_available():
+        raise InputError("--device mps: Apple's Metal (MPS) backend is not available here (it needs macOS on Apple "
+                         "silicon and a PyTorch built with MPS); use --device cpu or auto")
+    elif base not in ("auto", "cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available else cpu; ``cuda`` without a GPU is a clear error."""
+    """``auto`` -> cuda when available, else mps (Apple silicon) when available, else cpu; a device this machine
+    cannot run is a one-line error."""
     if isinstance(name, torch.device):
         return name
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but no CUDA GPU is available")
-    if name.split(":")[0] not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {name!r} (use auto, cpu or cuda)")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    check_device_available(name)
     return torch.device(name)
 
 
@@ -54,6 +75,8 @@ class PrecisionPolicy:
                 requested = "bf16" if _cuda_bf16_supported(dev) else "fp16"
             else:
                 requested = "fp32"
+        if requested == "bf16" and dtype == "mps":
+            raise InputError("bf16 autocast is not offered on mps; use fp16 or fp32")
         if requested == "fp16" and dtype == "cpu":
             raise InputError("fp16 autocast is for GPUs; on CPU use bf16 or fp32")
         return cls(requested, dtype)
