@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nibabel as nib
 import numpy as np
@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
+from shared_backbones.archives import open_member, open_zip, read_member
 from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
 
@@ -66,10 +67,7 @@ class _Source:
                 str(p) for p in self.path.rglob("*") if p.is_file() and not p.name.startswith(".")
             )
         else:
-            try:
-                self._zip = zipfile.ZipFile(self.path)
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise InputError(f"not a readable zip archive ({exc})", self.path) from None
+            self._zip = open_zip(self.path)
             self.names = sorted(
                 i.filename for i in self._zip.infolist()
                 if not i.is_dir() and not Path(i.filename).name.startswith(".") and "__MACOSX" not in i.filename
@@ -82,17 +80,26 @@ class _Source:
     def read(self, name: str, pixels: bool) -> Dataset | None:
         """The member as a pydicom dataset, or None when it is not DICOM."""
         try:
-            raw: io.BytesIO | str = io.BytesIO(self._zip.read(name)) if self._zip is not None else name
+            # a zip member is streamed for the header (a huge non-DICOM member is never inflated whole) and read
+            # whole, within a bound, only for its pixels
+            raw: IO[bytes] | str
+            if self._zip is None:
+                raw = name
+            elif pixels:
+                raw = io.BytesIO(read_member(self._zip, name, "dicom"))
+            else:
+                raw = open_member(self._zip, name)
             try:
                 return pydicom.dcmread(raw, stop_before_pixels=not pixels)
             except InvalidDicomError:
                 # no 128-byte preamble: accept raw data sets that start with a group 0008 element
-                if isinstance(raw, io.BytesIO):
-                    head = raw.getvalue()[:2]
-                    raw.seek(0)
-                else:
+                if isinstance(raw, str):
                     with open(raw, "rb") as fh:
                         head = fh.read(2)
+                else:
+                    raw.seek(0)
+                    head = raw.read(2)
+                    raw.seek(0)
                 if head != b"\x08\x00":
                     return None
                 ds = pydicom.dcmread(raw, stop_before_pixels=not pixels, force=True)

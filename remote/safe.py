@@ -24,6 +24,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared_backbones.archives import open_zip, read_member
 from shared_backbones.errors import InputError
 
 from .naming import (
@@ -182,11 +183,7 @@ def read_safe(path: str | Path) -> SafeProduct:
         files = [(p.relative_to(path).as_posix(), str(p)) for p in sorted(path.glob("GRANULE/*/IMG_DATA/**/*"))
                  if p.is_file()]
         return _product(path.name, path, mtd, files)
-    try:
-        z = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"not a readable zip file ({exc})", path) from None
-    with z:
+    with open_zip(path) as z:
         names = z.namelist()
         roots = sorted({n.split("/", 1)[0] for n in names if "/" in n and n.split("/", 1)[0].upper().endswith(".SAFE")})
         if len(roots) > 1:
@@ -196,7 +193,7 @@ def read_safe(path: str | Path) -> SafeProduct:
         mtd_name = next((n for n in names if n == prefix + METADATA), None)
         if mtd_name is None and any(n == prefix + "MTD_MSIL1C.xml" for n in names):
             raise InputError("Level-1C product (top-of-atmosphere): an L2A product is needed", path)
-        mtd = z.read(mtd_name) if mtd_name else None
+        mtd = read_member(z, mtd_name, "metadata") if mtd_name else None
         base = f"/vsizip/{path.absolute().as_posix()}"
         files = [(n[len(prefix):], f"{base}/{n}") for n in sorted(names) if n.startswith(prefix + "GRANULE/")
                  and not n.endswith("/")]

@@ -213,7 +213,7 @@ def plan_outputs(
                                  existing[0])
             raise OutputExistsError(existing[0])
         todo.append(job)
-    for role, path in shared_paths.items():
+    for path in shared_paths.values():
         if path.exists() and not overwrite:
             raise OutputExistsError(path)
 
