@@ -4,6 +4,8 @@ Tables and report files go through :mod:`shared_backbones.report` (one writer fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,15 @@ import soundfile as sf
 import torch
 
 from shared_backbones.cliutil import progress
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, UserError
+from shared_backbones.planning import Writer, plan_outputs
 
 from .metrics import separation_scores
 from .separate import output_paths
 
 METRICS = ("si_snr", "si_snri", "sdr", "sdri")
 MIX_SUFFIXES = (".wav", ".flac")
+REPORT = Writer((".csv", ".tsv", ".json"))
 
 
 def length_tolerance(rate: int) -> int:
@@ -100,10 +104,60 @@ def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool
     """One row per mixture in ``data_dir/mix`` (:func:`score_mixture`); the first bad mixture raises. Estimates are
     ``<estimates_dir>/<stem>_s<k>.wav`` as ``audiosep separate`` writes them. ``audiosep evaluate`` instead scores
     every good mixture and lists the bad ones at the end."""
-    srcs, mixes = list_mixtures(estimates_dir, data_dir)
-    return [score_mixture(m, srcs, estimates_dir) for m in progress(mixes, desc="scoring", unit="file", quiet=quiet)]
+    return score_folder(estimates_dir, data_dir, quiet=quiet).rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
     """Mean of each metric."""
     return {k: float(np.mean([r[k] for r in rows])) for k in METRICS}
+
+
+@dataclass
+class Evaluation:
+    """The result of :func:`score_folder`: one row per scored mixture, the failures (mixture, message), the table
+    with its mean row, and the report written (if any)."""
+
+    rows: list[dict]
+    total: int
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    report: Path | None = None
+
+    @property
+    def table(self) -> list[dict]:
+        from shared_backbones.report import mean_row
+
+        return [*self.rows, mean_row(self.rows, "file")] if self.rows else []
+
+
+def score_folder(
+    estimates_dir: str | Path,
+    data_dir: str | Path,
+    output: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    quiet: bool = True,
+    on_error: Callable[[Path, UserError], None] | None = None,
+) -> Evaluation:
+    """Score every mixture of ``data_dir/mix`` (:func:`score_mixture`) and write the report ``output`` (.csv, .tsv or
+    .json: per-file rows and the mean) — the report is checked before any scoring (its kind, not an input, absent
+    unless ``overwrite``, its folder writable). A bad mixture raises :class:`UserError`, unless ``on_error`` is given
+    and there are several: then ``on_error(mixture, error)`` is called, the rest is scored, the mean covers those."""
+    from shared_backbones.report import write_report
+
+    srcs, mixes = list_mixtures(estimates_dir, data_dir)
+    if output is not None:
+        plan_outputs([], shared={"report": output}, writers={"report": REPORT}, overwrite=overwrite,
+                     other_inputs=[*mixes, *(d / m.name for d in srcs for m in mixes),
+                                   *(o for m in mixes for o in output_paths(m, len(srcs), Path(estimates_dir)))])
+    ev = Evaluation([], len(mixes))
+    for mix in progress(mixes, desc="scoring", unit="file", quiet=quiet):
+        try:
+            ev.rows.append(score_mixture(mix, srcs, estimates_dir))
+        except UserError as exc:
+            if on_error is None or len(mixes) == 1:
+                raise
+            ev.failed.append((mix, str(exc)))
+            on_error(mix, exc)
+    if output is not None and ev.rows:
+        ev.report = write_report(output, ev.table, ["file", *METRICS], overwrite=overwrite)
+    return ev

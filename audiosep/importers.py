@@ -9,6 +9,7 @@ import torch
 
 from shared_backbones.checkpoint import ModelFile, read_torch_file, save_model_file
 from shared_backbones.errors import ModelFileError
+from shared_backbones.planning import plan_outputs
 
 from .models import ConvTasNet
 
@@ -141,8 +142,10 @@ def import_convtasnet(
     ``state_dict``/``model``; the bundle file ``conv_tasnet_base_libri2mix.pt`` gets its 8 kHz rate). ``asteroid``:
     ``torch.save(model.serialize(), path)`` of ``asteroid.models.ConvTasNet`` (also the Hugging Face
     ``pytorch_model.bin``), hyperparameters, sample rate and causality from its ``model_args``. ``auto`` tells them
-    apart by their keys."""
+    apart by their keys. ``out`` is checked before anything is read (not the input, absent unless ``overwrite``, its
+    folder writable)."""
     path = Path(path)
+    plan_outputs([], shared={"model": out}, other_inputs=[path], overwrite=overwrite)
     obj = read_foreign(path)
     if not isinstance(obj, dict):
         raise ModelFileError("not a state_dict or checkpoint dict", path)

@@ -11,9 +11,11 @@ whole (peak at -0.1 dBFS). Memory is O(chunk), independent of the file's length.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,12 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
+from shared_backbones.checkpoint import ModelFile, load_model_file
 from shared_backbones.cliutil import atomic_output, check_output, progress
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, UserError
 from shared_backbones.loaded import LoadedModel
+from shared_backbones.options import require
+from shared_backbones.planning import Job, Plan, drop_own_outputs, plan_outputs
 
 from .metrics import best_permutation
 
@@ -37,6 +42,27 @@ WAV_SUBTYPES = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
 #: samples and make up at most MAX_NONFINITE_FRACTION of the file; otherwise the file is refused
 MAX_NONFINITE_RUN = 16
 MAX_NONFINITE_FRACTION = 1e-3
+#: chunk lengths a run accepts (seconds): shorter than MIN_CHUNK_SECONDS is shorter than the model's receptive field,
+#: longer than MAX_CHUNK_SECONDS no longer bounds memory; the overlap must be shorter than half a chunk
+MIN_CHUNK_SECONDS = 0.1
+MAX_CHUNK_SECONDS = 3600.0
+
+
+def check_chunking(chunk_seconds: float, overlap_seconds: float) -> None:
+    """Refuse (one line, :class:`InputError`) a chunk length outside [MIN_CHUNK_SECONDS, MAX_CHUNK_SECONDS], a negative
+    or non-finite overlap, and an overlap that is not shorter than half a chunk."""
+    require(isinstance(chunk_seconds, (int, float)) and math.isfinite(chunk_seconds)
+            and MIN_CHUNK_SECONDS <= chunk_seconds <= MAX_CHUNK_SECONDS,
+            f"--chunk-seconds must be in [{MIN_CHUNK_SECONDS:g}, {MAX_CHUNK_SECONDS:g}], got {chunk_seconds!r}")
+    require(isinstance(overlap_seconds, (int, float)) and math.isfinite(overlap_seconds) and overlap_seconds >= 0,
+            f"--overlap-seconds must be a finite number >= 0, got {overlap_seconds!r}")
+    require(overlap_seconds < chunk_seconds / 2,
+            f"--overlap-seconds ({overlap_seconds:g}) must be less than half of --chunk-seconds ({chunk_seconds:g})")
+
+
+def num_sources_of(model_file: ModelFile) -> int:
+    """Number of sources a separation model file produces (its ``num_sources``, else its class count, else 2)."""
+    return int(model_file.arch_kwargs.get("num_sources", len(model_file.classes) or 2))
 
 
 @dataclass
@@ -54,7 +80,7 @@ class Separator(LoadedModel):
 
     @property
     def num_sources(self) -> int:
-        return int(self.file.arch_kwargs.get("num_sources", len(self.file.classes) or 2))
+        return num_sources_of(self.file)
 
     def describe(self) -> str:
         """One line: architecture, rate, sources, device, precision."""
@@ -200,6 +226,7 @@ def separate_file(
     quiet: bool = True,
 ) -> list[Path]:
     """Separate one file; returns the written paths. Stereo/multichannel is downmixed unless ``per_channel``."""
+    check_chunking(chunk_seconds, overlap_seconds)
     path = Path(path)
     info = _info(path)
     outs = output_paths(path, separator.num_sources, out_dir)
@@ -208,8 +235,8 @@ def separate_file(
     rate, total = info.samplerate, info.frames
     channels = info.channels if per_channel else 1
     subtype = info.subtype if info.subtype in WAV_SUBTYPES else "PCM_16"  # MP3, Vorbis, Opus, ADPCM ... -> PCM_16
-    chunk = max(1, round(chunk_seconds * rate))
-    overlap = min(round(overlap_seconds * rate), chunk // 2)
+    chunk = max(2, round(chunk_seconds * rate))
+    overlap = min(round(overlap_seconds * rate), (chunk - 1) // 2)  # < chunk / 2 in seconds; this only rounds
     repair = NonFinite(path, total * info.channels, rate)
     with contextlib.ExitStack() as stack:
         try:
@@ -264,14 +291,174 @@ def separate_file(
     return outs
 
 
-def collect_inputs(paths: list[str | Path]) -> list[Path]:
-    """Files as given, and the audio files (by extension) inside given folders, sorted."""
-    found: list[Path] = []
+def _expand(paths: Sequence[str | Path]) -> list[tuple[Path, bool]]:
+    """(file, found in a given folder) for the files as given and the audio files (by extension) inside given folders,
+    sorted; a file given twice (or also found in a given folder) once."""
+    found: list[tuple[Path, bool]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.suffix.lower() in AUDIO_SUFFIXES and q.is_file())
+            found += [(q, True) for q in sorted(p.iterdir()) if q.suffix.lower() in AUDIO_SUFFIXES and q.is_file()]
         else:
-            found.append(p)
+            found.append((p, False))
     if not found:
         raise InputError("no audio files found", paths[0] if paths else ".")
-    return found
+    seen: dict[Path, int] = {}
+    unique: list[tuple[Path, bool]] = []
+    for f, in_folder in found:
+        key = f.resolve()
+        if key in seen:  # keep the first spelling; given explicitly wins over found in a folder
+            i = seen[key]
+            unique[i] = (unique[i][0], unique[i][1] and in_folder)
+            continue
+        seen[key] = len(unique)
+        unique.append((f, in_folder))
+    return unique
+
+
+@dataclass
+class SeparationPlan:
+    """What :func:`separate_files` will do: the checked :class:`~shared_backbones.planning.Plan` (one job per input
+    file, outputs by role ``s1`` .. ``sN``) and the folder files left out as this command's own outputs."""
+
+    plan: Plan
+    num_sources: int
+    own_outputs: list[Path] = field(default_factory=list)
+
+    def notices(self) -> list[str]:
+        """Lines to show before the work: skipped own outputs, skipped finished inputs."""
+        lines = []
+        if self.own_outputs:
+            n, example = len(self.own_outputs), self.own_outputs[0].name
+            lines.append(f"skipping {n} file(s) of the input folder(s) that are this command's outputs for other "
+                         f"inputs (e.g. {example}); give them by name to separate them")
+        if self.plan.skipped:
+            lines.append(self.plan.skipped_notice())
+        return lines
+
+
+def plan_separation(
+    inputs: Sequence[str | Path],
+    num_sources: int,
+    output: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    model_path: str | Path | None = None,
+) -> SeparationPlan:
+    """Expand folders, leave out their files that this command writes for other inputs (``meeting_s1.wav`` beside
+    ``meeting.wav``), and plan every input's ``<stem>_s1.wav`` ... in ``output`` (default: beside the input).
+
+    Refused in one line (:class:`InputError`), before anything is written: two inputs with one output (``a.flac`` and
+    ``a.wav``, even with ``overwrite``), an output that is an input or the model file, an existing output without
+    ``overwrite`` (in a batch — several files, a folder or ``num_parts`` > 1 — an input whose outputs all exist is
+    skipped instead), an output folder that cannot be created."""
+    expanded = _expand(inputs)
+    files = [f for f, _ in expanded]
+    in_folder = {f for f, from_folder in expanded if from_folder}
+
+    def outputs_of(f: Path) -> list[Path]:  # where this command puts f's sources, with -o and without
+        outs = output_paths(f, num_sources, output)
+        return outs + (output_paths(f, num_sources) if output is not None else [])
+
+    _, own = drop_own_outputs(files, outputs_of)
+    own = [f for f in own if f in in_folder]  # a file given by name is an input (and refused if also an output)
+    files = [f for f in files if f not in set(own)]
+    jobs = [Job(str(f), [f], {f"s{k + 1}": o for k, o in enumerate(output_paths(f, num_sources, output))})
+            for f in files]
+    batch = len(jobs) > 1 or bool(in_folder) or num_parts > 1
+    plan = plan_outputs(
+        jobs,
+        folders=[output] if output is not None else [],
+        other_inputs=[model_path] if model_path is not None else [],
+        overwrite=overwrite,
+        skip_done=batch,
+        num_parts=num_parts,
+        part_id=part_id,
+    )
+    return SeparationPlan(plan, num_sources, own)
+
+
+@dataclass
+class SeparationRun:
+    """The result of :func:`separate_files`: outputs by input, failures (input, message), and the plan."""
+
+    planned: SeparationPlan
+    written: dict[Path, list[Path]] = field(default_factory=dict)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Inputs this run (this part) had to do."""
+        return len(self.planned.plan.jobs)
+
+
+def separate_files(
+    inputs: Sequence[str | Path],
+    model: str | Path | ModelFile | Separator,
+    output: str | Path | None = None,
+    *,
+    chunk_seconds: float = 30.0,
+    overlap_seconds: float = 1.0,
+    per_channel: bool = False,
+    overwrite: bool = False,
+    num_parts: int = 1,
+    part_id: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    quiet: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_done: Callable[[Path, list[Path]], None] | None = None,
+    on_error: Callable[[Path, UserError], None] | None = None,
+) -> SeparationRun:
+    """Separate audio files and folders of audio files into ``<stem>_s1.wav`` ... (in ``output``, default beside each
+    input), the batch checked whole before any work (:func:`plan_separation`): options first, then the model file's
+    source count, then every output; the network is built and folders are created only after every check passed.
+
+    ``model``: a model file path, a loaded :class:`ModelFile`, or a :class:`Separator` (``device``/``precision`` then
+    unused). ``num_parts``/``part_id``: this run's share of the batch (every share is checked). ``log`` receives the
+    notices (skipped files, the model's description); ``on_done(input, outputs)`` follows each input. A bad input
+    raises :class:`UserError` — unless ``on_error`` is given and the batch has several inputs: then ``on_error(input,
+    error)`` is called, the batch goes on, and the failures are listed in the result."""
+    check_chunking(chunk_seconds, overlap_seconds)
+    say = log or (lambda _message: None)
+    model_path: Path | None = None
+    if isinstance(model, Separator):
+        separator: Separator | None = model
+        mf = model.file
+        model_path = model.path
+    else:
+        separator = None
+        if isinstance(model, ModelFile):
+            mf = model
+        else:
+            model_path = Path(model)
+            mf = load_model_file(model_path, task=Separator.TASK)
+    planned = plan_separation(inputs, num_sources_of(mf), output, overwrite=overwrite, num_parts=num_parts,
+                              part_id=part_id, model_path=model_path)
+    for line in planned.notices():
+        say(line)
+    run = SeparationRun(planned)
+    jobs = planned.plan.jobs
+    if not jobs:
+        return run
+    if separator is None:
+        separator = Separator.from_model_file(mf, device, precision, path=model_path)
+    say(f"model: {separator.describe()}")
+    planned.plan.make_folders()
+    for job in jobs:
+        path = job.inputs[0]
+        try:
+            outs = separate_file(path, separator, output, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                                 per_channel=per_channel, overwrite=overwrite,
+                                 quiet=quiet)
+        except UserError as exc:
+            if on_error is None or len(jobs) == 1:
+                raise
+            run.failed.append((path, str(exc)))
+            on_error(path, exc)
+            continue
+        run.written[path] = outs
+        if on_done is not None:
+            on_done(path, outs)
+    return run

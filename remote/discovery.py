@@ -396,3 +396,52 @@ def open_series(
             notices.append(f"{ds.date.isoformat()} covers {ds.coverage:.1%} of the output grid ({ref.name}); "
                            "the rest of that date is nodata")
     return S2Series(sources, out_grid, offset, notices)
+
+
+def input_files(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[Path]:
+    """Every local file a series of ``inputs`` would read (for output planning: an output must not be one of them):
+    rasters, the files of ``.SAFE`` folders, ``.SAFE.zip`` files, STAC items and the local files they reference.
+
+    An input that cannot be expanded (missing, an empty folder, a broken item) stands for itself: opening the series
+    reports it later, in the batch, with the full message. ``exclude`` as for :func:`open_series`."""
+    files: list[Path] = []
+    for item in inputs:
+        if is_virtual(item):
+            continue
+        try:
+            units = expand_inputs([item], exclude)
+        except InputError:
+            files.append(Path(item))
+            continue
+        for u in units:
+            if u.kind == "safe" and u.path.is_dir():
+                files += [p for p in sorted(u.path.rglob("*")) if p.is_file()]
+            elif u.kind == "stac":
+                files.append(u.path)
+                try:
+                    files += [Path(b.path) for s in read_stac(u.path) for b in s.bands if not is_virtual(b.path)]
+                except InputError:
+                    pass
+            elif not is_virtual(u.path):
+                files.append(u.path)
+    return files
+
+
+@dataclass
+class SeriesOptions:
+    """How inputs are read into a series (the ``open_series`` keywords a batch shares): dates for undated files,
+    band names of files without band descriptions, the DN offset, the output grid (a raster) or bounds."""
+
+    dates: Sequence[dt.date] | None = None
+    band_order: Sequence[str] | None = None
+    offset: float | None = None
+    grid: str | Path | Grid | None = None
+    bounds: Sequence[float] | None = None
+
+    def open(self, inputs: Sequence[str | Path], *, exclude: Sequence[str | Path] = (),
+             default_offset: float | None = None) -> S2Series:
+        """:func:`open_series` of ``inputs``; ``default_offset`` (a model's stored offset) applies when no offset
+        was given."""
+        return open_series(inputs, dates=self.dates, band_order=self.band_order,
+                           offset=self.offset if self.offset is not None else default_offset, grid=self.grid,
+                           bounds=self.bounds, exclude=exclude)

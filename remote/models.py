@@ -27,7 +27,7 @@ from shared_backbones.blocks import FourierBlock1d, get_norm
 from shared_backbones.registry import register_model
 
 from .indices import canonical_index, compute_indices
-from .io import DEFAULT_BANDS
+from .naming import DEFAULT_BANDS
 
 CLASSES: tuple[str, ...] = ("healthy", "yellow_rust", "nitrogen_deficiency")
 DEFAULT_INDICES: tuple[str, ...] = ("TCARI/OSAVI", "WDVI", "NDVI", "NDRE", "PSRI")

@@ -15,7 +15,7 @@ import csv
 import datetime as dt
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared_backbones.checkpoint import ModelFile
 from shared_backbones.cliutil import atomic_output, check_output, progress
 from shared_backbones.errors import InputError
 from shared_backbones.loaded import LoadedModel
+from shared_backbones.planning import Job, Plan, Writer
 
+from .batch import GEOTIFF, OUTPUT_TAG, plan_series, run_jobs
+from .discovery import SeriesOptions
 from .fields import FieldSeries, field_series, open_fields
-from .io import DEFAULT_SCL_INVALID, Grid, S2Series, geotiff_profile, parse_dates
 from .models import CLASSES, class_probabilities, date_attribution, frequency_attribution
+from .naming import DEFAULT_SCL_INVALID, parse_dates
+from .reader import S2Series
+from .resample import Grid
 from .timeseries import align_grid, day_numbers, fill_gaps
+from .writer import geotiff_profile
 
 CLASS_NODATA = 255
 PROB_UINT8_SCALE = 250.0  # uint8 probabilities: value = round(p * 250), 255 = nodata
@@ -246,20 +253,26 @@ class _Plan:
         return len(self.classes)
 
 
-def _plan(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, tile: int, halo: int | None, prob_dtype: str,
-          fields: str | Path | None, per_field: bool, scl_invalid: Sequence[int] | None, overwrite: bool) -> _Plan:
-    """Check the request against the inputs and the model (one-line :class:`InputError` otherwise), settle the
-    output paths and the tiling, and check the outputs can be written; nothing is read or written yet."""
-    series.require_bands(rm.bands)
+def _check_request(rm: RemoteModel, explain: bool, fields: str | Path | None, per_field: bool,
+                   prob_dtype: str) -> None:
+    """What the model and the options must agree on (one-line :class:`InputError` otherwise)."""
     if prob_dtype not in ("float32", "uint8"):
         raise InputError(f"probability dtype must be float32 or uint8, not {prob_dtype!r}")
-    explain = any(p is not None for p in (outputs.capsules, outputs.attribution, outputs.frequency))
     if explain and rm.spatial:
         raise InputError("--explain needs a per-pixel model (ffdnn or cnn1d), not the spatial unet2d")
     if per_field and fields is None:
         raise InputError("--per-field needs --fields (a field-ID raster or a vector file)")
     if per_field and rm.spatial:
         raise InputError("--per-field needs a per-pixel model (ffdnn or cnn1d), not the spatial unet2d")
+
+
+def _plan(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, tile: int, halo: int | None, prob_dtype: str,
+          fields: str | Path | None, per_field: bool, scl_invalid: Sequence[int] | None, overwrite: bool) -> _Plan:
+    """Check the request against the inputs and the model (one-line :class:`InputError` otherwise), settle the
+    output paths and the tiling, and check the outputs can be written; nothing is read or written yet."""
+    series.require_bands(rm.bands)
+    explain = any(p is not None for p in (outputs.capsules, outputs.attribution, outputs.frequency))
+    _check_request(rm, explain, fields, per_field, prob_dtype)
     if fields is not None and outputs.fields_csv is None:
         outputs.fields_csv = PredictOutputs.beside(outputs.class_map, fields=True).fields_csv
     grid_dates = align_grid(rm.grid_dates, series.dates)
@@ -451,6 +464,7 @@ def _open_outputs(stack: contextlib.ExitStack, outputs: PredictOutputs, rm: Remo
         ds = stack.enter_context(rasterio.open(tmp, "w", **geotiff_profile(grid, count, dtype, nodata)))
         for i, s in enumerate(desc, 1):
             ds.set_band_description(i, s)
+        ds.update_tags(**{OUTPUT_TAG: "remote predict"})
         return ds
 
     k, classes, grid_dates = plan.k, plan.classes, plan.grid_dates
@@ -660,3 +674,79 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
     out = _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads)
     out["seconds"] = {k: round(v, 2) for k, v in timing.items()}
     return out
+
+
+# -- batches -------------------------------------------------------------------------------------------------------
+def writes_capsules(model_file: ModelFile) -> bool:
+    """True when the architecture of ``model_file`` outputs class capsules (its ``--explain`` writes
+    ``X_capsules.tif``); read from the registered class, without building the network."""
+    from shared_backbones.registry import model_entry
+
+    from . import models
+
+    try:
+        ret = model_entry(model_file.arch).factory.__annotations__.get("return")
+    except Exception:  # an unknown architecture is refused when the model is built  # noqa: BLE001
+        return False
+    cls = getattr(models, ret, None) if isinstance(ret, str) else ret
+    return getattr(cls, "output_kind", "logits") == "capsule"
+
+
+def plan_predict(inputs: Sequence[str | Path], output: str | Path, *, model: str | Path | None = None,
+                 each: bool = False, probabilities: bool = True, explain: bool = False, capsules: bool = True,
+                 fields: bool = False, fields_csv: str | Path | None = None, overwrite: bool = False,
+                 num_parts: int = 1, part_id: int = 0) -> Plan:
+    """Plan ``remote predict``: all inputs -> the class map ``output`` (and ``X_prob.tif``, explanations,
+    ``X_fields.csv`` beside it), or with ``each`` one set per input in the folder ``output``. Roles: ``class_map``,
+    ``probabilities``, ``capsules``, ``attribution``, ``frequency``, ``fields_csv``. ``capsules``: the model has
+    class capsules (:func:`writes_capsules`). Checked before any work (:func:`remote.batch.plan_series`)."""
+    if each and fields_csv is not None:
+        raise InputError("--fields-csv names one file: it cannot be used with --each")
+
+    def outputs_of(class_map: Path) -> dict[str, Path]:
+        outs = PredictOutputs.beside(class_map, probabilities=probabilities, explain=explain,
+                                     fields=fields or fields_csv is not None)
+        if not capsules:
+            outs.capsules = None
+        if fields_csv is not None:
+            outs.fields_csv = Path(fields_csv)
+        return {k: v for k, v in vars(outs).items() if v is not None}
+
+    writers = {"class_map": Writer(GEOTIFF, hints={".png": "the class map is a GeoTIFF"}),
+               "fields_csv": Writer((".csv",), option="--fields-csv")}
+    return plan_series(inputs, output, outputs_of, each=each, writers=writers,
+                       other_inputs=[model] if model is not None else [], overwrite=overwrite, num_parts=num_parts,
+                       part_id=part_id)
+
+
+def predict_files(plan: Plan, rm: RemoteModel, *, read: SeriesOptions | None = None, tile: int = 256,
+                  halo: int | None = None, batch_size: int = 8192, prob_dtype: str = "float32",
+                  fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
+                  scl_invalid: Sequence[int] | None = None, overwrite: bool = False, quiet: bool = False,
+                  threads: int | None = None, on_series: Callable[[S2Series], None] | None = None,
+                  report: Callable[[Job, dict[str, Any]], None] | None = None, prog: str = "remote") -> int:
+    """Predict every job of ``plan`` (:func:`plan_predict`) with :func:`predict_series`; a bad input is reported
+    and the others go on. The series are read with ``read`` (the model's stored offset applies when it sets none);
+    ``on_series`` sees each opened series, ``report`` each summary. Returns 0, or 2 when some input failed."""
+    read = read or SeriesOptions()
+    if plan.jobs:  # the model and the options agree before any work
+        explain = any(r in j.outputs for j in plan.jobs for r in ("capsules", "attribution", "frequency"))
+        _check_request(rm, explain, fields, per_field, prob_dtype)
+
+    def work(job: Job) -> None:
+        t0 = time.perf_counter()
+        series = read.open(job.data["inputs"], exclude=job.data["exclude"],
+                           default_offset=rm.preprocessing.get("offset"))
+        if on_series is not None:
+            on_series(series)
+        o = job.outputs
+        outs = PredictOutputs(o["class_map"], o.get("probabilities"), o.get("capsules"), o.get("attribution"),
+                              o.get("frequency"), o.get("fields_csv"))
+        s = predict_series(series, rm, outs, tile=tile, halo=halo, batch_size=batch_size, prob_dtype=prob_dtype,
+                           fields=fields, field_id_attr=field_id_attr, per_field=per_field, scl_invalid=scl_invalid,
+                           overwrite=overwrite, quiet=quiet, threads=threads)
+        s["seconds"]["job"] = round(time.perf_counter() - t0, 2)
+        if report is not None:
+            report(job, s)
+
+    return run_jobs(plan, work, prog=prog, quiet=quiet)

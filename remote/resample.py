@@ -113,6 +113,11 @@ def grid_of(src: Any) -> Grid:
     return Grid(src.crs, src.transform, src.width, src.height)
 
 
+#: the widest output grid ``--bounds`` may ask for, in pixels per side (10,000 km at 10 m; a GeoTIFF's tile index
+#: would exceed GDAL's limits not far beyond)
+MAX_GRID_SIDE = 1 << 20
+
+
 def grid_from_bounds(like: Grid, bounds: tuple[float, float, float, float]) -> Grid:
     """A grid with the CRS and pixel size of ``like`` covering ``bounds`` (minx, miny, maxx, maxy in that CRS),
     snapped outwards to the pixel lattice of ``like`` so that its native-resolution bands need no resampling."""
@@ -131,6 +136,9 @@ def grid_from_bounds(like: Grid, bounds: tuple[float, float, float, float]) -> G
     r1 = math.ceil((t.f - miny) / ry - 1e-9)
     if c1 <= c0 or r1 <= r0:
         raise ValueError(f"empty bounds {bounds}")
+    if max(c1 - c0, r1 - r0) > MAX_GRID_SIDE:
+        raise ValueError(f"they span {c1 - c0} x {r1 - r0} pixels of {rx:g} x {ry:g}; at most {MAX_GRID_SIDE} per "
+                         "side (check the units: grid CRS coordinates)")
     return Grid(like.crs, Affine(rx, 0.0, t.c + c0 * rx, 0.0, -ry, t.f - r0 * ry), c1 - c0, r1 - r0)
 
 

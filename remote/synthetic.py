@@ -24,8 +24,10 @@ import numpy as np
 
 from shared_backbones.cliutil import atomic_output
 
-from .io import QUANTIFICATION, S2_BANDS, Grid, geotiff_profile
 from .models import CLASSES
+from .naming import QUANTIFICATION, S2_BANDS
+from .resample import Grid
+from .writer import geotiff_profile
 
 _B = {b: i for i, b in enumerate(S2_BANDS)}
 SOIL = np.array([.10, .12, .15, .18, .21, .23, .24, .25, .26, .26, .33, .28], dtype=np.float32)

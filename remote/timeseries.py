@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .io import DEFAULT_SCL_INVALID
+from .naming import DEFAULT_SCL_INVALID
 
 
 def scl_valid(scl: np.ndarray, invalid: Sequence[int] = DEFAULT_SCL_INVALID) -> np.ndarray:
@@ -55,7 +55,7 @@ def fill_gaps(obs: np.ndarray, obs_days: np.ndarray, grid_days: np.ndarray) -> n
     after the last valid observation are held constant. A series with no valid observation stays NaN.
 
     Missingness is taken per element, so bands may be missing independently; when the gaps of ``obs`` [T, B, ...]
-    are the same in every band (as :meth:`remote.io.S2Series.read` returns them) the search runs once per pixel.
+    are the same in every band (as :meth:`remote.reader.S2Series.read` returns them) the search runs once per pixel.
     Returns [G, ...] float32.
     """
     obs = np.asarray(obs, dtype=np.float32)

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from . import __version__
-
-if TYPE_CHECKING:
-    from .precision import PrecisionPolicy
 from .cliutil import atomic_output
 from .errors import ModelFileError
 from .registry import create_model
@@ -113,7 +111,11 @@ def read_torch_file(path: str | Path) -> Any:
     if not path.is_file():
         raise ModelFileError("model file not found", path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle (not a torch.save zip) makes torch warn "Detected pickle protocol N" before refusing
+            # it: the refusal below is the one line the user sees
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
@@ -171,14 +173,3 @@ def load_model_file(path: str | Path, task: str | None = None) -> ModelFile:
         created=str(obj.get("created", "")),
         extra=dict(obj.get("extra") or {}),
     )
-
-
-def load_for_inference(
-    path: str | Path, task: str, device: str = "auto", precision: str = "auto"
-) -> tuple[ModelFile, nn.Module, torch.device, PrecisionPolicy]:
-    """Load a model file of ``task``, build it in eval mode on the resolved device, and resolve the precision."""
-    from .precision import PrecisionPolicy, resolve_device
-
-    mf = load_model_file(path, task=task)
-    dev = resolve_device(device)
-    return mf, mf.build().to(dev), dev, PrecisionPolicy.resolve(precision, dev)

@@ -290,10 +290,18 @@ class _Deprecated(argparse.Action):
 
 
 def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: str, *,
-                   const: Any = None) -> None:
-    """Keep ``old`` working for one release: it sets ``dest`` (to ``const`` for a flag) and says to use ``new``."""
+                   const: Any = None, **kwargs: Any) -> None:
+    """Keep ``old`` working for one release: it sets ``dest`` (to ``const`` for a flag) and says to use ``new``.
+
+    ``kwargs`` (``type=``, ``nargs=``) read the old spelling's values as the new option reads them; without them it
+    takes the new option's ``type`` and ``nargs`` when the parser already has ``new``."""
+    new_action = parser._option_string_actions.get(new.split("/")[-1].split()[0])
+    if new_action is not None and const is None:
+        kwargs.setdefault("type", new_action.type)
+        if new_action.nargs is not None:
+            kwargs.setdefault("nargs", new_action.nargs)
     parser.add_argument(old, dest=dest, action=_Deprecated, new=new, const_value=const, help=argparse.SUPPRESS,
-                        default=argparse.SUPPRESS)
+                        default=argparse.SUPPRESS, **kwargs)
 
 
 def parse_fold(text: str) -> int | str:

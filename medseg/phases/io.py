@@ -23,9 +23,6 @@ UNLABELED = -1
 _UNLABELED_NAMES = {"", "-1", "unlabeled", "unlabelled", "none", "ignore"}
 
 
-LAYOUTS = ("auto", "tc", "ct")
-
-
 def _open_features(path: Path, mmap: bool = False) -> np.ndarray:
     if not path.is_file():
         raise InputError("file not found", path)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from shared_backbones.cliutil import atomic_output, check_output
+from shared_backbones.cliutil import atomic_output, check_output, run_batch
 from shared_backbones.errors import InputError
 from shared_backbones.loaded import LoadedModel
+from shared_backbones.planning import Job, Plan, drop_own_outputs, plan_outputs
 
 from .metrics import evaluate_videos, segments, withdrawal_seconds
 from .models import COLON_CLASSES, TASK, final_logits
@@ -131,3 +134,87 @@ def predict_video(pm: PhaseModel, features: np.ndarray, stem_path: Path, out_dir
             write_timeline(tmp, pred, pm.classes, fps, reference)
     summary["outputs"] = {k: str(v) for k, v in outs.items() if k != "timeline" or png}
     return summary
+
+
+# -- batches -------------------------------------------------------------------------------------------------------
+def expand_inputs(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
+                  png: bool = True) -> tuple[list[Path], list[Path]]:
+    """(feature files, skipped): files as given, folders expanded to their ``*.npy`` files (name order) without
+    the files this command writes for other inputs of the folder (:func:`outputs_for`)."""
+    out = Path(out_dir) if out_dir is not None else None
+    files: list[Path] = []
+    skipped: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found, own = drop_own_outputs(sorted(p.glob("*.npy")),
+                                          lambda c: _roles(outputs_for(c, out), png).values())
+            files += found
+            skipped += own
+        else:
+            files.append(p)
+    if not files:
+        raise InputError("no .npy feature files found", inputs[0] if inputs else ".")
+    return files, skipped
+
+
+def _roles(outs: dict[str, Path], png: bool) -> dict[str, Path]:
+    return {k: v for k, v in outs.items() if k != "timeline" or png}
+
+
+def plan_predict(inputs: Sequence[str | Path], out_dir: str | Path | None = None, *, png: bool = True,
+                 model: str | Path | None = None, reference: str | Path | None = None, overwrite: bool = False,
+                 num_parts: int = 1, part_id: int = 0, batch: bool | None = None) -> Plan:
+    """Plan ``medseg phases predict``: one job per feature file (folders expanded, see :func:`expand_inputs`) with
+    outputs by role ``frames``, ``segments``, ``summary``, ``timeline`` (:func:`outputs_for`; beside each input
+    without ``out_dir``). Two inputs mapping to one output, an output among the inputs (the model, the reference)
+    are refused before any work. In a batch (several files or a folder; ``batch`` overrides) an input whose outputs
+    all exist is skipped unless ``overwrite``, and ``num_parts``/``part_id`` split it between SLURM array tasks.
+    The plan's ``skipped_inputs`` attribute lists folder files taken for this command's own outputs."""
+    files, own = expand_inputs(inputs, out_dir, png)
+    if reference is not None and len(files) != 1:
+        raise InputError("--reference needs exactly one input", reference)
+    out = Path(out_dir) if out_dir is not None else None
+    jobs = [Job(str(f), [f], _roles(outputs_for(f, out), png)) for f in files]
+    if batch is None:
+        batch = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
+    plan = plan_outputs(jobs, folders=[out] if out is not None else [],
+                        other_inputs=[p for p in (model, reference) if p is not None], overwrite=overwrite,
+                        skip_done=batch, num_parts=num_parts, part_id=part_id)
+    plan.skipped_inputs = own  # type: ignore[attr-defined]
+    return plan
+
+
+def predict_files(plan: Plan, pm: PhaseModel, *, layout: str = "auto", fps: float | None = None,
+                  reference: str | Path | None = None, png: bool = True, overwrite: bool = False,
+                  background: Sequence[int] = (), quiet: bool = False, notice: Callable[[str], None] | None = None,
+                  report: Callable[[Job, dict[str, Any]], None] | None = None, prog: str = "medseg phases") -> int:
+    """Predict every job of ``plan`` (:func:`plan_predict`) with :func:`predict_video`; a bad file is reported and
+    the others go on. ``reference`` (one input only) adds metrics; ``notice`` gets the notes worth showing (skipped
+    inputs, a reference one frame off), ``report`` each summary. Returns 0, or 2 when some input failed."""
+    from .io import load_features, load_labels, match_length
+
+    say = notice or (lambda text: None if quiet else print(text, file=sys.stderr))
+    if plan.skipped:
+        say(f"{prog}: {plan.skipped_notice()}")
+    own = getattr(plan, "skipped_inputs", [])
+    if own:
+        say(f"{prog}: note: left out {len(own)} file(s) that are this command's outputs for other inputs "
+            f"({', '.join(p.name for p in own[:3])}{', ...' if len(own) > 3 else ''})")
+    if not plan.jobs:
+        return 0
+    plan.make_folders()
+
+    def work(job: Job) -> None:
+        f = job.inputs[0]
+        feats = load_features(f, layout, pm.in_features)
+        ref = None
+        if reference is not None:
+            ref, note = match_length(load_labels(reference, pm.classes), len(feats), reference)
+            if note:
+                say(note)
+        out_dir = job.outputs["frames"].parent
+        s = predict_video(pm, feats, f, out_dir, fps, ref, png, overwrite, background)
+        if report is not None:
+            report(job, s)
+
+    return run_batch(plan.jobs, work, prog=prog, quiet=quiet, name=lambda j: j.name)

@@ -13,10 +13,10 @@ import torch.nn as nn
 from audiosep.cli import main
 from audiosep.evaluate import evaluate_folder
 from audiosep.importers import import_convtasnet
-from audiosep.metrics import best_permutation, pairwise, pit_si_snr_loss, reorder, si_snr
+from audiosep.metrics import pit_si_snr_loss, reorder, si_snr
 from audiosep.models import ConvTasNet
 from audiosep.separate import Separator, separate_chunks
-from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
+from shared_backbones.checkpoint import ModelFile, load_model_file, read_torch_file, save_model_file
 from shared_backbones.errors import InputError, ModelFileError
 from shared_backbones.precision import PrecisionPolicy
 from shared_backbones.registry import create_model
@@ -161,9 +161,21 @@ def test_si_snr_matches_torchmetrics_and_pit_finds_permutation():
     shuffled = torch.stack([est[b, perm_true[b].argsort()] for b in range(4)])
     loss, perm = pit_si_snr_loss(shuffled, target)
     assert torch.allclose(reorder(shuffled, perm), est)
-    assert loss < -20
-    best, _ = best_permutation(pairwise(si_snr, shuffled, target))
-    assert torch.allclose(-best.mean(), loss)
+    # the loss against an independent implementation: torchmetrics' PIT over its own SI-SNR (exhaustive search)
+    from torchmetrics.functional.audio import permutation_invariant_training
+
+    tm_best, tm_perm = permutation_invariant_training(shuffled, target, scale_invariant_signal_noise_ratio,
+                                                     mode="speaker-wise", eval_func="max")
+    assert float(loss) == pytest.approx(-float(tm_best.mean()), abs=1e-3)
+    assert torch.allclose(torch.gather(shuffled, 1, tm_perm[..., None].expand_as(shuffled)), est)
+    # and a value computed by hand: zero-mean, orthogonal sources t1, t2 and swapped estimates t2 + 0.1 t1,
+    # t1 + 0.5 t2: SI-SNR(t1 + 0.5 t2, t1) = 10 log10(|t1|^2 / |0.5 t2|^2) = 10 log10(4) (|t1| = |t2|), and
+    # SI-SNR(t2 + 0.1 t1, t2) = 10 log10(100) = 20 dB; the loss is minus their mean, with permutation [1, 0]
+    t1, t2 = torch.tensor([1.0, -1, 1, -1]), torch.tensor([1.0, 1, -1, -1])
+    loss, perm = pit_si_snr_loss(torch.stack([t2 + 0.1 * t1, t1 + 0.5 * t2])[None].double(),
+                                 torch.stack([t1, t2])[None].double())
+    assert float(loss) == pytest.approx(-(10 * np.log10(4) + 20) / 2, abs=1e-5)  # eps 1e-8 in SI-SNR: ~2e-6 dB
+    assert perm.tolist() == [[1, 0]]
 
 
 class _FlippingSplitter(nn.Module):
@@ -384,10 +396,25 @@ def test_train_cli_exports_a_model_that_separates(tmp_path, capsys):
     assert sf.info(tmp_path / "o" / "mix0000_s2.wav").frames == sf.info(data / "mix" / "mix0000.wav").frames
     capsys.readouterr()
     assert main(argv) == 2 and "output exists" in capsys.readouterr().err
-    # --resume without a value continues from the run folder's last.ckpt (one more epoch)
+    # 10 mixtures, 5 folds: 8 train (2 steps of 4 per epoch), 2 validation; one epoch = epoch 0, step 2
+    first = mf.metrics
+    assert (first["epoch"], first["global_step"]) == (0, 2)
+    # --resume without a value continues from the run folder's last.ckpt: exactly one more epoch (epoch 1, steps
+    # 3..4), not a new run from step 0
     assert main([*argv[:-1], "--epochs", "2", "--resume", "--overwrite"]) == 0
-    assert load_model_file(out).metrics["epoch"] in (0, 1)
-    assert (tmp_path / "m_run" / "checkpoints" / "last.ckpt").is_file()
+    last = read_torch_file(tmp_path / "m_run" / "checkpoints" / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (1, 4)
+    logs = sorted((tmp_path / "m_run").rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    import csv
+
+    resumed = list(csv.DictReader(logs[-1].open()))  # the resumed run's log: its epochs only
+    assert resumed and {int(r["epoch"]) for r in resumed} == {1}
+    val1 = float(next(r["val_si_snr"] for r in resumed if r.get("val_si_snr")))
+    # the model file is the best of the two epochs' validation SI-SNR, with that epoch's position
+    second = load_model_file(out).metrics
+    expect = (1, 4, val1) if val1 > first["val_si_snr"] else (0, 2, first["val_si_snr"])
+    assert (second["epoch"], second["global_step"]) == expect[:2]
+    assert second["best_val_si_snr"] == pytest.approx(expect[2], abs=1e-5)
 
 
 def _val_si_snr_one_process(model_file, val_dir):
@@ -555,10 +582,19 @@ def test_batch_goes_on_past_a_bad_file_and_lists_it(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 of 3 inputs failed" in err and "b.wav: not a readable audio file" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_s1.wav", "a_s2.wav", "c_s1.wav", "c_s2.wav"]
-    # preflight: an existing output stops the batch before any work, --out-dir is the deprecated -o
+    # a rerun skips the finished inputs and retries the bad one; --out-dir is the deprecated -o
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
     assert main(["separate", str(tmp_path / "in"), "-m", str(model), "--out-dir", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "--out-dir is deprecated" in err and "a_s1.wav: output exists" in err
+    assert "--out-dir is deprecated" in err and "b.wav: not a readable audio file" in err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == before
+    # preflight: an input with some of its outputs (not all) stops the batch before any work
+    (tmp_path / "out" / "c_s2.wav").unlink()
+    (tmp_path / "in" / "b.wav").unlink()
+    assert main(["separate", str(tmp_path / "in"), "-m", str(model), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "some outputs exist and others do not" in err and err.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_s1.wav", "a_s2.wav", "c_s1.wav"]
 
 
 def test_every_command_has_version_examples_and_help_on_every_option(capsys):
@@ -692,8 +728,10 @@ def test_train_refuses_speed_perturbation_it_would_ignore(tmp_path, capsys):
     base = ["train", str(data), "-o", str(tmp_path / "m.pt"), "-q"]
     assert main([*base, "--speed-perturb", "0.1"]) == 2  # LibriMix folder: nothing to perturb
     assert "--speed-perturb needs --dynamic-mixing" in capsys.readouterr().err
-    assert main([*base, "--dynamic-mixing", "--val-dir", str(data), "--speed-perturb", "1.5"]) == 2
-    assert "must be in [0, 1), got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # out of range: argparse's usage error (exit 2) naming the option
+        main([*base, "--dynamic-mixing", "--val-dir", str(data), "--speed-perturb", "1.5"])
+    assert exc.value.code == 2
+    assert "argument --speed-perturb: expected a number in [0, 1), got '1.5'" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -708,8 +746,8 @@ def test_train_threads_auto_times_both_counts_and_says_which(tmp_path, capsys):
     chosen = int(line.split()[2])
     assert chosen in (1, before) and "a training step took 1: " in line
     assert torch.get_num_threads() == before
-    for bad in ("0", "two"):
+    for bad in ("0", "two", "nan", "5000"):
         with pytest.raises(SystemExit) as exc:  # argparse's usage error: exit 2, one line naming the option
             main([*argv[:-1], bad, "--overwrite"])
         assert exc.value.code == 2
-        assert f"--threads: expected a whole number >= 1 or auto, got '{bad}'" in capsys.readouterr().err
+        assert f"--threads: expected a whole number in [1, 4096] or auto, got '{bad}'" in capsys.readouterr().err

@@ -235,7 +235,6 @@ def test_error_paths(tmp_path, scene, ffdnn_file, other_task_model, capsys):
         (["predict", img, "-m", str(ffdnn_file), "-o", o, "--per-field"], "--per-field needs --fields"),
         (["train", img, "--labels", str(scene.labels), "-o", str(tmp_path / "m.pt"), "--per-field"],
          "give rasters, --labels and --fields"),
-        (["predict", img, "-m", str(ffdnn_file), "-o", o, "--tile", "0"], "--tile must be >= 1"),
         (["indices", img, "-o", o, "--dates", "2024-13-45"], "not a date"),
         (["train", img, "-o", str(tmp_path / "m.pt")], "needs --labels"),
         (["train", img, "--labels", str(scene.labels), "-o", str(tmp_path / "m.pt"), "--folds", "50"],
@@ -290,21 +289,26 @@ def test_models_command_prints_counts_that_follow_the_options(capsys):
         out = capsys.readouterr().out
         return {line.split()[0]: int(line.split()[1].replace(",", "")) for line in out.splitlines()}, out
 
-    base, out = counts("--channels", "16", "--depth", "3")
+    base, out = counts("--width", "16", "--depth", "3")
     assert "3 Fourier blocks" in out and "3 conv blocks" in out
     assert base["ffdnn"] < base["cnn1d"]
     assert f"({base['cnn1d'] / base['ffdnn']:.2f}x the FFDNN)" in out
     # the options reach the models: more channels / blocks, more parameters
-    wider, _ = counts("--channels", "32", "--depth", "3")
-    deeper, _ = counts("--channels", "16", "--depth", "4")
+    wider, _ = counts("--width", "32", "--depth", "3")
+    deeper, _ = counts("--width", "16", "--depth", "4")
     assert wider["ffdnn"] > base["ffdnn"] and wider["cnn1d"] > base["cnn1d"]
     assert deeper["ffdnn"] > base["ffdnn"] and deeper["cnn1d"] > base["cnn1d"]
     # unet2d: one more date adds 10 input channels to ResNet-18's first conv (64 filters, 7 x 7, no bias) only
-    more, _ = counts("--channels", "16", "--depth", "3", "--dates", "13")
+    more, _ = counts("--width", "16", "--depth", "3", "--dates", "13")
     assert more["unet2d"] - base["unet2d"] == 64 * 7 * 7 * 10 and more["ffdnn"] == base["ffdnn"]
     # fewer bands: the first conv shrinks by 64 x 49 per band and date
     few, _ = counts("--bands", "B02,B03,B04,B08", "--indices", "NDVI")
     assert counts()[0]["unet2d"] - few["unet2d"] == 64 * 7 * 7 * 12 * 6
+    # --channels is the old spelling of --width (one meaning per spelling: --channels = input channels)
+    assert main(["models", "--channels", "32", "--depth", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "--channels is deprecated" in err and "use --width" in err
+    assert int(out.splitlines()[0].split()[1].replace(",", "")) == wider["ffdnn"]
 
 
 def test_train_unet2d_on_chips_then_predict_with_halo(tmp_path, scene, capsys):

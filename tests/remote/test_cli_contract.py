@@ -66,16 +66,18 @@ def test_output_preflight_and_each_batch(tmp_path, capsys):
     c = make_safe(tmp_path / "site_c", saturated_at=None)
     tif = write_tif(tmp_path / "S2_20240501.tif", np.full((4, 4, 4), 3000, np.uint16), ["B02", "B03", "B04", "B08"])
     assert main(["indices", str(tif), "-o", str(tif), "--overwrite"]) == 2
-    assert "S2_20240501.tif: the output is one of the inputs" in capsys.readouterr().err
+    assert "S2_20240501.tif: the indices output is one of the inputs" in capsys.readouterr().err
     occupied = tmp_path / "maps"
     occupied.mkdir()
     (occupied / "site_a_indices.tif").write_bytes(b"")
-    assert main(["indices", str(tmp_path / "site_a"), str(tmp_path / "site_b"), str(tmp_path / "site_c"),
-                 "--each", "-o", str(occupied), "-q"]) == 2
-    assert "site_a_indices.tif: output exists" in capsys.readouterr().err  # refused before any work
-    assert not (occupied / "site_c_indices.tif").exists()
-    rc = main(["indices", str(tmp_path / "site_a"), str(tmp_path / "site_b"), str(tmp_path / "site_c"),
-               "--each", "-o", str(tmp_path / "out"), "-q"])
+    sites = [str(tmp_path / "site_a"), str(tmp_path / "site_b"), str(tmp_path / "site_c")]
+    # with --each, an input whose outputs exist is done: skipped with a notice (a SLURM array task or a rerun
+    # finishes what is left)
+    rc = main(["indices", *sites, "--each", "-o", str(occupied)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "skipping 1 input(s) whose outputs exist" in err and "1 of 2 inputs failed" in err
+    assert (occupied / "site_a_indices.tif").stat().st_size == 0 and (occupied / "site_c_indices.tif").exists()
+    rc = main(["indices", *sites, "--each", "-o", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "remote: 1 of 3 inputs failed:" in err and "S2_20240501.tif: unreadable raster" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["site_a_indices.tif", "site_c_indices.tif"]

@@ -14,8 +14,8 @@ from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 
 from remote.cli import main
+from remote.discovery import open_series
 from remote.fields import FieldRaster, FieldVector, field_series, open_fields
-from remote.io import open_series
 from remote.predict import RemoteModel
 from remote.timeseries import day_numbers, fill_gaps, regular_grid
 from shared_backbones.checkpoint import load_model_file

@@ -11,7 +11,9 @@ from rasterio.windows import Window
 from remote_testutil import write_tif
 
 from remote.cli import main
-from remote.io import open_series, parse_band, parse_date, read_date_list, resolve_offset
+from remote.discovery import open_series
+from remote.naming import parse_band, parse_date, read_date_list
+from remote.reader import resolve_offset
 from shared_backbones.errors import InputError
 
 FULL = Window(0, 0, 4, 4)
@@ -221,7 +223,7 @@ def test_20m_resampling_matches_gdal_warped_vrt(tmp_path):
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from remote.io import AlignedResampler
+    from remote.resample import AlignedResampler
 
     rng = np.random.default_rng(0)
     write_tif(tmp_path / "x_B04_20240501.tif", rng.integers(1000, 5000, (16, 16)).astype(np.uint16))

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 
-from remote.io import open_series
+from remote.discovery import open_series
 from remote.models import (
     FFDNN,
     CNN1d,
