@@ -123,16 +123,33 @@ class _Source:
             self._zip.close()
 
 
+def own_outputs(folder: str | Path) -> list[Path]:
+    """NIfTI files at the top of a series folder that ``medseg predict`` wrote there (``S/S.nii.gz`` and
+    ``S/S_probabilities.nii.gz`` after ``medseg predict S/ -o S/``, or any name whose header says it was written
+    by ``medseg predict``): they are not inputs, so they do not turn the folder into a folder of NIfTI cases."""
+    from .io import is_own_output
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    n = folder.name
+    names = {f"{n}{ext}" for ext in _NIFTI_SUFFIXES} | {f"{n}_seg{ext}" for ext in _NIFTI_SUFFIXES} | \
+        {f"{n}_probabilities.nii.gz", f"{n}_seg_probabilities.nii.gz"}
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_NIFTI_SUFFIXES)
+                  and (p.name in names or is_own_output(p)))
+
+
 def is_dicom_source(path: str | Path) -> bool:
-    """True for a .zip file, or a folder that holds no NIfTI file at its top level and at least one DICOM file
-    (a ``.dcm`` name, the ``DICM`` marker after the 128-byte preamble (PS3.10 7.1), or a raw data set starting
-    with a group 0008 element)."""
+    """True for a .zip file, or a folder that holds at least one DICOM file (a ``.dcm`` name, the ``DICM`` marker
+    after the 128-byte preamble (PS3.10 7.1), or a raw data set starting with a group 0008 element) and no NIfTI
+    file at its top level other than the series' own outputs (:func:`own_outputs`)."""
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() == ".zip"
     if not path.is_dir():
         return False
-    if any(p.name.lower().endswith(_NIFTI_SUFFIXES) for p in path.iterdir()):
+    own = set(own_outputs(path))
+    if any(p.name.lower().endswith(_NIFTI_SUFFIXES) and p not in own for p in path.iterdir()):
         return False
     for p in path.rglob("*"):
         if not p.is_file() or p.name.startswith("."):
@@ -596,6 +613,27 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: S
     with atomic_output(path, overwrite) as tmp:
         seg.save_as(str(tmp))
     return Path(path)
+
+
+def check_seg_source(path: str | Path, series_uid: str | None = None) -> None:
+    """Refuse, before any work, a source on which :func:`write_dicom_seg` could not write a SEG: the series' headers
+    (no pixel data) go through the same highdicom construction with an almost empty label map (a missing
+    FrameOfReferenceUID, study or SOP attributes, several multi-frame files ...)."""
+    path = Path(path)
+    info = choose_series(list_series(path), series_uid, path)
+    if info.multiframe and len(info.files) != 1:
+        raise InputError(f"a DICOM SEG on a series of {len(info.files)} multi-frame files is not supported (one "
+                         "multi-frame file, or single-frame slices, are)", path)
+    rows, cols = int(info.headers[0].Rows), int(info.headers[0].Columns)
+    frames = np.zeros((info.slices, rows, cols), dtype=np.uint8)  # untouched pages: no memory taken
+    frames[0, 0, 0] = 1
+    series = DicomSeries(np.zeros((0, 0, 0), np.float32), np.eye(4), list(range(info.slices)), info, path)
+    try:
+        _segmentation(series, frames, ["background", "check"], "")
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise InputError(
+            f"--dicom-seg: cannot build a DICOM SEG on this series ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]})", path) from None
 
 
 def _segmentation(series: DicomSeries, frames: np.ndarray, classes: Sequence[str], model_name: str) -> Any:

@@ -191,7 +191,3 @@ def write_csv(path: str | Path, ev: Evaluation, overwrite: bool = False) -> Path
                                                                                           start=1)]
     rows.append({"case": "mean", "class": "mean", "label": "", **ev.mean()})
     return write_report(path, rows, ["case", "class", "label", *METRICS], overwrite=overwrite)
-
-
-def _fmt(v: float) -> str:
-    return "nan" if not math.isfinite(v) else f"{v:.6g}"

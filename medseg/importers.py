@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared_backbones.checkpoint import ModelFile, save_model_file
+from shared_backbones.checkpoint import ModelFile, read_torch_file, save_model_file
 from shared_backbones.cliutil import check_output
 from shared_backbones.errors import ModelFileError
 
@@ -94,17 +94,7 @@ _NP_SAFE = [
 def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an nnU-Net v1 ``.model`` file (``module.`` prefixes stripped), read weights-only."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError("model file not found", path)
-    try:
-        with torch.serialization.safe_globals(_NP_SAFE):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelFileError(
-            "refused: the checkpoint contains pickled objects that are not plain data (not executed)", path
-        ) from None
-    except Exception:
-        raise ModelFileError("not a readable PyTorch checkpoint", path) from None
+    ckpt = read_torch_file(path, _NP_SAFE, what="checkpoint")
     sd = ckpt.get("state_dict", ckpt.get("network_weights")) if isinstance(ckpt, dict) else None
     if sd is None and isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         sd = ckpt

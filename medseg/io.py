@@ -27,7 +27,6 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from shared_backbones.cliutil import atomic_output
 from shared_backbones.errors import InputError
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})\.nii(\.gz)?$")
 # Header fields that carry the geometry; copied verbatim from the input onto every output.
 _GEOMETRY_FIELDS = (
@@ -283,9 +282,26 @@ def like_header(ref: nib.Nifti1Header, dtype: np.dtype, shape: tuple[int, ...]) 
     return hdr
 
 
-def write_like(path: str | Path, data: np.ndarray, ref: Case, overwrite: bool = False) -> Path:
-    """Write ``data`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) atomically with ``ref``'s affine and header geometry."""
+#: ``descrip`` of the NIfTI files ``medseg predict`` writes: a series folder that holds them is still a DICOM input
+OUTPUT_DESCRIP = "medseg predict"
+
+
+def is_own_output(path: str | Path) -> bool:
+    """True for a NIfTI file written by ``medseg predict`` (its header's ``descrip``; header only, data not read)."""
+    try:
+        descrip = nib.load(str(path)).header.get("descrip")
+        return descrip is not None and bytes(np.asarray(descrip).tobytes()).startswith(OUTPUT_DESCRIP.encode())
+    except Exception:  # unreadable: not ours
+        return False
+
+
+def write_like(path: str | Path, data: np.ndarray, ref: Case, overwrite: bool = False,
+               descrip: str | None = None) -> Path:
+    """Write ``data`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) atomically with ``ref``'s affine and header geometry
+    (``descrip``: the header's description, e.g. :data:`OUTPUT_DESCRIP`)."""
     hdr = like_header(ref.header, data.dtype, data.shape)
+    if descrip is not None:
+        hdr["descrip"] = descrip[:79]
     img_cls = nib.Nifti2Image if isinstance(ref.header, nib.Nifti2Header) else nib.Nifti1Image
     img = img_cls(data, None, header=hdr)
     for k in _GEOMETRY_FIELDS:
@@ -296,31 +312,38 @@ def write_like(path: str | Path, data: np.ndarray, ref: Case, overwrite: bool = 
 
 
 def write_labels(path: str | Path, labels: np.ndarray, ref: Case, overwrite: bool = False) -> Path:
-    """Label map in the file's axis order, uint8 (uint16 above 255 labels), with ``ref``'s geometry."""
+    """Label map in the file's axis order, uint8 (uint16 above 255 labels), with ``ref``'s geometry; its header's
+    description says ``medseg predict labels``."""
     if labels.shape != ref.spatial_shape:
         raise ValueError(f"label shape {labels.shape} != input shape {ref.spatial_shape}")
     dt = label_dtype(int(labels.max()) if labels.size else 0)
-    return write_like(path, np.ascontiguousarray(labels.astype(dt, copy=False)), ref, overwrite)
+    return write_like(path, np.ascontiguousarray(labels.astype(dt, copy=False)), ref, overwrite,
+                      descrip=f"{OUTPUT_DESCRIP} labels")
 
 
 # ---------------------------------------------------------------------------------------------- case discovery
-def discover_cases(folder: str | Path, channels: int) -> OrderedDict[str, list[Path]]:
-    """Cases of a folder: nnU-Net channel naming (``<case>_0000.nii.gz`` ...) groups files into one case when the
-    model needs several channels; otherwise each NIfTI file is a case (``_0000`` is stripped from its name)."""
+def discover_cases(folder: str | Path) -> list[tuple[str, list[Path]]]:
+    """Cases of a folder as (case name, files): nnU-Net channel files (``<case>_0000.nii.gz``, ``<case>_0001...``)
+    form one case; every other NIfTI file is a case of its own. Two cases may share a name (``a.nii`` and
+    ``a.nii.gz``): the output planner refuses them (they would write one output)."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
     if not files:
         raise InputError("no .nii/.nii.gz files (and no DICOM series) in folder", folder)
-    cases: OrderedDict[str, list[Path]] = OrderedDict()
+    groups: OrderedDict[str, list[Path]] = OrderedDict()
+    cases: list[tuple[str, list[Path]]] = []
     for p in files:
-        m = _CHANNEL_RE.match(p.name)
-        key = m.group("case") if (m and channels > 1) else case_name(p)
-        cases.setdefault(key, []).append(p)
-    for key, group in cases.items():
-        if len(group) > 1:
-            ids = [int(_CHANNEL_RE.match(p.name).group("ch")) for p in group]  # type: ignore[union-attr]
-            if ids != list(range(len(group))):
-                raise InputError(f"case {key!r}: channel files must be numbered _0000.._{len(group) - 1:04d}", group[0])
-        elif key in cases and sum(1 for k in cases if k == key) > 1:  # pragma: no cover - keys are unique
-            raise InputError(f"duplicate case {key!r}", group[0])
+        if _CHANNEL_RE.match(p.name):
+            key = case_name(p)
+            if key not in groups:
+                groups[key] = []
+                cases.append((key, groups[key]))
+            groups[key].append(p)
+        else:
+            cases.append((case_name(p), [p]))
+    for key, group in groups.items():
+        group.sort(key=lambda f: int(_CHANNEL_RE.match(f.name).group("ch")))  # type: ignore[union-attr]
+        ids = [int(_CHANNEL_RE.match(f.name).group("ch")) for f in group]  # type: ignore[union-attr]
+        if ids != list(range(len(group))):
+            raise InputError(f"case {key!r}: channel files must be numbered _0000.._{len(group) - 1:04d}", group[0])
     return cases

@@ -29,7 +29,6 @@ Lighter than nnU-Net: the class scores accumulate in float32 without a per-voxel
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,14 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared_backbones.checkpoint import ModelFile, save_model_file
+from shared_backbones.checkpoint import ModelFile, read_torch_file, save_model_file
 from shared_backbones.cliutil import StageTimer, check_output
 from shared_backbones.errors import ModelFileError
 
 from .nnunet_arch import TASK
 
 ANISO_THRESHOLD = 3.0
-CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth", "checkpoint_latest.pth")
 NORMALIZATIONS = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization",
                   "RGBTo01Normalization")
 PIPELINE = "nnunetv2"
@@ -92,17 +90,7 @@ def _np_safe_globals() -> list[Any]:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """An nnU-Net v2 ``checkpoint_*.pth`` read weights-only (plain data and numpy scalars; nothing executed)."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError("checkpoint not found", path)
-    try:
-        with torch.serialization.safe_globals(_np_safe_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ModelFileError("refused: the checkpoint holds pickled objects that are not plain data (not executed)",
-                             path) from None
-    except Exception as exc:  # truncated zip, garbage bytes, ...
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelFileError(f"not a readable PyTorch checkpoint ({text[:80]})", path) from None
+    ckpt = read_torch_file(path, _np_safe_globals(), what="checkpoint")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("network_weights"), dict):
         raise ModelFileError("not an nnU-Net v2 checkpoint (no network_weights)", path)
     if not all(isinstance(v, torch.Tensor) for v in ckpt["network_weights"].values()):

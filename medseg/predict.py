@@ -232,7 +232,7 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
 
 # ----------------------------------------------------------------------------------------------- postprocessing
 def class_indices(selection: Sequence[str] | None, classes: Sequence[str]) -> list[int] | None:
-    """Resolve ``--classes`` entries (names or label numbers) to label indices."""
+    """Resolve ``--keep-classes`` entries (names or label numbers) to label indices."""
     if not selection:
         return None
     out = []

@@ -13,6 +13,7 @@ import datetime as _dt
 import pickle
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,13 +106,16 @@ def save_model_file(path: str | Path, model_file: ModelFile, overwrite: bool = T
     return path
 
 
-def read_torch_file(path: str | Path) -> Any:
-    """``torch.load(weights_only=True)`` on CPU with one-line errors for missing/truncated/unsafe files."""
+def read_torch_file(path: str | Path, safe_globals: Sequence[Any] = (), what: str = "model file") -> Any:
+    """``torch.load(weights_only=True)`` on CPU with one-line errors for missing/truncated/unsafe files.
+
+    ``safe_globals``: plain-data classes a foreign checkpoint may hold besides tensors (numpy scalars in nnU-Net
+    checkpoints); nothing else is allowed, and nothing is executed."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError("model file not found", path)
+        raise ModelFileError(f"{what} not found", path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(safe_globals)):
             # a plain pickle (not a torch.save zip) makes torch warn "Detected pickle protocol N" before refusing
             # it: the refusal below is the one line the user sees
             warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)

@@ -216,6 +216,29 @@ def phases_extract_onto_a_frame(root):
         "output"
 
 
+def phases_evaluate_report_onto_the_model(root):
+    m = _phases_model(root)
+    _features(root / "data" / "features" / "v.npy")
+    (root / "data" / "labels").mkdir(parents=True)
+    (root / "data" / "labels" / "v.txt").write_text("\n".join(["cecum"] * 40))
+    return _phases_main(), ["evaluate", str(root / "data"), "-m", str(m), "-o", str(m), "--overwrite"], \
+        "cannot write a '.pt' file"
+
+
+def remote_predict_onto_the_input(root):
+    from remote.models import CLASSES, FFDNN
+
+    torch.manual_seed(0)
+    kw = {"channels": 8, "depth": 1, "n_modes": 4}
+    net = FFDNN(**kw).eval()
+    model = save_model_file(root / "ffdnn.pt", ModelFile.from_model(
+        net, task="remote", arch="ffdnn", arch_kwargs=kw, classes=list(CLASSES),
+        preprocessing={"bands": list(net.bands), "dates": ["2024-05-01"], "scl_invalid": [0, 1, 3, 8, 9, 10]}))
+    a = _stack(root / "s.tif")
+    return _remote_main(), ["predict", str(a), "-m", str(model), "-o", str(a), "--dates", "2024-05-01",
+                            "--overwrite"], "one of the inputs"
+
+
 def remote_each_same_name(root):
     a, b = _stack(root / "d1" / "site.tif"), _stack(root / "d2" / "site.tif")
     return _remote_main(), ["indices", str(a), str(b), "--each", "-o", str(root / "maps"), "--dates", "2024-05-01"], \
@@ -244,6 +267,8 @@ SCENARIOS: dict[str, list[Scenario]] = {
     "medseg evaluate": [med_evaluate_report_is_a_reference],
     "medseg phases predict": [phases_same_stem_two_folders],
     "medseg phases extract": [phases_extract_onto_a_frame],
+    "medseg phases evaluate": [phases_evaluate_report_onto_the_model],
+    "remote predict": [remote_predict_onto_the_input],
     "remote indices": [remote_each_same_name, remote_indices_onto_input],
     "remote evaluate": [remote_evaluate_twice_one_report],
 }
@@ -292,7 +317,7 @@ def _writing_commands() -> set[str]:
 
 #: writing commands whose collisions are covered elsewhere (training: tests/pipelines; synthetic data: a folder)
 COVERED_ELSEWHERE = {"medseg train", "medseg phases train", "audiosep train", "remote train", "medseg synth",
-                     "remote synth", "medseg import-nnunet", "remote predict", "medseg phases evaluate"}
+                     "remote synth", "medseg import-nnunet"}
 
 
 def test_every_writing_command_has_collision_scenarios():

@@ -68,7 +68,7 @@ def test_model_errors(tmp_path, volume, capsys):
     one = make_model_file(tmp_path / "one.pt", num_classes=3)
     assert main(["predict", str(volume), "-m", str(one), "-m", str(two)]) == 2
     assert "ensemble member disagrees" in _one_error(capsys, two)
-    assert main(["predict", str(volume), "-m", str(one), "--classes", "kidney"]) == 2
+    assert main(["predict", str(volume), "-m", str(one), "--keep-classes", "kidney"]) == 2
     assert "unknown class 'kidney'" in capsys.readouterr().err
 
 

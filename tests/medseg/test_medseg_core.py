@@ -170,10 +170,81 @@ def _plans(in_ch=1):
     }
 
 
+class _OfficialResBlock(torch.nn.Module):
+    """STU-Net's BasicResBlock as REFERENCE.md describes it (written here, independent of medseg.models)."""
+
+    def __init__(self, cin: int, cout: int, stride=1, use_1x1conv: bool = False) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv3d(cin, cout, 3, stride=stride, padding=1)
+        self.norm1 = torch.nn.InstanceNorm3d(cout, affine=True)
+        self.act1 = torch.nn.LeakyReLU(0.01)
+        self.conv2 = torch.nn.Conv3d(cout, cout, 3, padding=1)
+        self.norm2 = torch.nn.InstanceNorm3d(cout, affine=True)
+        self.act2 = torch.nn.LeakyReLU(0.01)
+        self.conv3 = torch.nn.Conv3d(cin, cout, 1, stride=stride) if use_1x1conv else None
+
+    def forward(self, x):
+        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        return self.act2(y + (x if self.conv3 is None else self.conv3(x)))
+
+
+class _OfficialUpsample(torch.nn.Module):
+    def __init__(self, cin: int, cout: int, scale) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(cin, cout, 1)
+        self.scale = [float(s) for s in scale]
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=self.scale, mode="nearest"))
+
+
+class _OfficialSTUNet(torch.nn.Module):
+    """The official STU-Net layout (module names give the checkpoint's state_dict keys); returns the full-resolution
+    output, as the official network does without deep supervision."""
+
+    def __init__(self, cin: int, ncls: int, depth, dims, pool) -> None:
+        super().__init__()
+        block = _OfficialResBlock
+        self.conv_blocks_context = torch.nn.ModuleList(
+            [torch.nn.Sequential(block(cin, dims[0], use_1x1conv=True), *[block(dims[0], dims[0])
+                                                                          for _ in range(depth[0] - 1)])]
+            + [torch.nn.Sequential(block(dims[d - 1], dims[d], stride=pool[d - 1], use_1x1conv=True),
+                                   *[block(dims[d], dims[d]) for _ in range(depth[d] - 1)]) for d in range(1, 6)])
+        self.upsample_layers = torch.nn.ModuleList(_OfficialUpsample(dims[-1 - u], dims[-2 - u], pool[-1 - u])
+                                                   for u in range(5))
+        self.conv_blocks_localization = torch.nn.ModuleList(
+            torch.nn.Sequential(block(2 * dims[-2 - u], dims[-2 - u], use_1x1conv=True),
+                                *[block(dims[-2 - u], dims[-2 - u]) for _ in range(depth[-2 - u] - 1)])
+            for u in range(5))
+        self.seg_outputs = torch.nn.ModuleList(torch.nn.Conv3d(dims[-2 - u], ncls, 1) for u in range(5))
+
+    def forward(self, x):
+        skips = []
+        for stage in self.conv_blocks_context[:-1]:
+            x = stage(x)
+            skips.append(x)
+        x = self.conv_blocks_context[-1](x)
+        outs = []
+        for u in range(5):
+            x = self.conv_blocks_localization[u](torch.cat((self.upsample_layers[u](x), skips[-(u + 1)]), dim=1))
+            outs.append(self.seg_outputs[u](x))
+        return outs[-1]
+
+
 def test_import_official_stunet_checkpoint(tmp_path, capsys):
+    """A checkpoint in the official layout (built by the reference network above, not by our model code) imports
+    as stunet-s with the plans' preprocessing, and the imported network computes what the official one does."""
+    pool = [[2, 2, 2]] * 4 + [[1, 1, 2]]
     torch.manual_seed(0)
-    src = create_model("stunet-s", in_channels=1, num_classes=3)
-    model = _official_files(tmp_path, src.state_dict(), _plans())
+    official = _OfficialSTUNet(1, 3, [1] * 6, [16, 32, 64, 128, 256, 256], pool).eval()
+    with torch.no_grad():  # norms away from their identity initialisation, so a mix-up of norm1/norm2 shows
+        for name, p in official.named_parameters():
+            if ".norm" in name:
+                p.copy_(torch.rand_like(p) + 0.5 if name.endswith("weight") else torch.randn_like(p) * 0.1)
+    sd = official.state_dict()
+    assert not any("running" in k for k in sd) and "conv_blocks_context.1.0.conv3.weight" in sd
+    assert "conv_blocks_context.0.0.conv3.weight" in sd and "upsample_layers.4.conv.weight" in sd
+    model = _official_files(tmp_path, sd, _plans())
     from medseg.volume_cli import main
 
     out = tmp_path / "stunet_s.pt"
@@ -183,14 +254,18 @@ def test_import_official_stunet_checkpoint(tmp_path, capsys):
 
     mf = load_model_file(out)
     assert mf.arch == "stunet-s" and mf.preprocessing["patch_size"] == [16, 16, 32]
+    assert mf.arch_kwargs["num_classes"] == 3 and mf.arch_kwargs["pool_op_kernel_sizes"] == pool
     assert mf.preprocessing["spacing"] == [1.5, 1.5, 1.5] and mf.preprocessing["normalization"] == [
         {"scheme": "zscore"}
     ]
+    assert mf.state_dict.keys() == sd.keys()
     net = create_model(mf.arch, **mf.arch_kwargs)
     net.load_state_dict(mf.state_dict, strict=True)
     x = torch.randn(1, 1, 32, 32, 64)
     with torch.inference_mode():
-        assert torch.equal(net.eval()(x), src.eval()(x))
+        ours, ref = net.eval()(x), official(x)
+    assert ours.shape == ref.shape == (1, 3, 32, 32, 64)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
 
 
 def test_import_refuses_code_in_plans_and_foreign_weights(tmp_path):

@@ -115,12 +115,31 @@ def test_options_stats_preview_probabilities_classes(tmp_path, model_file, volum
         assert s["voxels"] == int((labels == s["label"]).sum())
         assert s["volume_mm3"] == pytest.approx(s["voxels"] * vox, rel=1e-4)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
-    # existing outputs need --overwrite; with it, --classes keeps only the chosen labels
+    # existing outputs need --overwrite
     assert main(args) == 2 and "output exists" in capsys.readouterr().err
-    assert main(["predict", str(volume), "-m", str(model_file), "-o", str(out), "--overwrite", "--quiet",
-                 "--classes", "organ", "3"]) == 0
-    kept = set(np.unique(load(out).get_fdata().astype(int))) - {0}
-    assert kept <= {1, 3}
+
+
+def test_keep_classes_keeps_exactly_the_chosen_labels_on_their_voxels(tmp_path, model_file, volume, capsys):
+    """--keep-classes (names or numbers) sets every other label to background and leaves the kept ones where the
+    full prediction has them; the old spelling --classes does the same with a deprecation line."""
+    base = ["predict", str(volume), "-m", str(model_file), "--quiet", "--device", "cpu", "--precision", "fp32"]
+    assert main([*base, "-o", str(tmp_path / "all.nii.gz")]) == 0
+    full = np.asarray(load(tmp_path / "all.nii.gz").dataobj)
+    present = set(np.unique(full).tolist()) - {0}
+    assert {1, 2} <= present  # the tiny model predicts organ (1) and lesion (2): both keeping and dropping happen
+    for i, (flag, chosen) in enumerate([("--keep-classes", ["organ", "3"]), ("--keep-classes", ["2"]),
+                                        ("--classes", ["3,lesion"])]):
+        out = tmp_path / f"kept{i}.nii.gz"
+        assert main([*base, "-o", str(out), flag, *chosen]) == 0
+        keep = {"organ": 1, "lesion": 2}
+        ids = {keep.get(t, None) or int(t) for c in chosen for t in c.split(",")}
+        expected = np.where(np.isin(full, sorted(ids)), full, 0)
+        got = np.asarray(load(out).dataobj)
+        np.testing.assert_array_equal(got, expected)
+        assert got.any() and (got != full).any()
+    assert "--classes is deprecated" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "x.nii.gz"), "--keep-classes", "kidney"]) == 2
+    assert "unknown class 'kidney'" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
 
 
 def test_ensemble_averages_probabilities(tmp_path, volume):
@@ -186,7 +205,7 @@ def test_folder_parts_skip_done_cases_and_go_on_past_bad_ones(tmp_path, model_fi
     (src / "c2.nii.gz").write_bytes(b"not a nifti")
     assert main(base) == 2  # c0 written, c2 fails, c1/c3 skipped
     err = capsys.readouterr().err
-    assert "skipping 2 case(s)" in err and "1 of 2 inputs failed" in err and "c2" in err
+    assert "skipping 2 input(s)" in err and "1 of 2 inputs failed" in err and "c2" in err
     assert sorted(p.name for p in out.iterdir()) == ["c0.nii.gz", "c1.nii.gz", "c3.nii.gz"]
     assert main([*base, "--num-parts", "2", "--part-id", "2", "--quiet"]) == 2
     assert "--part-id must be in 0..1" in capsys.readouterr().err
