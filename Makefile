@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/vulture  # dead code; paths, confidence and ignores in pyproject.toml [tool.vulture]
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)

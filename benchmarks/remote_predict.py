@@ -79,7 +79,7 @@ def write_stack(root: Path, size: int, n_dates: int, data_size: int | None = Non
 
 
 def model_file(path: Path, arch: str, n_dates: int, step: int = 10) -> Path:
-    from remote.io import DEFAULT_BANDS
+    from remote.naming import DEFAULT_BANDS
     from shared_backbones.checkpoint import ModelFile, save_model_file
     from shared_backbones.registry import create_model
 
@@ -93,7 +93,7 @@ def model_file(path: Path, arch: str, n_dates: int, step: int = 10) -> Path:
 
 def predict_once(images: str, model: str, out: str, tile: int = 256, threads: int | None = None) -> dict:
     """Run the library prediction (for ``run_isolated``): seconds, pixels, valid pixels, baseline RSS."""
-    from remote.io import open_series
+    from remote.discovery import open_series
     from remote.predict import PredictOutputs, RemoteModel, predict_series
     from shared_backbones.memory import peak_rss_bytes
 

@@ -126,7 +126,7 @@ def write_tile(root: Path, size: int, n_dates: int, quiet: bool = False) -> Path
 
 
 def model_file(path: Path, arch: str, n_dates: int) -> Path:
-    from remote.io import DEFAULT_BANDS
+    from remote.naming import DEFAULT_BANDS
     from shared_backbones.checkpoint import ModelFile, save_model_file
     from shared_backbones.registry import create_model
 
@@ -140,7 +140,7 @@ def model_file(path: Path, arch: str, n_dates: int) -> Path:
 
 def predict_once(images: str, model: str, out: str, threads: int | None) -> dict:
     """The library call ``remote predict`` makes (for ``run_isolated``): seconds, pixels, summary."""
-    from remote.io import open_series
+    from remote.discovery import open_series
     from remote.predict import PredictOutputs, RemoteModel, predict_series
     from shared_backbones.memory import peak_rss_bytes
 

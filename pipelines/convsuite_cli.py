@@ -30,11 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = add_command(sub, "demo", help="generate synthetic data, train, predict and evaluate every pipeline",
                     examples=["convsuite demo -o demo_output", "convsuite demo --only backbones --quick",
-                              "convsuite demo --only audiosep -o demo_output --overwrite"])
+                              "convsuite demo --only audiosep -o demo_output --overwrite"],
+                    description="Generate synthetic data, train (budgets in steps, not wall time), predict and\n"
+                                "evaluate every pipeline. The table marks each target ok or MISSED and lists the\n"
+                                "missed ones. Exit code 0 when every part ran end to end, 1 when a part failed.")
     d.add_argument("-o", "--output", default="demo_output", help="output folder")
     add_deprecated(d, "--out", "-o/--output", "output")
     d.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(DEMO_PARTS)} (default: all)")
-    d.add_argument("--quick", action="store_true", help="smallest budget (smoke test; figures not meaningful)")
+    d.add_argument("--quick", action="store_true", help="smallest budget (smoke test; targets not judged)")
     add_common(d, device=False, precision=False)
     m = add_command(sub, "models", help="list the registered architectures and their task",
                     examples=["convsuite models", "convsuite models --task medseg"])
@@ -44,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_demo(out: Path, parts: Sequence[str], quick: bool = False, quiet: bool = False) -> list[DemoResult]:
-    """Run the demo parts in order; a part that fails is reported, the others still run."""
+    """Run the demo parts in order; a part that fails is reported (its ``error``), the others still run."""
     results: list[DemoResult] = []
     for name in parts:
         say(f"== demo: {name}", quiet=False)
@@ -56,25 +59,54 @@ def run_demo(out: Path, parts: Sequence[str], quick: bool = False, quiet: bool =
             import traceback
 
             traceback.print_exc()
-            res = DemoResult(pipeline=name, notes=f"FAILED: {type(exc).__name__}: {exc}", passed=False)
+            res = DemoResult(pipeline=name, error=f"{type(exc).__name__}: {exc}")
         res.seconds = res.seconds or time.perf_counter() - start
         results.append(res)
     return results
 
 
 def format_table(results: Sequence[DemoResult]) -> str:
-    """The summary table printed at the end of the demo."""
-    lines = [f"{'pipeline':<10} {'figure':<22} {'value':>10}  {'target':<10} {'time':>7}  outputs"]
+    """The summary table printed at the end of the demo: every figure, its target and whether it was met (``ok``,
+    ``MISSED``, ``not judged (--quick)``); a part that did not run end to end shows ``FAILED`` and why."""
+    w = max([6, *(len(v) for r in results for v in r.verdicts().values())])
+    lines = [f"{'pipeline':<10} {'figure':<22} {'value':>10}  {'target':<10} {'check':<{w}} {'time':>7}  outputs"]
     for r in results:
         rows = list(r.figures.items()) or [("-", float("nan"))]
+        verdicts = r.verdicts()
         for i, (k, v) in enumerate(rows):
             head = r.pipeline if i == 0 else ""
             t = f"{r.seconds:6.0f}s" if i == 0 else ""
             outs = ", ".join(r.outputs[:2]) if i == 0 else ""
-            lines.append(f"{head:<10} {k:<22} {v:>10.4g}  {r.targets.get(k, ''):<10} {t:>7}  {outs}")
+            check = "FAILED" if r.error and i == 0 else verdicts.get(k, "")
+            lines.append(f"{head:<10} {k:<22} {v:>10.4g}  {r.targets.get(k, ''):<10} {check:<{w}} {t:>7}  "
+                         f"{outs}".rstrip())
+        if r.error:
+            lines.append(f"{'':<10} error: {r.error}")
         if r.notes:
             lines.append(f"{'':<10} note: {r.notes}")
     return "\n".join(lines)
+
+
+def format_verdict(results: Sequence[DemoResult]) -> tuple[str, int]:
+    """The lines after the table and the exit code: 0 when every part ran end to end (missed targets are listed,
+    they do not fail the demo), 1 when a part failed (listed with its error)."""
+    missed = [m for r in results for m in r.missed()]
+    unjudged = [f"{r.pipeline} {k}" for r in results for k, v in r.verdicts().items() if v.startswith("not judged")]
+    failed = [r for r in results if r.error]
+    lines = [f"missed targets: {'; '.join(missed)}" if missed else "missed targets: none"]
+    if unjudged:
+        lines.append(f"not judged (--quick: the smallest budget, figures not meaningful): {', '.join(unjudged)}")
+    if failed:
+        lines.append(f"failed parts ({len(failed)} of {len(results)}): "
+                     + "; ".join(f"{r.pipeline} ({r.error})" for r in failed))
+    else:
+        lines.append(f"every part ran end to end ({', '.join(r.pipeline for r in results)})")
+    return "\n".join(lines), 1 if failed else 0
+
+
+def summary_record(r: DemoResult) -> dict:
+    """One part's entry in ``summary.json``: its fields, the per-figure verdicts and the missed targets."""
+    return {**r.__dict__, "verdicts": r.verdicts(), "missed": r.missed(), "ran": not r.error}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,12 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         results = run_demo(out, parts, quick=args.quick, quiet=args.quiet)
-        table = format_table(results)
-        print("\nconvsuite demo summary\n" + table)
+        verdict, rc = format_verdict(results)
+        print("\nconvsuite demo summary\n" + format_table(results) + "\n\n" + verdict)
         with atomic_output(out / "summary.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps([r.__dict__ for r in results], indent=2, default=str))
+            tmp.write_text(json.dumps([summary_record(r) for r in results], indent=2, default=str))
         print(f"\nall outputs under {out.resolve()} (summary.json holds the figures)")
-        return 0 if all(r.passed is not False for r in results) else 1
+        return rc
 
     return run_cli(_main, argv, prog="convsuite")
 

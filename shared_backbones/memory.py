@@ -1,5 +1,5 @@
-"""Memory measurement (bytes held by the autograd graph, peak CUDA memory, peak process RAM) and a heap setting that
-hands freed memory back to the system promptly."""
+"""Memory measurement (bytes held by the autograd graph, peak process RAM) and a heap setting that hands freed
+memory back to the system promptly."""
 
 from __future__ import annotations
 
@@ -45,18 +45,6 @@ def activation_bytes(model: nn.Module, *inputs: torch.Tensor,
         return loss_fn(out) if loss_fn is not None else out
 
     return saved_activation_bytes(run, exclude=list(model.parameters()) + list(model.buffers()))
-
-
-def peak_cuda_bytes(fn: Callable[[], Any], device: int | None = None) -> int | None:
-    """Peak CUDA memory allocated while running ``fn()``; None without a GPU."""
-    if not torch.cuda.is_available():
-        fn()
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
 
 
 def peak_rss_bytes() -> int:

@@ -108,17 +108,10 @@ def number(kind: type = float, **range_: Any) -> Number:
 
 # the shapes most options take
 positive_int = Number(int, min=1)
-nonnegative_int = Number(int, min=0)
 positive_float = Number(float, min=0, min_open=True)
-nonnegative_float = Number(float, min=0)
 fraction = Number(float, min=0, max=1, max_open=True)  # [0, 1): overlaps, dropout
 probability = Number(float, min=0, max=1)
 seed_int = Number(int, min=0, max=2**32 - 1)  # what NumPy's seeding accepts
-
-
-def is_numeric_type(type_: Any) -> bool:
-    """True for argparse types that read numbers (``int``, ``float`` or a :class:`Number`)."""
-    return type_ in (int, float) or isinstance(type_, Number)
 
 
 def require(condition: bool, message: str) -> None:

@@ -1,7 +1,8 @@
 """Demo part for audiosep: separate synthetic *speech*. A multi-voice corpus is synthesised with eSpeak NG
 (``audiosep.speech``; cached in the output folder), ``convtasnet-small`` is trained at 8 kHz with dynamic mixing of
-two voices at -5..5 dB for the CPU budget, then held-out mixtures (voices and sentences never seen in training) are
-separated with the streaming separator (``audiosep separate``'s library) and scored (``audiosep evaluate``'s)."""
+two voices at -5..5 dB for a fixed number of steps, then held-out mixtures (voices and sentences never seen in
+training) are separated with the streaming separator (``audiosep separate``'s library) and scored (``audiosep
+evaluate``'s)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ from shared_backbones.report import mean_row, write_report
 from ..audiosep import train_audiosep
 from . import DemoResult
 
-BUDGET = "00:00:03:00"  # CPU training budget, validation included
+# Training budget in steps, not wall time, so that the figures do not depend on the machine's load: 3000 steps of
+# batch 12 took about 3 minutes (validation included) on one thread of a quiet 2-core CPU, the former 3-minute
+# budget (2963-3252 steps there; 119 steps when the machine was loaded). The cosine schedule runs over these steps.
+STEPS = 3000
 TARGET_DB = 8.0
 TRAIN_SPEAKERS, PER_SPEAKER = 224, 3  # many voices, few sentences each: voices are what must generalise
-SPEED_PERTURB = 0.0  # 0.15 (new vocal-tract lengths every step) scored lower in the 3-minute budget: 4.9 vs 5.5 dB
+SPEED_PERTURB = 0.0  # 0.15 (new vocal-tract lengths every step) scored lower in a 3-minute budget: 4.9 vs 5.5 dB
 THREADS = "auto"  # timed here: 1 thread ran 6-20x faster than 2 on a loaded 2-core CPU, 2 only 1.1x on a quiet one
 
 
@@ -52,10 +56,10 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
         epoch_size=32 if quick else 800,
         segment=0.5,
         batch_size=4 if quick else 12,
-        epochs=1 if quick else 1000,
-        max_time=None if quick else BUDGET,
+        epochs=1 if quick else 1000,  # the step budget ends the full run
+        max_steps=-1 if quick else STEPS,
         lr=1e-2,
-        scheduler="plateau" if quick else "time-cosine",
+        scheduler="plateau" if quick else "cosine",
         accelerator="cpu",
         devices=1,
         precision="fp32",
@@ -77,10 +81,10 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
             "val_si_snri", float("nan")), "train_seconds": train_s, "train_cpu_seconds": train_cpu_s,
             "train_steps": res.metrics.get("steps", float("nan")),
             "train_threads": res.metrics.get("threads", float("nan"))},
-        targets={"si_snri_db": f">= {TARGET_DB:g} (held-out voices and sentences)"},
+        targets={"si_snri_db": f">= {TARGET_DB:g}"},
         outputs=[str(est), str(out_dir / "scores.csv"), str(model)],
         seconds=time.perf_counter() - start,
-        passed=None if quick else mean["si_snri"] >= TARGET_DB,
+        not_judged=["si_snri_db"] if quick else [],
         notes="eSpeak NG speech, 2 voices at -5..5 dB, 8 kHz, dynamic mixing, convtasnet-small, "
-        f"{'smoke run' if quick else '3 min CPU training budget'}; test voices/sentences unseen in training",
+        f"{'smoke run' if quick else f'{STEPS} training steps'}; test voices/sentences unseen in training",
     )

@@ -39,4 +39,5 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
     return DemoResult(pipeline="backbones", figures={"heldout_accuracy": acc, "mem_ratio_depth8": ratio},
                       targets={"heldout_accuracy": ">= 0.9", "mem_ratio_depth8": ">= 4"},
                       outputs=[str(res.model_file), str(out_dir / "train" / "logs")],
-                      seconds=time.perf_counter() - start, passed=(acc >= 0.9 or quick) and ratio >= 4)
+                      seconds=time.perf_counter() - start,
+                      not_judged=["heldout_accuracy"] if quick else [])  # the memory ratio holds at any budget

@@ -40,6 +40,6 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
                                                   "val_dice": float(res.best_score or float("nan"))},
                       targets={"mean_dice": ">= 0.9"}, outputs=[str(pred), str(out_dir / "scores.csv"),
                                                                  str(out_dir / "previews")],
-                      seconds=time.perf_counter() - start, passed=quick or mean["dice"] >= 0.9,
+                      seconds=time.perf_counter() - start, not_judged=["mean_dice"] if quick else [],
                       notes="held-out phantoms (organ, lesion, vessel; 1x1x2.5 mm voxels, oblique affines), "
                             "unet3d trained on fold 0 of 5 through pipelines.medseg")

@@ -33,5 +33,5 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
     return DemoResult(pipeline="phases", figures={"accuracy": m["accuracy"], "edit": m["edit"], "f1@50": m["f1@50"],
                                                   "withdrawal_err_s": m.get("withdrawal_error_s", float("nan"))},
                       targets={"accuracy": ">= 80"}, outputs=[s["outputs"]["timeline"], s["outputs"]["segments"]],
-                      seconds=time.perf_counter() - start, passed=quick or m["accuracy"] >= 80,
+                      seconds=time.perf_counter() - start, not_judged=["accuracy"] if quick else [],
                       notes="held-out centre (fold 0 of leave-one-centre-out), synthetic procedures, 64-d features")

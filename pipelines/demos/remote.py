@@ -12,7 +12,8 @@ import numpy as np
 import rasterio
 
 from remote.evaluate import classification_metrics
-from remote.io import open_series, read_single_band
+from remote.discovery import open_series
+from remote.reader import read_single_band
 from remote.predict import PredictOutputs, RemoteModel, predict_series
 from remote.samples import choose_pixels, spatial_block_splits
 from remote.synthetic import make_season
@@ -41,8 +42,7 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
         fold=0,
         block_size=block,
         buffer=buffer,
-        epochs=1 if quick else 10,
-        max_time="00:00:02:00",
+        epochs=1 if quick else 10,  # the budget: epochs, never wall time (the figures must not depend on the load)
         batch_size=256,
         accelerator="cpu",
         precision="fp32",
@@ -78,7 +78,7 @@ def run(out_dir: Path, *, quick: bool = False, quiet: bool = False) -> DemoResul
         targets={"heldout_map_accuracy": ">= 0.8"},
         outputs=[str(outs.class_map), str(outs.probabilities), str(outs.fields_csv), str(res.model_file)],
         seconds=time.perf_counter() - start,
-        passed=quick or m["overall_accuracy"] >= 0.8,
+        not_judged=["heldout_map_accuracy"] if quick else [],
         notes=f"synthetic {size}x{size} px season, {len(scene.dates)} dates with clouds; FFDNN trained on "
         f"{res.n_train} px of 3 of {folds} spatial folds ({block} px blocks, {buffer} px buffer)",
     )

@@ -164,7 +164,7 @@ def test_parquet_table_through_the_tables_extra_equals_the_csv(tmp_path, monkeyp
     obs_c, dates_c, bands_c, y_c, extra_c = read_table(tmp_path / "t.csv", ["a", "b", "c"])
     assert dates == dates_c and bands == bands_c == ["B04", "B08"] and y.tolist() == y_c.tolist() == [0, 2, -1, 1]
     assert np.array_equal(obs, obs_c, equal_nan=True) and np.isnan(obs[1, 0, 0]) and np.isnan(obs[2, 1, 0])
-    assert extra["field_id"].tolist() == [1, 1, 2, 3]
+    assert extra["field_id"].tolist() == extra_c["field_id"].tolist() == [1, 1, 2, 3]
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(InputError, match="bad.parquet: unreadable Parquet table"):
         read_table(tmp_path / "bad.parquet", ["a", "b", "c"])

@@ -53,6 +53,19 @@ def test_activation_bytes_known_graph():
     assert activation_bytes(m, x) == (4 * 8 + 4 * 16) * 4
 
 
+def test_activation_bytes_of_a_conv_network_by_hand():
+    """Conv2d(2->4, 3x3) + BatchNorm2d + ReLU on a 1x2x8x8 input, from the shapes: the conv saves its input (2*8*8
+    floats), batch norm its input (4*8*8) and, in training, the batch mean and inverse std (4 + 4), ReLU its output
+    (4*8*8); weights, bias and running statistics are excluded. In conv -> ReLU -> conv the ReLU's output is the second
+    conv's input: one storage, counted once."""
+    x = torch.randn(1, 2, 8, 8)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    assert activation_bytes(m, x) == (2 * 64 + 4 * 64 + 4 + 4 + 4 * 64) * 4
+    assert activation_bytes(m.eval(), x) == (2 * 64 + 4 * 64 + 4 * 64) * 4
+    chain = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    assert activation_bytes(chain, x) == (2 * 64 + 4 * 64) * 4
+
+
 def test_saved_bytes_counts_each_storage_once():
     x = torch.randn(100, requires_grad=True)
     # x is saved by both multiplications: counted once
@@ -60,19 +73,28 @@ def test_saved_bytes_counts_each_storage_once():
     assert saved_activation_bytes(lambda: (x * x).sum(), exclude=[x]) == 0
 
 
-def _alloc(mb: int) -> int:
+def _alloc(mb: int) -> tuple[int, int, int]:
+    """Allocate and touch ``mb`` MiB; return the sum and the peak RSS before and after, as peak_rss_bytes reads it."""
     import numpy as np
 
+    before = peak_rss_bytes()
     a = np.empty(mb * 2 ** 20 // 8)
     a.fill(1.0)
-    return int(a.sum())
+    return int(a.sum()), before, peak_rss_bytes()
 
 
 def test_run_isolated_measures_child_peak():
-    (_n_small, rss_small), (n_big, rss_big) = run_isolated(_alloc, 1), run_isolated(_alloc, 400)
-    assert n_big == 400 * 2 ** 20 // 8
-    assert rss_big - rss_small > 300 * 2 ** 20
-    assert peak_rss_bytes() > 0
+    """The child's peak moves by the memory it touched: 400 MiB of float64 ones raise peak_rss_bytes by 400 MiB
+    (within 5%; a fresh process's peak is its current size), 1 MiB by at most a few MiB, and run_isolated reports
+    the child's final peak (the old test asserted only ``peak_rss_bytes() > 0``)."""
+    mib = 2 ** 20
+    (n_small, before_small, after_small), rss_small = run_isolated(_alloc, 1)
+    (n_big, before_big, after_big), rss_big = run_isolated(_alloc, 400)
+    assert (n_small, n_big) == (mib // 8, 400 * mib // 8)
+    assert 0.95 * 400 * mib <= after_big - before_big <= 1.05 * 400 * mib
+    assert 0 <= after_small - before_small <= 4 * mib
+    assert abs(rss_big - after_big) <= 4 * mib and abs(rss_small - after_small) <= 4 * mib  # kernel counters lag
+    assert 0.9 * 400 * mib <= rss_big - rss_small <= 1.1 * 400 * mib
 
 
 def test_time_interleaved_runs_warmup_then_alternates():
