@@ -13,14 +13,15 @@ from shared_backbones.cliutil import (
     add_common,
     add_deprecated,
     make_parser,
-    parse_threads,
     prepare_outputs,
-    run_batch,
     run_cli,
     say,
 )
+from shared_backbones.options import add_parts, number
 
 PROG = "audiosep"
+#: --chunk-seconds bounds: audiosep.separate.MIN_CHUNK_SECONDS / MAX_CHUNK_SECONDS (not imported: that pulls in torch)
+MIN_CHUNK_SECONDS, MAX_CHUNK_SECONDS = 0.1, 3600.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,10 +53,19 @@ def _parser() -> argparse.ArgumentParser:
         output="output folder for <stem>_s1.wav ... (created if needed; default: next to each input)",
     )
     s.add_argument(
-        "--chunk-seconds", type=float, default=30.0, help="chunk length streamed through the model (more: more context)"
+        "--chunk-seconds",
+        type=number(float, min=MIN_CHUNK_SECONDS, max=MAX_CHUNK_SECONDS),
+        default=30.0,
+        help="chunk length streamed through the model (more: more context)",
     )
-    s.add_argument("--overlap-seconds", type=float, default=1.0, help="cross-faded overlap between chunks")
+    s.add_argument(
+        "--overlap-seconds",
+        type=number(float, min=0, max=MAX_CHUNK_SECONDS / 2, max_open=True),
+        default=1.0,
+        help="cross-faded overlap between chunks (less than half a chunk)",
+    )
     s.add_argument("--per-channel", action="store_true", help="separate each channel instead of the downmix")
+    add_parts(s, "input files")
 
     e = add_command(
         sub,
@@ -93,11 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument(
         "--sample-rate",
-        type=int,
+        type=number(int, min=1000, max=384000),
         help="model rate for torchaudio files (Asteroid files carry theirs; torchaudio's Libri2Mix bundle: 8000; "
         "else 8000)",
     )
-    i.add_argument("--layers", type=int, default=8, help="torchaudio: blocks per repeat <X> (not in the weights)")
+    i.add_argument(
+        "--layers",
+        type=number(int, min=1, max=128),
+        default=8,
+        help="torchaudio: blocks per repeat <X> (not in the weights)",
+    )
     i.add_argument("--mask", choices=("relu", "sigmoid"), default="relu", help="torchaudio: mask non-linearity")
 
     t = add_command(
@@ -108,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
             "audiosep train Libri2Mix/wav8k/min/train-100 --val-dir Libri2Mix/wav8k/min/dev -o convtasnet.pt "
             "--arch convtasnet-base",
             "audiosep train speakers/ --dynamic-mixing --val-dir data/val -o convtasnet.pt --devices 2 --device cuda",
-            "audiosep train data/train -o convtasnet.pt --resume --max-time 00:12:00:00",
+            "audiosep train data/train -o convtasnet.pt --resume --max-time 12h",
         ],
     )
     t.add_argument(
@@ -122,117 +137,81 @@ def _parser() -> argparse.ArgumentParser:
         seed=True,
         resume=True,
     )
-    t.add_argument("--val-dir", help="LibriMix-style validation folder (default: a k-fold split of DATA)")
-    t.add_argument("--dynamic-mixing", action="store_true", help="draw training mixtures on the fly from DATA")
-    t.add_argument(
-        "--arch",
-        default="convtasnet-small",
-        choices=("convtasnet-small", "convtasnet-base", "convtasnet-causal", "convtasnet"),
-        help="architecture preset",
-    )
-    t.add_argument("--reversible", action="store_true", help="reversible TCN stack (training memory flat in depth)")
-    t.add_argument("--sources", type=int, default=2, help="number of speakers per mixture")
-    t.add_argument("--sample-rate", type=int, default=8000, help="rate of the data and of the model")
-    t.add_argument("--segment", type=float, default=4.0, help="training crop in seconds (paper: 4)")
-    t.add_argument("--batch-size", type=int, default=4, help="mixtures per step and device")
-    t.add_argument("--epochs", type=int, default=100, help="maximum number of epochs")
-    t.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimiser steps (-1: no limit)")
-    t.add_argument("--max-time", help="stop after DD:HH:MM:SS of wall time, validation included")
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    t.add_argument(
-        "--scheduler",
-        choices=("plateau", "cosine", "time-cosine"),
-        default="plateau",
-        help="plateau: halve after 3 epochs without improvement (paper); cosine: decay to 0 over --epochs; "
-        "time-cosine: warm-up, then cosine decay over the --max-time budget",
-    )
-    t.add_argument("--epoch-size", type=int, default=1000, help="mixtures per epoch with --dynamic-mixing")
-    t.add_argument(
-        "--speed-perturb",
-        type=float,
-        default=0.0,
-        help="with --dynamic-mixing, play each source at a random speed within 1 +- this (0.15: new voices)",
-    )
-    t.add_argument("--fold", type=int, default=0, help="validation fold of DATA when no --val-dir is given")
-    t.add_argument("--folds", type=int, default=5, help="number of folds for that split")
-    t.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
-    t.add_argument(
-        "--threads",
-        type=parse_threads,
-        default=None,
-        metavar="N|auto",
-        help="torch threads on CPU [torch's default]; auto: time a few training steps at 1 and at torch's count and "
-        "keep more only if >10%% faster (1 is often much faster on a small machine shared with other jobs)",
-    )
+    from pipelines.options import AudiosepTrainOptions, add_options  # a light module: no torch, no Lightning
+
+    add_options(t, AudiosepTrainOptions)
     return p
 
 
 def _separate(args: argparse.Namespace) -> int:
-    from .separate import Separator, collect_inputs, output_paths, separate_file
+    from .separate import separate_files
 
-    files = collect_inputs(args.inputs)
-    prepare_outputs([], files, folders=[args.output] if args.output else [])
-    sep = Separator.from_file(args.model, args.device, args.precision)
-    prepare_outputs(
-        [o for f in files for o in output_paths(f, sep.num_sources, args.output)], files, overwrite=args.overwrite
-    )
-    say(f"model: {sep.describe()}", args.quiet)
     start = time.perf_counter()
-    done: list[Path] = []
 
-    def work(f: Path) -> None:
-        outs = separate_file(
-            f,
-            sep,
-            args.output,
-            chunk_seconds=args.chunk_seconds,
-            overlap_seconds=args.overlap_seconds,
-            per_channel=args.per_channel,
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-        )
-        done.append(f)
+    def done(f: Path, outs: list[Path]) -> None:
         say(f"{f} -> {', '.join(str(o) for o in outs)}", args.quiet)
 
-    rc = run_batch(files, work, prog=PROG, quiet=args.quiet)
-    say(f"separated {len(done)} of {len(files)} file(s) in {time.perf_counter() - start:.1f}s", args.quiet)
-    return rc
+    def failed(f: Path, exc: Exception) -> None:
+        print(f"{PROG}: error: {exc} (continuing with the next input)", file=sys.stderr)
+
+    run = separate_files(
+        args.inputs,
+        args.model,
+        args.output,
+        chunk_seconds=args.chunk_seconds,
+        overlap_seconds=args.overlap_seconds,
+        per_channel=args.per_channel,
+        overwrite=args.overwrite,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        device=args.device,
+        precision=args.precision,
+        quiet=args.quiet,
+        log=lambda line: say(line, args.quiet),
+        on_done=done,
+        on_error=failed,
+    )
+    skipped = len(run.planned.plan.skipped)
+    say(
+        f"separated {len(run.written)} of {run.total} file(s) in {time.perf_counter() - start:.1f}s"
+        + (f" ({skipped} done before, skipped)" if skipped else ""),
+        args.quiet,
+    )
+    return _failures(run.failed, run.total)
+
+
+def _failures(failed: Sequence[tuple[object, str]], total: int) -> int:
+    """``audiosep: N of M inputs failed:`` and one line per failure on stderr (exit 2), or 0 when none failed."""
+    if not failed:
+        return 0
+    print(f"{PROG}: {len(failed)} of {total} inputs failed:", file=sys.stderr)
+    for item, message in failed:
+        print(f"  {item}: {message}", file=sys.stderr)
+    return 2
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from shared_backbones.cliutil import progress
-    from shared_backbones.report import format_table, mean_row, write_report
+    from shared_backbones.report import format_table
 
-    from .evaluate import METRICS, list_mixtures, score_mixture
+    from .evaluate import METRICS, score_folder
 
-    if args.output:
-        prepare_outputs([args.output], overwrite=args.overwrite)
-    srcs, mixes = list_mixtures(args.estimates, args.data)
-    bar = iter(progress(mixes, desc="scoring", unit="file", quiet=args.quiet))
-    rows: list[dict] = []
+    def failed(mix: Path, exc: Exception) -> None:
+        print(f"{PROG}: error: {exc} (continuing with the next input)", file=sys.stderr)
 
-    def work(mix: Path) -> None:
-        next(bar, None)  # advance the progress bar
-        rows.append(score_mixture(mix, srcs, args.estimates))
-
-    rc = run_batch(mixes, work, prog=PROG, quiet=args.quiet)  # a bad pair is listed at the end, the rest scored
-    next(bar, None)  # close the bar
-    if not rows:
-        return rc
-    table = [*rows, mean_row(rows, "file")]
-    print(format_table(table, ["file", *METRICS], digits=2))
-    if args.output:
-        write_report(args.output, table, ["file", *METRICS], overwrite=args.overwrite)
-        say(f"wrote {args.output}", args.quiet)
-    if rc:
-        say(f"scored {len(rows)} of {len(mixes)} mixture(s); the mean covers those only", args.quiet)
-    return rc
+    ev = score_folder(args.estimates, args.data, args.output, overwrite=args.overwrite, quiet=args.quiet,
+                      on_error=failed)
+    if ev.rows:
+        print(format_table(ev.table, ["file", *METRICS], digits=2))
+    if ev.report is not None:
+        say(f"wrote {ev.report}", args.quiet)
+    if ev.failed and ev.rows:
+        say(f"scored {len(ev.rows)} of {ev.total} mixture(s); the mean covers those only", args.quiet)
+    return _failures(ev.failed, ev.total)
 
 
 def _import(args: argparse.Namespace) -> int:
     from .importers import describe, import_convtasnet
 
-    prepare_outputs([args.output], [args.weights], overwrite=args.overwrite)
     mf = import_convtasnet(
         args.weights, args.output, args.format, args.sample_rate, args.mask, args.layers, args.overwrite
     )
@@ -241,40 +220,12 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from shared_backbones.cliutil import lightning_device
+    prepare_outputs([args.output], [args.data], overwrite=args.overwrite or args.resume is not None)
+    # the train command is the one place audiosep uses pipelines
+    from pipelines.audiosep import train_audiosep
+    from pipelines.options import AudiosepTrainOptions, options_from
 
-    prepare_outputs([args.output], [args.data], overwrite=args.overwrite)
-    from pipelines.audiosep import train_audiosep  # the train command is the one place audiosep uses pipelines
-
-    res = train_audiosep(
-        args.data,
-        args.output,
-        arch=args.arch,
-        arch_kwargs={"reversible": True} if args.reversible else None,
-        val_dir=args.val_dir,
-        dynamic_mixing=args.dynamic_mixing,
-        sample_rate=args.sample_rate,
-        num_sources=args.sources,
-        segment=args.segment,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        max_time=args.max_time,
-        lr=args.lr,
-        scheduler=args.scheduler,
-        epoch_size=args.epoch_size,
-        speed_perturb=args.speed_perturb,
-        threads=args.threads,
-        precision=args.precision,
-        **lightning_device(args.device, args.devices),
-        fold=args.fold,
-        folds=args.folds,
-        workers=args.workers,
-        resume=args.resume,
-        quiet=args.quiet,
-        overwrite=args.overwrite,
-        seed=args.seed,
-    )
+    res = train_audiosep(args.data, args.output, **options_from(AudiosepTrainOptions, args))
     if res.model_file is not None:  # rank 0 only
         m = res.metrics
         say(

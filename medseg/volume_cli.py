@@ -200,13 +200,9 @@ def _describe(models: Sequence) -> str:
 def _train(args: argparse.Namespace) -> int:
     from pipelines.medseg import train_medseg
     from pipelines.options import MedsegTrainOptions, options_from
-    from pipelines.trainer import RankFailedError, rank_failed
 
     check_output(args.output, args.overwrite or args.resume is not None)
-    try:
-        res = train_medseg(args.dataset, args.output, **options_from(MedsegTrainOptions, args))
-    except RankFailedError as exc:
-        return rank_failed(PROG, exc)
+    res = train_medseg(args.dataset, args.output, **options_from(MedsegTrainOptions, args))
     if not res.is_global_zero:  # other DDP ranks: rank 0 reports and writes the model file
         return 0
     say(

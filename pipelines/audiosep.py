@@ -18,19 +18,20 @@ import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric
 
 from audiosep.evaluate import source_dirs
 from audiosep.metrics import pit_si_snr_loss, reorder, si_snr
 from shared_backbones.checkpoint import read_torch_file
+from shared_backbones.cliutil import check_output
 from shared_backbones.errors import InputError
+from shared_backbones.folds import kfold_splits
+from shared_backbones.options import duration_seconds
 
-from .base import SuiteModule
+from .base import SuiteModule, eval_sampler
 from .export import export_checkpoint
-from .kfold import kfold_splits
-from .trainer import FitResult, build_trainer, fit
+from .trainer import FitResult, child_ranks, resolve_accelerator, train_run, work_folder
 
 
 class SeparationMetric(Metric):
@@ -68,6 +69,12 @@ def _crop(arrays: list[np.ndarray], n: int | None, rng: np.random.Generator | No
     return [a[start : start + n] for a in arrays]
 
 
+def _rng() -> np.random.Generator:
+    """A NumPy generator drawn from torch's (seeded by ``--seed``, and per data-loader worker by Lightning), so
+    random crops and mixtures repeat with the seed and still differ from epoch to epoch."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
 def _read(path: Path, rate: int) -> np.ndarray:
     a, r = sf.read(str(path), dtype="float32", always_2d=True)
     if r != rate:
@@ -100,7 +107,7 @@ class LibriMixDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         name = self.files[i]
         arrays = [_read(self.root / "mix" / name, self.rate)] + [_read(d / name, self.rate) for d in self.srcs]
-        rng = np.random.default_rng() if self.train else None
+        rng = _rng() if self.train else None
         arrays = _crop(arrays, self.n, rng)
         return torch.from_numpy(arrays[0])[None], torch.from_numpy(np.stack(arrays[1:]))
 
@@ -158,7 +165,7 @@ class DynamicMixDataset(Dataset):
         return np.interp(np.arange(self.n) * f, np.arange(span), seg).astype(np.float32)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng(None if self.seed is None else self.seed + i)
+        rng = _rng() if self.seed is None else np.random.default_rng(self.seed + i)
         if self.speakers is not None:
             spk = rng.choice(len(self.speakers), self.k, replace=False)
             picks = [self.speakers[s][int(rng.integers(len(self.speakers[s])))] for s in spk]
@@ -200,48 +207,6 @@ class TimeCosineLR(L.Callback):
         for opt in trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = self.lr * min(1.0, scale)
-
-
-class BudgetStop(L.Callback):
-    """Stop early enough that the final validation still ends inside ``--max-time``: Lightning's timer stops
-    training at the budget and then runs one more validation, so a run would overshoot by a validation. Time counts
-    from the start of fit (sanity check included); the last validation's duration is kept as the reserve."""
-
-    def __init__(self, budget_s: float) -> None:
-        self.budget = budget_s
-        self.fit_start = self.val_start = None
-        self.val_seconds = 0.0
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
-        self.fit_start = time.monotonic()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
-        self.val_start = time.monotonic()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import time
-
-        if not trainer.sanity_checking:  # the sanity check runs 2 batches only
-            self.val_seconds = time.monotonic() - self.val_start
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        import time
-
-        stop = time.monotonic() - self.fit_start + self.val_seconds >= self.budget
-        trainer.should_stop = trainer.should_stop or bool(trainer.strategy.broadcast(stop))
-
-
-def parse_max_time(text: str) -> float:
-    """``DD:HH:MM:SS`` -> seconds (Lightning's ``max_time`` string)."""
-    parts = [int(p) for p in text.split(":")]
-    if len(parts) != 4:
-        raise InputError(f"--max-time must be DD:HH:MM:SS, got {text!r}")
-    d, h, m, s = parts
-    return float(((d * 24 + h) * 60 + m) * 60 + s)
 
 
 class AudiosepDataModule(L.LightningDataModule):
@@ -297,10 +262,20 @@ class AudiosepDataModule(L.LightningDataModule):
         trainer = self.trainer
         sampler = None
         if trainer is not None and trainer.world_size > 1:  # each utterance scored once over all ranks
-            sampler = UnrepeatedDistributedSampler(
-                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
+            sampler = eval_sampler(self.val_set, trainer.world_size, trainer.global_rank)
         return DataLoader(self.val_set, batch_size=1, sampler=sampler, num_workers=self.hparams.num_workers)
+
+    def validation_size(self) -> int:
+        """Number of validation mixtures (known before any process is launched)."""
+        hp = self.hparams
+        if hp.val_dir:
+            return len(LibriMixDataset(hp.val_dir, hp.rate, None, train=False))
+        files = LibriMixDataset(hp.data_dir, hp.rate).files
+        if not 2 <= hp.folds <= len(files):
+            raise InputError(f"--folds {hp.folds}: needs 2 .. {len(files)} (the number of mixtures)", hp.data_dir)
+        if not 0 <= hp.fold < hp.folds:
+            raise InputError(f"--fold {hp.fold} out of range (0..{hp.folds - 1})")
+        return len(kfold_splits(len(files), hp.folds, seed=0)[hp.fold][1])
 
 
 class AudiosepModule(SuiteModule):
@@ -394,6 +369,7 @@ def train_audiosep(
     *,
     arch: str = "convtasnet-small",
     arch_kwargs: dict | None = None,
+    reversible: bool = False,
     val_dir: str | Path | None = None,
     dynamic_mixing: bool = False,
     sample_rate: int = 8000,
@@ -402,17 +378,21 @@ def train_audiosep(
     batch_size: int = 4,
     epochs: int = 50,
     max_steps: int = -1,
-    max_time: str | None = None,
+    max_time: str | float | None = None,
     lr: float = 1e-3,
     scheduler: str = "plateau",
     epoch_size: int = 1000,
     speed_perturb: float = 0.0,
     precision: str = "auto",
-    accelerator: str = "auto",
+    device: str | None = None,
+    accelerator: str | None = None,
     devices: int | str = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
     fold: int = 0,
     folds: int = 5,
     workers: int = 0,
+    work_dir: str | Path | None = None,
     run_dir: str | Path | None = None,
     resume: str | Path | None = None,
     quiet: bool = False,
@@ -422,25 +402,24 @@ def train_audiosep(
     threads: int | str | None = None,
 ) -> FitResult:
     """Train a separation model and export the best checkpoint (highest validation SI-SNR) to ``out``, the suite's
-    model file, with its validation SI-SNR and SI-SNRi (dB) in ``metrics``. ``resume="last"`` continues from the run
-    folder's ``last.ckpt``. ``threads``: torch intra-op threads during the fit (restored after; default: torch's).
-    On a small CPU shared with other jobs one thread trains the small presets several times faster per wall second
-    than two (OpenMP threads wait on each other whenever one is descheduled). Returns the fit result; its
-    ``metrics`` hold the best checkpoint's validation figures."""
+    model file, with its validation SI-SNR and SI-SNRi (dB) in ``metrics``, through the suite's one training path
+    (:func:`pipelines.trainer.train_run`: seed before the model is built, so two runs with one seed are identical).
+    ``resume="last"`` continues from the work folder's ``last.ckpt`` (:func:`pipelines.trainer.work_folder`;
+    ``run_dir`` is the older name of ``work_dir``). ``threads``: torch intra-op threads during the fit (restored
+    after; default: torch's). On a small CPU shared with other jobs one thread trains the small presets several
+    times faster per wall second than two. Returns the fit result; its ``metrics`` hold the best checkpoint's
+    validation figures."""
     if speed_perturb and not dynamic_mixing:
         raise InputError("--speed-perturb needs --dynamic-mixing (it perturbs the sources of on-the-fly mixtures)")
     if not 0 <= speed_perturb < 1:
         raise InputError(f"--speed-perturb must be in [0, 1), got {speed_perturb:g}")
-    if scheduler == "time-cosine" and not max_time:
+    resolve_accelerator(device, devices, accelerator)  # an unavailable device: one line, before any work
+    check_output(out, overwrite or resume is not None)  # before any work
+    budget = duration_seconds(max_time)
+    if scheduler == "time-cosine" and not budget:
         raise InputError("--scheduler time-cosine needs --max-time (the schedule runs over the time budget)")
-    module = AudiosepModule(
-        arch=arch,
-        arch_kwargs=arch_kwargs,
-        sample_rate=sample_rate,
-        num_sources=num_sources,
-        lr=lr,
-        scheduler=None if scheduler == "time-cosine" else scheduler,
-    )
+    if reversible:
+        arch_kwargs = {**(arch_kwargs or {}), "reversible": True}
     dm = AudiosepDataModule(
         str(data_dir),
         None if val_dir is None else str(val_dir),
@@ -454,48 +433,64 @@ def train_audiosep(
         epoch_size=epoch_size,
         speed_perturb=speed_perturb,
     )
-    run_dir = Path(run_dir) if run_dir else Path(out).parent / (Path(out).stem + "_run")
-    if resume == "last":
-        resume = run_dir / "checkpoints" / "last.ckpt"
-        if not resume.is_file():
-            raise InputError("no last.ckpt to resume from (give the checkpoint path)", resume)
-    elif resume is not None and not Path(resume).is_file():
-        raise InputError("checkpoint to resume from not found", resume)
-    trainer = build_trainer(
-        run_dir,
-        max_epochs=epochs,
-        max_steps=max_steps,
-        max_time=max_time,
-        precision=precision,
-        accelerator=accelerator,
-        devices=devices,
-        monitor="val_si_snr",
-        mode="max",
-        gradient_clip_val=5.0,
-        quiet=quiet,
-        seed=seed,
-        log_every_n_steps=5,
-        limit_val_batches=limit_val_batches,
-    )
-    if max_time:
-        trainer.callbacks.append(BudgetStop(parse_max_time(max_time)))
-    if scheduler == "time-cosine":
-        trainer.callbacks.append(TimeCosineLR(parse_max_time(max_time), lr))
+    val_size = dm.validation_size()
     old_threads = torch.get_num_threads()
-    if threads == "auto":
-        threads = _auto_threads(module, sample_rate, num_sources, segment, batch_size, accelerator, quiet)
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
+    chosen: dict[str, Any] = {"threads": threads}
+
+    def make_module() -> AudiosepModule:
+        module = AudiosepModule(
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            sample_rate=sample_rate,
+            num_sources=num_sources,
+            lr=lr,
+            scheduler=None if scheduler == "time-cosine" else scheduler,
+        )
+        if threads == "auto":
+            where = device if device not in (None, "auto") else (accelerator or "auto")
+            chosen["threads"] = _auto_threads(module, sample_rate, num_sources, segment, batch_size, where, quiet)
+        if chosen["threads"] is not None:
+            torch.set_num_threads(max(1, int(chosen["threads"])))
+        return module
+
+    path = work_folder(out, work_dir or run_dir)
     try:
-        res = fit(module, dm, trainer, export_to=None, ckpt_path=resume, overwrite=overwrite)
+        with child_ranks():
+            res = train_run(
+                None,
+                path,
+                make_module,
+                dm,
+                val_size=val_size,
+                val_what="validation mixture(s)",
+                seed=seed,
+                device=device,
+                devices=devices,
+                accelerator=accelerator,
+                precision=precision,
+                num_nodes=num_nodes,
+                strategy=strategy,
+                max_time=budget,
+                resume=resume,
+                quiet=quiet,
+                overwrite=overwrite,
+                max_epochs=epochs,
+                max_steps=max_steps,
+                monitor="val_si_snr",
+                mode="max",
+                gradient_clip_val=5.0,
+                log_every_n_steps=5,
+                limit_val_batches=limit_val_batches,
+                callbacks=[TimeCosineLR(budget, lr)] if scheduler == "time-cosine" else None,
+            )
+            res.metrics = {**res.metrics, "steps": int(res.global_step)}
+            if chosen["threads"] is not None:
+                res.metrics = {**res.metrics, "threads": int(chosen["threads"])}
+            if res.best_checkpoint is not None:
+                val = read_torch_file(res.best_checkpoint).get("audiosep_val") or {}
+                res.metrics = {**res.metrics, **val}
+                if res.is_global_zero:
+                    res.model_file = export_checkpoint(res.best_checkpoint, out, overwrite=True, metrics=val)
     finally:
         torch.set_num_threads(old_threads)
-    res.metrics = {**res.metrics, "steps": int(trainer.global_step)}
-    if threads is not None:
-        res.metrics = {**res.metrics, "threads": int(threads)}
-    if res.best_checkpoint is not None:
-        val = read_torch_file(res.best_checkpoint).get("audiosep_val") or {}
-        res.metrics = {**res.metrics, **val}
-        if trainer.is_global_zero:
-            res.model_file = export_checkpoint(res.best_checkpoint, out, overwrite=overwrite, metrics=val)
     return res

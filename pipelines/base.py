@@ -8,7 +8,6 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from shared_backbones.checkpoint import ModelFile
 from shared_backbones.registry import create_model
 
 
@@ -79,23 +78,33 @@ class SuiteModule(L.LightningModule):
         if "convsuite" in checkpoint:
             self.suite_cfg = dict(checkpoint["convsuite"])
 
-    def to_model_file(self, metrics: dict[str, Any] | None = None) -> ModelFile:
-        """The suite's model file for the current weights."""
-        hp = _Cfg(self.suite_cfg)
-        return ModelFile.from_model(self.model, task=hp.task, arch=hp.arch, arch_kwargs=dict(hp.arch_kwargs or {}),
-                                    classes=list(hp.classes or []), preprocessing=dict(hp.preprocessing or {}),
-                                    metrics=dict(metrics or {}))
+
+def eval_sampler(dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> Any:
+    """The validation sampler under DDP: each rank a disjoint shard, without the padding Lightning's default
+    ``DistributedSampler`` adds (repeated samples would bias the metrics), so that with metrics synced across ranks
+    (torchmetrics) N processes report exactly what one process computes. None without distribution. A set smaller
+    than the number of processes is one line (exit 2), not an assertion deep in Lightning."""
+    import torch.distributed as dist
+
+    if num_replicas is None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        num_replicas, rank = dist.get_world_size(), dist.get_rank()
+    if num_replicas <= 1:
+        return None
+    if len(dataset) < num_replicas:
+        from shared_backbones.errors import InputError
+
+        raise InputError(f"the validation set has {len(dataset)} item(s), fewer than the {num_replicas} training "
+                         "processes: use a larger validation set or fewer processes")
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
 
 def eval_dataloader(dataset: Dataset, batch_size: int = 1, **kwargs: Any) -> DataLoader:
-    """A validation/test loader that, under DDP, gives each rank a disjoint shard without the padding Lightning's
-    default ``DistributedSampler`` adds (repeated samples would bias the metrics): with metrics synced across
-    ranks (torchmetrics), N processes then report exactly what one process computes on the same data."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-        sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+    """A validation/test loader with :func:`eval_sampler` under DDP (disjoint shards, exact synced metrics)."""
+    sampler = eval_sampler(dataset)
+    if sampler is not None:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn as nn
@@ -14,6 +16,7 @@ from shared_backbones.blocks import ConvNormAct, reversible_mbconv_sequence
 from shared_backbones.registry import register_model
 
 from .base import SuiteModule, eval_dataloader
+from .trainer import FitResult, child_ranks, train_run, work_folder
 
 
 @register_model("example-revnet1d", task="example")
@@ -93,3 +96,21 @@ class ExampleDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return eval_dataloader(self.val_set, batch_size=self.hparams.batch_size)
+
+
+def train_example(out: str | Path | None, *, epochs: int = 3, n_train: int = 256, n_val: int = 64,
+                  batch_size: int = 32, lr: float = 3e-3, arch_kwargs: dict | None = None, seed: int = 0,
+                  device: str = "auto", devices: int | str = "auto", precision: str = "auto", num_nodes: int = 1,
+                  strategy: str = "auto", max_time: str | float | None = None, resume: str | None = None,
+                  work_dir: str | Path | None = None, quiet: bool = False, overwrite: bool = False,
+                  module_class: type[ExampleModule] = ExampleModule) -> FitResult:
+    """The example task through the suite's one training path (as every train command): seeded before the model is
+    built, time budget, resume from ``<out stem>_run/checkpoints/last.ckpt``, DDP, export of the best checkpoint to
+    ``out`` (None: none; then ``work_dir`` is required)."""
+    dm = ExampleDataModule(n_train=n_train, n_val=n_val, batch_size=batch_size)
+    with child_ranks():
+        return train_run(out, work_folder(out, work_dir) if out is not None else Path(work_dir),
+                         lambda: module_class(arch_kwargs=arch_kwargs, lr=lr), dm, val_size=n_val,
+                         val_what="validation pattern(s)", seed=seed, device=device, devices=devices,
+                         precision=precision, num_nodes=num_nodes, strategy=strategy, max_time=max_time,
+                         resume=resume, quiet=quiet, overwrite=overwrite, max_epochs=epochs, log_every_n_steps=2)

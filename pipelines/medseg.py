@@ -43,7 +43,17 @@ from shared_backbones.folds import kfold_splits
 from shared_backbones.registry import create_model
 
 from .base import SuiteModule, eval_dataloader
-from .trainer import FitResult, build_trainer, fit, is_global_zero, seed_everything
+from .trainer import (
+    FitResult,
+    child_ranks,
+    is_global_zero,
+    legacy_work_folder,
+    resolve_accelerator,
+    resolve_resume,
+    seed_everything,
+    train_run,
+    work_folder,
+)
 
 TASK = "medseg"
 
@@ -229,17 +239,28 @@ def train_medseg(data_dir: str | Path, out: str | Path, *, arch: str = "unet3d",
                  optimizer: str = "sgd", lr: float = 1e-2, scheduler: str | None = "poly", precision: str = "auto",
                  device: str = "auto", devices: int | str = "auto", workers: int = 0,
                  work_dir: str | Path | None = None, resume: str | Path | None = None, seed: int = 0,
-                 quiet: bool = False, overwrite: bool = False, max_time: str | None = None,
-                 base_channels: int | None = None, num_nodes: int = 1, strategy: str = "auto") -> FitResult:
-    """Plan, train a fold and export the best checkpoint (by ``val_dice``) to ``out`` with its preprocessing.
+                 quiet: bool = False, overwrite: bool = False, max_time: str | float | None = None,
+                 base_channels: int | None = None, num_nodes: int = 1, strategy: str = "auto",
+                 accelerator: str | None = None) -> FitResult:
+    """Plan, train a fold and export the best checkpoint (by ``val_dice``) to ``out`` with its preprocessing,
+    through the suite's one training path (:func:`pipelines.trainer.train_run`).
 
     ``devices``/``num_nodes`` > 1 train with DDP (Lightning relaunches the command in each process, or detects a
-    torchrun / SLURM launch); only global rank 0 writes ``out``, after every rank has finished. ``resume="last"``
-    continues from ``<work_dir>/checkpoints/last.ckpt``; ``max_time`` bounds the whole run, validation included."""
+    torchrun / SLURM launch); only global rank 0 writes ``out``, after every rank has finished. The work folder is
+    ``<output stem>_run/`` (or ``work_dir``); ``resume="last"`` continues from its ``checkpoints/last.ckpt`` (the
+    older ``<output>.train/`` is still found, with a notice); ``max_time`` bounds the whole run, validation
+    included."""
     if fold == "all":
         raise InputError("medseg train trains one fold at a time: give --fold K (run the command once per fold)")
+    resolve_accelerator(device, devices, accelerator)  # an unavailable device: one line, before any work
+    work = work_folder(out, work_dir)
+    legacy = [] if work_dir else [legacy_work_folder(out)]
+    resolve_resume(resume, work, legacy, notice=lambda m: None)  # a missing checkpoint: one line, before any work
     seed_everything(seed)  # before planning and before the network's weights are drawn
     info = read_dataset(data_dir)
+    n_folds = min(folds, len(info.cases))
+    if not 0 <= int(fold) < n_folds:
+        raise InputError(f"--fold {fold} is out of range for {n_folds} folds")
     nonfinite: list[tuple[str, int]] = []
     plan = plan_training(info, spacing, patch_size, nonfinite=nonfinite)
     if nonfinite:
@@ -256,14 +277,20 @@ def train_medseg(data_dir: str | Path, out: str | Path, *, arch: str = "unet3d",
         quiet or not is_global_zero())
     preprocessing = {k: v for k, v in plan.items() if k != "strides"}
     preprocessing.update({"dataset": info.root.name, "fold": int(fold), "folds": folds})
-    seed_everything(seed)
-    module = MedsegModule(arch=arch, arch_kwargs=kwargs, classes=info.classes, preprocessing=preprocessing,
-                          optimizer=optimizer, lr=lr, scheduler=scheduler)
-    work_dir = Path(work_dir) if work_dir else Path(out).with_name(Path(out).name + ".train")
     dm = MedsegDataModule(str(data_dir), plan, fold=int(fold), folds=folds, batch_size=batch_size,
                           steps_per_epoch=steps_per_epoch, workers=workers, seed=seed,
-                          cache_dir=str(work_dir / "preprocessed"), quiet=quiet)
-    trainer = build_trainer(work_dir, max_epochs=epochs, max_time=max_time, precision=precision, device=device,
-                            devices=devices, num_nodes=num_nodes, strategy=strategy, monitor="val_dice", mode="max",
-                            gradient_clip_val=12.0, quiet=quiet, log_every_n_steps=min(10, steps_per_epoch))
-    return fit(module, dm, trainer, export_to=out, ckpt_path=resume, overwrite=overwrite)
+                          cache_dir=str(work / "preprocessed"), quiet=quiet)
+    val_size = len(dm.split(len(info.cases))[1])
+
+    def make_module() -> MedsegModule:
+        return MedsegModule(arch=arch, arch_kwargs=kwargs, classes=info.classes, preprocessing=preprocessing,
+                            optimizer=optimizer, lr=lr, scheduler=scheduler)
+
+    with child_ranks():
+        return train_run(out, work, make_module, dm, val_size=val_size, val_what="validation case(s)", seed=seed,
+                         device=device, devices=devices, accelerator=accelerator, precision=precision,
+                         num_nodes=num_nodes, strategy=strategy, max_time=max_time, resume=resume,
+                         legacy_work_dirs=legacy, quiet=quiet, overwrite=overwrite, max_epochs=epochs,
+                         monitor="val_dice", mode="max", gradient_clip_val=12.0,
+                         log_every_n_steps=min(10, steps_per_epoch),
+                         notice=lambda m: say(m, quiet or not is_global_zero()))

@@ -7,7 +7,6 @@ temporal subsampling (stride 1-2, random offset) as augmentation; AdamW 5e-4 wit
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +33,12 @@ from medseg.phases.models import COLON_CLASSES, final_logits, mstcn_loss
 from medseg.phases.segmetrics import SegmentalEdit, SegmentalF1
 from shared_backbones.cliutil import prepare_outputs
 from shared_backbones.errors import InputError
+from shared_backbones.folds import group_kfold_splits, kfold_splits
 
-from .base import SuiteModule
-from .kfold import group_kfold_splits, kfold_splits
-from .trainer import build_trainer, fit
+from .base import SuiteModule, eval_sampler
+from .trainer import RankFailedError, child_ranks, resolve_accelerator, resolve_resume, train_run, work_folder
+
+__all__ = ["RankFailedError", "train_phases"]  # RankFailedError: shared by every train command (pipelines.trainer)
 
 IGNORE = -100
 OVERLAPS = (0.10, 0.25, 0.50)
@@ -124,10 +125,7 @@ class PhasesDataModule(L.LightningDataModule):
         ds = VideoDataset(self.val)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-            sampler = UnrepeatedDistributedSampler(ds, num_replicas=trainer.world_size, rank=trainer.global_rank,
-                                                   shuffle=False)
+            sampler = eval_sampler(ds, trainer.world_size, trainer.global_rank)
             return DataLoader(ds, batch_size=1, sampler=sampler, collate_fn=pad_collate)
         return DataLoader(ds, batch_size=1, collate_fn=pad_collate)
 
@@ -244,32 +242,20 @@ class FoldResult:
     metrics: dict
 
 
-class RankFailedError(RuntimeError):
-    """A training process other than rank 0 ended with an error."""
-
-
-def _children(launcher: Any) -> list:
-    """Processes Lightning's launcher started for the other ranks (only rank 0 of a locally launched run has any)."""
-    return list(getattr(launcher, "procs", None) or [])
-
-
-def _wait_for_children(procs: list) -> None:
-    """Rank 0 waits for the ranks it launched and fails when one of them failed."""
-    failed = [(i + 1, p.wait()) for i, p in enumerate(procs)]
-    failed = [(rank, rc) for rank, rc in failed if rc != 0]
-    if failed:
-        rank, rc = failed[0]
-        raise RankFailedError(f"training process of rank {rank} failed (exit code {rc})")
-
-
-def resume_checkpoint(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint to resume from: ``last`` = ``<run_dir>/checkpoints/last.ckpt``, else the given file."""
-    if resume is None:
-        return None
-    ckpt = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
-    if not ckpt.is_file():
-        raise InputError("no checkpoint to resume from (train without --resume first)", ckpt)
-    return ckpt
+def phases_arch_kwargs(arch: str, blocks: int | None = None, stages: int | None = None, causal: bool = False,
+                       reversible: bool = False) -> dict[str, Any]:
+    """The network's keyword arguments from the train options (``--blocks``/``--reversible``: ColonTCN only,
+    ``--stages``: MS-TCN only)."""
+    kw: dict[str, Any] = {"causal": True} if causal else {}
+    if arch == "colontcn":
+        if stages:
+            raise InputError("--stages applies to --arch mstcn")
+        kw.update({k: v for k, v in (("num_blocks", blocks), ("reversible", reversible or None)) if v is not None})
+    elif blocks or reversible:
+        raise InputError("--blocks and --reversible apply to --arch colontcn")
+    elif stages:
+        kw["num_stages"] = stages
+    return kw
 
 
 def train_phases(
@@ -278,8 +264,12 @@ def train_phases(
     *,
     arch: str = "colontcn",
     arch_kwargs: dict | None = None,
+    blocks: int | None = None,
+    stages: int | None = None,
+    causal: bool = False,
+    reversible: bool = False,
     folds: int = 4,
-    fold: int | None = 0,
+    fold: int | str | None = 0,
     groups: str | Path | None = None,
     split_dir: str | Path | None = None,
     epochs: int = 50,
@@ -287,28 +277,40 @@ def train_phases(
     lr: float = 5e-4,
     fps: float = 5.0,
     layout: str = "auto",
-    background: Sequence[str] = (),
+    background: Sequence[str] | None = (),
     precision: str = "auto",
-    accelerator: str = "auto",
+    device: str | None = None,
+    accelerator: str | None = None,
     devices: int | str | list[int] = "auto",
-    max_time: str | None = None,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    max_time: str | float | None = None,
+    work_dir: str | Path | None = None,
     resume: str | None = None,
     quiet: bool = False,
     overwrite: bool = False,
     seed: int = 0,
     notice: Callable[[str], None] | None = None,
 ) -> list[FoldResult]:
-    """Train one fold (``fold``) or all folds (``fold=None``): ``out`` gets ``_fold<k>`` inserted for each fold.
+    """Train one fold (``fold``) or all folds (``fold=None`` or ``"all"``): ``out`` gets ``_fold<k>`` inserted for
+    each fold, through the suite's one training path (:func:`pipelines.trainer.train_run`).
 
     With ``groups`` (CSV video,group) folds never split a group; ``folds=0`` with groups is leave-one-group-out;
     ``split_dir`` takes fixed MS-TCN split bundles instead (fold k = ``*.split<k+1>.bundle``). ``seed`` is set before
-    each fold's model is built, so two runs with the same seed give the same weights. ``resume``: ``"last"`` (each
-    fold's ``<out>_run/checkpoints/last.ckpt``) or a checkpoint file (one fold only).
+    each fold's model is built, so two runs with the same seed give the same weights. The work folder of a fold is
+    ``<model stem>_run/`` next to its model file (or ``work_dir``, ``work_dir/fold<k>`` for every fold);
+    ``resume``: ``"last"`` (each fold's ``checkpoints/last.ckpt``) or a checkpoint file (one fold only).
 
     Under DDP (``devices`` > 1) every rank runs this function; rank 0 alone exports one model file per fold and
     scores it, the other ranks return ``[]``; rank 0 waits for the ranks it launched and raises
-    :class:`RankFailedError` when one of them failed."""
+    :class:`~pipelines.trainer.RankFailedError` when one of them failed."""
+    fold = None if fold in (None, "all") else int(fold)
+    resolve_accelerator(device, devices, accelerator)  # an unavailable device: one line, before any work
+    if folds == 0 and not groups and not split_dir:
+        raise InputError("--folds 0 (leave-one-group-out) needs --groups")
+    kw = {**phases_arch_kwargs(arch, blocks, stages, causal, reversible), **(arch_kwargs or {})}
     ids, videos, classes = load_dataset(data_dir, layout=layout, notice=notice)
+    background = list(background or ())
     index = {c.lower(): i for i, c in enumerate(classes)}
     unknown = [b for b in background if b.lower() not in index]
     if unknown:
@@ -328,65 +330,47 @@ def train_phases(
         raise InputError("--resume with a checkpoint file needs one --fold (or --resume alone for every fold)")
     out = Path(out)
     paths = {k: out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}") for k in todo}
+    works = {k: work_folder(paths[k], work_dir, fold=None if fold is not None else k) for k in todo}
     prepare_outputs(paths.values(), overwrite=overwrite or resume is not None)  # before any fold is trained
+    for k in todo:
+        resolve_resume(resume, works[k])  # every checkpoint to resume from exists, before any fold is trained
     results: list[FoldResult] = []
-    launcher = None  # the first fold's launcher starts the other ranks; later folds reuse the processes
-    try:
+    with child_ranks():
         for k in todo:
             tr, va = splits[k]
             train_v, val_v = [videos[i] for i in tr], [videos[i] for i in va]
-            path = paths[k]
-            run_dir = path.parent / f"{path.stem}_run"
-            ckpt = resume_checkpoint(run_dir, resume)
-            L.seed_everything(seed, workers=True, verbose=False)  # before the model is built
-            kw = {"in_features": dim, **(arch_kwargs or {})}
-            module = PhasesModule(arch, kw, classes, class_weights_of(train_v), fps, lr, background=bg)
-            trainer = build_trainer(
-                run_dir,
-                max_epochs=epochs,
-                max_time=max_time,
-                precision=precision,
-                accelerator=accelerator,
-                devices=devices,
-                quiet=quiet,
-                seed=seed,
-                log_every_n_steps=1,
-            )
-            launcher = launcher or getattr(trainer.strategy, "launcher", None)
-            world = trainer.num_devices * trainer.num_nodes
-            if len(val_v) < world:
-                raise InputError(f"fold {k} has {len(val_v)} validation video(s), fewer than the {world} processes")
+            path, work = paths[k], works[k]
             try:
-                res = fit(module, PhasesDataModule(train_v, val_v, batch_size), trainer, export_to=path,
-                          ckpt_path=ckpt, overwrite=overwrite or ckpt is not None)
+                res = train_run(path, work, lambda train_v=train_v: PhasesModule(
+                                    arch, {"in_features": dim, **kw}, classes, class_weights_of(train_v), fps, lr,
+                                    background=bg),
+                                PhasesDataModule(train_v, val_v, batch_size), val_size=len(val_v),
+                                val_what=f"validation video(s) in fold {k}", seed=seed, device=device,
+                                devices=devices, accelerator=accelerator, precision=precision, num_nodes=num_nodes,
+                                strategy=strategy, max_time=max_time, resume=resume, quiet=quiet,
+                                overwrite=overwrite, max_epochs=epochs, log_every_n_steps=1)
             except RuntimeError as exc:
-                if ckpt is not None and "state_dict" in str(exc):
+                if resume is not None and "state_dict" in str(exc):
                     raise InputError("the checkpoint does not fit this model (another --arch, --blocks, --stages, "
-                                     "feature width or class list?)", ckpt) from None
+                                     "feature width or class list?)", resume_file(resume, work)) from None
                 raise
-            if not trainer.is_global_zero:
+            if not res.is_global_zero:
                 continue
             if res.model_file is None:
                 raise InputError(f"fold {k}: no checkpoint was saved (training stopped before its first validation; "
-                                 "allow more --max-time or --epochs)", run_dir)
+                                 "allow more --max-time or --epochs)", work)
             from medseg.phases.predict import PhaseModel
 
             pm = PhaseModel.from_file(res.model_file, "cpu", "fp32")
             preds = [pm.probabilities(f).argmax(1) for f, _ in val_v]
             _, total = evaluate_predictions(preds, [y for _, y in val_v], [ids[i] for i in va], classes, fps, bg)
             results.append(FoldResult(k, res.model_file, {c: total[c] for c in COLUMNS if c in total}))
-    except BaseException:
-        for p in _children(launcher):  # never leave the other ranks waiting in a collective
-            if p.poll() is None:
-                p.kill()
-        raise
-    _wait_for_children(_children(launcher))
     return results
 
 
-def is_worker_rank() -> bool:
-    """True in a process that Lightning's launcher started for a rank other than 0."""
-    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+def resume_file(resume: str | Path, work: Path) -> Path:
+    """The checkpoint ``--resume`` names for a fold's work folder."""
+    return work / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
 
 
 class PhasesFilesDataModule(PhasesDataModule):

@@ -10,7 +10,6 @@ fold's held-out metrics (overall accuracy, kappa, per-class F1).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCohenKappa
 
 from remote.evaluate import classification_metrics
 from remote.fields import open_fields
-from remote.io import DEFAULT_BANDS, DEFAULT_SCL_INVALID, S2Series
 from remote.models import CLASSES, DEFAULT_INDICES, margin_loss
+from remote.naming import DEFAULT_BANDS, DEFAULT_SCL_INVALID
 from remote.predict import RemoteModel
+from remote.reader import S2Series
 from remote.samples import (
     LABEL_NODATA,
     PixelSamples,
@@ -45,7 +45,7 @@ from shared_backbones.folds import group_kfold_splits, kfold_splits
 from shared_backbones.registry import create_model, model_entry
 
 from .base import SuiteModule, eval_dataloader
-from .trainer import build_trainer, fit, seed_everything
+from .trainer import child_ranks, resolve_accelerator, resolve_resume, seed_everything, train_run, work_folder
 
 
 class ChipDataset(Dataset):
@@ -96,7 +96,8 @@ class RemoteFilesDataModule(RemoteDataModule):
                  block_size: int = 32, buffer: int = 2, chip: int = 64, max_per_class: int | None = 20000,
                  batch_size: int = 256, seed: int = 0, dates: list[str] | None = None,
                  band_order: list[str] | None = None, offset: float | None = None) -> None:
-        from remote.io import open_series, read_date_list
+        from remote.discovery import open_series
+        from remote.naming import read_date_list
 
         classes = list(classes or CLASSES)
         series = None
@@ -365,8 +366,8 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
                  scl_invalid: Sequence[int] | None = DEFAULT_SCL_INVALID, offset: float | None = None,
                  folds: int = 5, fold: int | str | None = 0, block_size: int = 32, buffer: int = 2, chip: int = 64,
                  max_per_class: int | None = 20000, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
-                 precision: str = "auto", accelerator: str = "auto", devices: int | str = "auto",
-                 max_time: str | None = None, quiet: bool = False, overwrite: bool = False,
+                 precision: str = "auto", accelerator: str | None = None, devices: int | str = "auto",
+                 max_time: str | float | None = None, quiet: bool = False, overwrite: bool = False,
                  seed: int = 0, fields: str | Path | None = None, field_id_attr: str | None = None,
                  per_field: bool = False, device: str | None = None, num_nodes: int = 1, strategy: str = "auto",
                  resume: str | Path | None = None, work_dir: str | Path | None = None,
@@ -377,8 +378,10 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
     mean time series is one sample, labelled with its majority class; folds are spatial blocks of field centroids.
 
     ``devices``/``num_nodes`` > 1 train with DDP; only global rank 0 writes model files and returns results (other
-    ranks return an empty list). ``resume="last"`` continues the fold from ``<work_dir>/checkpoints/last.ckpt``.
-    Returns each fold's model file and held-out metrics."""
+    ranks return an empty list). The work folder is ``<output stem>_run/`` (``--fold all``: ``<stem>_fold<k>_run/``,
+    or ``<work_dir>/fold<k>``); ``resume="last"`` continues the fold from its ``checkpoints/last.ckpt``. Every fold
+    takes the suite's one training path (:func:`pipelines.trainer.train_run`). Returns each fold's model file and
+    held-out metrics."""
     classes = list(classes or CLASSES)
     if no_cloud_mask:
         if scl_invalid not in (None, DEFAULT_SCL_INVALID) and list(scl_invalid):
@@ -388,6 +391,10 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
     fold = None if fold in (None, "all") else int(fold)
     if fold is None and resume:
         raise InputError("--resume continues one fold: give --fold K")
+    resolve_accelerator(device, devices, accelerator)  # an unavailable device: one line, before any work
+    out = Path(out)
+    if fold is not None:
+        resolve_resume(resume, work_folder(out, work_dir))  # a missing checkpoint: one line, before any work
     seed_everything(seed)
     data = prepare_remote_data(series=series, labels=labels, table=table, arch=arch,
                                arch_kwargs=_arch_kwargs(arch, arch_kwargs, channels, depth, n_modes, encoder),
@@ -398,45 +405,46 @@ def train_remote(out: str | Path, *, series: S2Series | None = None, labels: str
     splits, spatial = data.splits, data.chips is not None
     if fold is not None and not 0 <= fold < len(splits):
         raise InputError(f"--fold {fold} out of range (0..{len(splits) - 1})")
-    out = Path(out)
     results = []
-    for k in (range(len(splits)) if fold is None else [fold]):
-        tr, te = splits[k]
-        train_t, val_t, cw, pre = data.fold_tensors(k, classes, buffer)
-        seed_everything(seed + k)  # before the network's weights are drawn
-        module = RemoteModule(arch, data.arch_kwargs, classes, pre, cw, lr)
-        path = out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}")
-        run_dir = Path(work_dir) / f"fold{k}" if work_dir and fold is None else \
-            Path(work_dir) if work_dir else path.parent / f"{path.stem}_run"
-        trainer = build_trainer(run_dir, max_epochs=epochs, max_time=max_time, precision=precision,
-                                accelerator=accelerator, devices=devices, device=device, num_nodes=num_nodes,
-                                strategy=strategy, quiet=quiet, log_every_n_steps=5, monitor="val_loss", mode="min")
-        res = fit(module, RemoteDataModule(train_t, val_t, batch_size, chips=spatial), trainer, export_to=path,
-                  ckpt_path=resume, overwrite=overwrite)
-        if not res.is_global_zero:
-            continue
-        rm = RemoteModel.from_file(res.model_file, "cpu", "fp32")
-        if spatial:
-            xs, ys = data.chips[0], data.chips[1]
-            pred = np.stack([rm.spatial_probabilities(xs[i]).argmax(0) for i in te])
-            ref = ys[te]
-            keep = ref != LABEL_NODATA
-            m = classification_metrics(pred[keep], ref[keep], classes)
-        else:
-            s = data.samples
-            m = classification_metrics(rm.pixel_probabilities(s.x[te]).argmax(1), s.y[te], classes)
-        n_params = int(sum(p.numel() for p in rm.model.parameters()))
-        mf = load_model_file(res.model_file, task="remote")
-        mf.metrics.update(fold=k, folds=len(splits), test_overall_accuracy=m["overall_accuracy"],
-                          test_kappa=m["kappa"], test_macro_f1=m["macro_f1"],
-                          test_f1={c: v["f1"] for c, v in m["per_class"].items()}, n_train=int(len(tr)),
-                          n_test=int(len(te)), block_size=block_size if not spatial else data.chip, buffer=buffer,
-                          parameters=n_params)
-        save_model_file(res.model_file, mf, overwrite=True)
-        results.append(FoldResult(k, Path(res.model_file), m, int(len(tr)), int(len(te)), n_params))
+    with child_ranks():
+        for k in (range(len(splits)) if fold is None else [fold]):
+            tr, te = splits[k]
+            train_t, val_t, cw, pre = data.fold_tensors(k, classes, buffer)
+            path = out if fold is not None else out.with_name(f"{out.stem}_fold{k}{out.suffix}")
+            res = train_run(path, work_folder(path, work_dir, fold=None if fold is not None else k),
+                            lambda pre=pre, cw=cw: RemoteModule(arch, data.arch_kwargs, classes, pre, cw, lr),
+                            RemoteDataModule(train_t, val_t, batch_size, chips=spatial), val_size=len(te),
+                            val_what="held-out sample(s)" if not spatial else "held-out chip(s)", seed=seed + k,
+                            device=device, devices=devices, accelerator=accelerator, precision=precision,
+                            num_nodes=num_nodes, strategy=strategy, max_time=max_time, resume=resume, quiet=quiet,
+                            overwrite=overwrite, max_epochs=epochs, log_every_n_steps=5, monitor="val_loss",
+                            mode="min")
+            if res.is_global_zero:
+                results.append(_score_fold(res.model_file, data, k, classes, block_size, buffer))
     return results
 
 
-def season_grid(dates: Sequence[dt.date], step: int | None = None) -> list[dt.date]:
-    """The regular grid training uses for ``dates`` (step: median spacing when None)."""
-    return regular_grid(dates[0], dates[-1], step or default_step(dates))
+def _score_fold(model_file: Path, data: RemoteData, k: int, classes: list[str], block_size: int,
+                buffer: int) -> FoldResult:
+    """Held-out metrics of fold ``k``'s exported model, written into its model file."""
+    tr, te = data.splits[k]
+    spatial = data.chips is not None
+    rm = RemoteModel.from_file(model_file, "cpu", "fp32")
+    if spatial:
+        xs, ys = data.chips[0], data.chips[1]
+        pred = np.stack([rm.spatial_probabilities(xs[i]).argmax(0) for i in te])
+        ref = ys[te]
+        keep = ref != LABEL_NODATA
+        m = classification_metrics(pred[keep], ref[keep], classes)
+    else:
+        s = data.samples
+        m = classification_metrics(rm.pixel_probabilities(s.x[te]).argmax(1), s.y[te], classes)
+    n_params = int(sum(p.numel() for p in rm.model.parameters()))
+    mf = load_model_file(model_file, task="remote")
+    mf.metrics.update(fold=k, folds=len(data.splits), test_overall_accuracy=m["overall_accuracy"],
+                      test_kappa=m["kappa"], test_macro_f1=m["macro_f1"],
+                      test_f1={c: v["f1"] for c, v in m["per_class"].items()}, n_train=int(len(tr)),
+                      n_test=int(len(te)), block_size=block_size if not spatial else data.chip, buffer=buffer,
+                      parameters=n_params)
+    save_model_file(model_file, mf, overwrite=True)
+    return FoldResult(k, Path(model_file), m, int(len(tr)), int(len(te)), n_params)

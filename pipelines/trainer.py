@@ -7,18 +7,30 @@ What every task gets from :func:`build_trainer` and :func:`fit`:
   ``find_unused_parameters=False``); Lightning detects ``torchrun`` (TorchElastic) and SLURM (``srun``) launches;
 - ``max_time``: a time budget that includes validation (:class:`TimeBudget`);
 - ``ckpt_path="last"``: resume from the work folder's ``last.ckpt`` (epoch, step, optimiser, scheduler);
-- Ctrl-C raises :class:`KeyboardInterrupt` (the CLIs print "interrupted" and exit 130) instead of exiting with 1;
-- exactly one model file, written by global rank 0 after every rank has finished (barrier).
+- Ctrl-C raises :class:`KeyboardInterrupt` (the CLIs print "interrupted" and exit 130) instead of exiting with 1,
+  after the progress bar is closed (the line stands on its own), also when SIGINT was ignored by the parent shell
+  (a background job) or swallowed inside Lightning;
+- exactly one model file, written by global rank 0 after every rank has finished (barrier);
+- a failed rank: :class:`RankFailedError` (the CLIs print ``<prog>: error: training process of rank N failed
+  (exit code C)`` and exit 1) instead of a gloo traceback.
+
+:func:`train_run` is the one path every train command takes (``medseg train``, ``medseg phases train``, ``audiosep
+train``, ``remote train``, the example): device check, seed before the model is built, trainer, validation-set
+size check, resume, fit and export. The work folder follows one rule (:func:`work_folder`).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +39,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, RankFailedError, UserError
 from shared_backbones.options import duration_seconds
 from shared_backbones.precision import PrecisionPolicy
 
@@ -43,6 +55,7 @@ class FitResult:
     model_file: Path | None
     metrics: dict[str, float] = field(default_factory=dict)
     is_global_zero: bool = True
+    global_step: int = 0
 
 
 def seed_everything(seed: int | None) -> None:
@@ -131,6 +144,13 @@ class _Interrupted(logging.Filter):
         return "Detected KeyboardInterrupt" not in record.getMessage()
 
 
+class _SeedSet(logging.Filter):
+    """Hide Lightning's "Seed set to N" (a config's seed_everything): the suite prints nothing on every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Seed set to" not in record.getMessage()
+
+
 _FILTERS_ADDED = False
 
 
@@ -139,6 +159,7 @@ def _quiet_lightning(quiet: bool) -> None:
     if not _FILTERS_ADDED:
         for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
             logging.getLogger(name).addFilter(_Interrupted())
+        logging.getLogger("lightning.fabric.utilities.seed").addFilter(_SeedSet())
         _FILTERS_ADDED = True
     # Lightning 2.6 on torch 2.14 warns about its own pytree use on every run; nothing a user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -232,54 +253,219 @@ def _accelerator_device(accelerator: str) -> str:
     return "cpu"
 
 
-def resolve_resume(ckpt_path: str | Path | None, work_dir: str | Path) -> Path | None:
-    """``None`` -> None; ``"last"`` -> ``<work_dir>/checkpoints/last.ckpt``; a path must exist."""
+def work_folder(out: str | Path, work_dir: str | Path | None = None, *, fold: int | None = None) -> Path:
+    """The one rule for a train command's work folder (checkpoints, logs, caches): ``--work-dir W`` when given
+    (``W/fold<k>`` for the folds of ``--fold all``), else ``<output stem>_run/`` next to the model file (``out`` is
+    the file being written, so a fold of ``--fold all`` gets ``<stem>_fold<k>_run/``)."""
+    if work_dir:
+        return Path(work_dir) / f"fold{fold}" if fold is not None else Path(work_dir)
+    out = Path(out)
+    stem = out.name[: -len(".nii.gz")] if out.name.endswith(".nii.gz") else out.stem
+    return out.with_name(f"{stem}_run")
+
+
+def legacy_work_folder(out: str | Path) -> Path:
+    """``<output>.train/``: medseg's work folder before the one rule (still read by ``--resume`` for one release)."""
+    return Path(out).with_name(Path(out).name + ".train")
+
+
+def resolve_resume(ckpt_path: str | Path | None, work_dir: str | Path,
+                   legacy: Sequence[str | Path] = (), notice: Callable[[str], None] | None = None) -> Path | None:
+    """``None`` -> None; ``"last"`` -> ``<work_dir>/checkpoints/last.ckpt`` (or, with a notice, the one in a
+    ``legacy`` work folder of an older release); a path must exist."""
     if ckpt_path in (None, ""):
         return None
     path = Path(work_dir) / "checkpoints" / "last.ckpt" if str(ckpt_path) == "last" else Path(ckpt_path)
+    if str(ckpt_path) == "last" and not path.is_file():
+        for old in legacy:
+            old_last = Path(old) / "checkpoints" / "last.ckpt"
+            if old_last.is_file():
+                (notice or (lambda m: print(m, file=sys.stderr)))(
+                    f"notice: resuming from {old_last}: work folders are now {Path(work_dir)}/ (the old location "
+                    "is read for one more release; move the folder there)")
+                return old_last
     if not path.is_file():
-        what = "no last.ckpt in the work folder to resume from" if str(ckpt_path) == "last" else \
-            "checkpoint to resume from not found"
+        what = "no checkpoint to resume from (no last.ckpt in the work folder; train without --resume first)" \
+            if str(ckpt_path) == "last" else "checkpoint to resume from not found"
         raise InputError(what, path)
     return path
 
 
-def _wait_for_children(procs: list[Any]) -> None:
-    """At exit of rank 0: wait for the ranks Lightning started, and fail if one of them failed."""
-    failed = []
-    for p in procs:
+def resolve_accelerator(device: str | None = "auto", devices: int | str | list | None = "auto",
+                        accelerator: str | None = None) -> dict[str, Any]:
+    """Lightning's ``accelerator``/``devices`` for the contract's ``--device``/``--devices`` through
+    :func:`shared_backbones.cliutil.lightning_device` (a device this machine cannot run, e.g. ``mps`` off Apple
+    silicon or ``cuda`` without a GPU, is one line, exit 2). ``accelerator`` is the older keyword of the library
+    functions (``cpu``, ``gpu``/``cuda``, ``mps``, ``auto``), used when ``device`` is not given."""
+    from shared_backbones.cliutil import lightning_device
+
+    if device in (None, "auto") and accelerator not in (None, "auto"):
+        device = {"gpu": "cuda"}.get(str(accelerator), str(accelerator))
+    if isinstance(devices, list):
+        devices = ",".join(map(str, devices))
+    mapped = lightning_device(device or "auto", "auto" if devices is None else devices)
+    if isinstance(mapped["devices"], str) and mapped["devices"].isdigit():
+        mapped["devices"] = int(mapped["devices"])
+    return mapped
+
+
+def check_validation_size(n: int, trainer: L.Trainer, what: str = "validation item(s)") -> None:
+    """One line (exit 2) when the validation set is smaller than the number of training processes: every process
+    must score at least one item for the metrics, synced across processes, to stay exact."""
+    world = int(trainer.num_devices) * int(trainer.num_nodes)
+    if int(n) < world:
+        raise InputError(f"the validation set has {n} {what}, fewer than the {world} training processes "
+                         "(--devices x --num-nodes): use a larger validation set or fewer processes")
+
+
+# ------------------------------------------------------------------------------------- other ranks (DDP)
+#: the processes Lightning's launcher started for the other ranks of this node (rank 0 of a local launch only)
+_CHILDREN: list[Any] = []
+_ATEXIT = False
+
+
+def _exit_code(rc: int) -> int:
+    return 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as the shell shows it
+
+
+def _collect_children(trainer: L.Trainer) -> None:
+    global _ATEXIT
+    launcher = getattr(trainer.strategy, "launcher", None)
+    for p in list(getattr(launcher, "procs", None) or []):
+        if all(p is not q for q in _CHILDREN):
+            _CHILDREN.append(p)
+    if _CHILDREN and not _ATEXIT:
+        atexit.register(_wait_for_children_at_exit)
+        _ATEXIT = True
+
+
+def _failed_child(timeout: float) -> tuple[int, int] | None:
+    """(rank, exit code) of the first other rank that ended with an error, waiting up to ``timeout`` s for them."""
+    end = time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in _CHILDREN]
+        for i, rc in enumerate(codes):
+            if rc:
+                return i + 1, _exit_code(rc)
+        if all(rc is not None for rc in codes) or time.monotonic() >= end:
+            return None
+        time.sleep(0.1)
+
+
+def _kill_children() -> None:
+    for p in _CHILDREN:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    _CHILDREN.clear()
+
+
+def _wait_children() -> None:
+    """Wait for the other ranks (at most 10 min each, then stop them); :class:`RankFailedError` if one failed."""
+    failed = None
+    for i, p in enumerate(list(_CHILDREN)):
         try:
             rc = p.wait(timeout=600)
         except Exception:  # still running after 10 min: stop it, so no process outlives the command
             p.kill()
             rc = p.wait()
-        if rc:
-            failed.append(rc)
+        if rc and failed is None:
+            failed = (i + 1, _exit_code(rc))
+    _CHILDREN.clear()
     if failed:
-        print(f"{Path(sys.argv[0]).name}: error: {len(failed)} training process(es) failed (exit code "
-              f"{', '.join(map(str, failed))})", file=sys.stderr)
+        raise RankFailedError(*failed)
+
+
+def _wait_for_children_at_exit() -> None:
+    """Fallback for library use without :func:`child_ranks`: the documented line and exit 1 if a rank failed."""
+    try:
+        _wait_children()
+    except RankFailedError as exc:
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
         sys.stderr.flush()
-        os._exit(1)
+        os._exit(1)  # the exit status run_cli gives a failed rank
 
 
-_WATCHED: set[int] = set()
+def raise_for_other_ranks(trainer: L.Trainer, exc: BaseException) -> None:
+    """Rank 0's fit failed: when another rank failed first (rank 0's error is then the collective's "Connection
+    closed by peer"), raise :class:`RankFailedError` instead; the other ranks are stopped either way (they would
+    wait in a collective until the 30-minute timeout)."""
+    _collect_children(trainer)
+    failed = None if isinstance(exc, (UserError, KeyboardInterrupt)) else _failed_child(timeout=5.0)
+    _kill_children()
+    if failed:
+        raise RankFailedError(*failed) from None
 
 
-def _stop_children(trainer: L.Trainer) -> None:
-    """Rank 0 failed: end the processes Lightning started for the other ranks."""
-    for p in list(getattr(getattr(trainer.strategy, "launcher", None), "procs", []) or []):
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+@contextlib.contextmanager
+def child_ranks() -> Iterator[None]:
+    """Around a whole train command (all its folds): at the end, rank 0 waits for the ranks it launched and raises
+    :class:`RankFailedError` if one failed; on an error of rank 0 they are stopped (never left waiting in a
+    collective until the 30-minute timeout)."""
+    try:
+        yield
+    except BaseException:
+        _kill_children()
+        raise
+    _wait_children()
 
 
-def _watch_children(trainer: L.Trainer) -> None:
-    launcher = getattr(trainer.strategy, "launcher", None)
-    procs = list(getattr(launcher, "procs", []) or [])
-    new = [p for p in procs if id(p) not in _WATCHED]
-    if new:
-        _WATCHED.update(id(p) for p in new)
-        atexit.register(_wait_for_children, new)
+# ------------------------------------------------------------------------------------------------- Ctrl-C
+class _SigintGuard(Callback):
+    """Ctrl-C during fit always ends the fit with :class:`KeyboardInterrupt`: SIGINT is handled here even when the
+    parent ignored it (a command started as a background job of a script inherits SIGINT ignored, and then went on
+    training, or finished with exit 0); an interrupt swallowed on the way (inside Lightning, a finaliser, a data
+    loader) is raised again at the next batch and after fit."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigintGuard:
+        self.hit = False
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler if self._previous in (None, signal.SIG_IGN)
+                          else self._previous)
+            self._installed = False
+
+    def _check(self, *args: Any) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+
+    on_train_batch_end = on_validation_batch_end = on_train_epoch_end = on_validation_end = _check
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def allow_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) raise :class:`KeyboardInterrupt` even when the parent started us with it ignored."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _close_progress_bars(trainer: L.Trainer) -> None:
+    """Close Lightning's tqdm bars, so the CLI's "interrupted" line starts on a line of its own and no bar is
+    redrawn after it (a bar closed later, when garbage collected, would draw itself again)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, TQDMProgressBar):
+            for name in ("_val_progress_bar", "_test_progress_bar", "_predict_progress_bar", "_train_progress_bar"):
+                bar = getattr(cb, name, None)
+                if bar is not None and not getattr(bar, "disable", True):
+                    bar.close()
+    sys.stderr.flush()
 
 
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, trainer: L.Trainer, *,
@@ -288,20 +474,32 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, tra
     """Fit (resuming from ``ckpt_path``; ``"last"`` = the work folder's ``last.ckpt``), then export the best
     checkpoint to ``export_to`` on global rank 0 after every rank has finished.
 
-    Ctrl-C raises :class:`KeyboardInterrupt` (Lightning itself would call ``sys.exit(1)``)."""
-    resume = resolve_resume(ckpt_path, trainer.default_root_dir)
+    Ctrl-C raises :class:`KeyboardInterrupt` (Lightning itself would call ``sys.exit(1)``), after the progress bars
+    are closed. When another rank failed, rank 0 raises :class:`RankFailedError` instead of the collective's error."""
+    resume = ckpt_path if isinstance(ckpt_path, Path) and ckpt_path.is_file() else \
+        resolve_resume(ckpt_path, trainer.default_root_dir)
+    guard = next((cb for cb in trainer.callbacks if isinstance(cb, _SigintGuard)), None)
+    if guard is None:
+        guard = _SigintGuard()
+        trainer.callbacks.append(guard)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    except SystemExit:
-        if trainer.interrupted:
+        with guard:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        _collect_children(trainer)
+        if isinstance(exc, KeyboardInterrupt) or trainer.interrupted or guard.hit:
+            _close_progress_bars(trainer)
+            _kill_children()
             raise KeyboardInterrupt from None
         raise
-    except BaseException:
-        _stop_children(trainer)  # the other ranks would wait in a collective until the 30-minute timeout
+    except BaseException as exc:
+        raise_for_other_ranks(trainer, exc)
         raise
-    if trainer.interrupted:
+    _collect_children(trainer)
+    if trainer.interrupted or guard.hit:
+        _close_progress_bars(trainer)
+        _kill_children()
         raise KeyboardInterrupt
-    _watch_children(trainer)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
     if best is None:  # nothing monitored was logged: fall back to the latest checkpoint
@@ -314,4 +512,31 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, tra
     if export_to is not None and best is not None and trainer.is_global_zero:
         model_file = export_checkpoint(best, export_to, overwrite=overwrite)
     trainer.strategy.barrier("convsuite-exported")
-    return FitResult(best, score, model_file, metrics, bool(trainer.is_global_zero))
+    return FitResult(best, score, model_file, metrics, bool(trainer.is_global_zero), int(trainer.global_step))
+
+
+def train_run(out: str | Path | None, work_dir: str | Path, make_module: Callable[[], L.LightningModule],
+              datamodule: L.LightningDataModule | None, *, val_size: int | None = None,
+              val_what: str = "validation item(s)", seed: int | None = 0, device: str | None = "auto",
+              devices: int | str | list | None = "auto", accelerator: str | None = None, precision: str = "auto",
+              num_nodes: int = 1, strategy: Any = "auto", max_time: str | float | None = None,
+              resume: str | Path | None = None, legacy_work_dirs: Sequence[str | Path] = (), quiet: bool = False,
+              overwrite: bool = False, notice: Callable[[str], None] | None = None,
+              **trainer_kwargs: Any) -> FitResult:
+    """The one training path of the suite: check the device (one line where this machine cannot run it), find the
+    checkpoint to resume from (before any work), seed, build the module (after seeding: identical seeds give
+    identical weights), build the trainer in ``work_dir`` (time budget, checkpoints, logs, DDP), refuse a validation
+    set smaller than the number of processes (``val_size``), fit and export the best checkpoint to ``out`` (None: no
+    export) on global rank 0. ``trainer_kwargs`` go to :func:`build_trainer` (``max_epochs``, ``monitor`` ...)."""
+    allow_ctrl_c()
+    mapped = resolve_accelerator(device, devices, accelerator)
+    ckpt = resolve_resume(resume, work_dir, legacy_work_dirs, notice)
+    seed_everything(seed)
+    module = make_module()
+    trainer = build_trainer(work_dir, max_time=max_time, precision=precision, accelerator=mapped["accelerator"],
+                            devices=mapped["devices"], num_nodes=num_nodes, strategy=strategy, quiet=quiet,
+                            **trainer_kwargs)
+    if val_size is not None:
+        check_validation_size(val_size, trainer, val_what)
+    return fit(module, datamodule, trainer, export_to=out, ckpt_path=ckpt,
+               overwrite=overwrite or ckpt is not None)

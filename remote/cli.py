@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shared_backbones.cliutil import (
-    StageTimer,
     add_command,
     add_common,
     add_deprecated,
@@ -20,11 +19,11 @@ from shared_backbones.cliutil import (
     make_parser,
     parse_positive_int,
     prepare_outputs,
-    run_batch,
     run_cli,
     say,
 )
 from shared_backbones.errors import InputError
+from shared_backbones.options import Number, add_parts, number, probability, require, seed_int
 
 from .naming import DEFAULT_SCL_INVALID, read_date_list
 
@@ -35,6 +34,14 @@ EXAMPLES = [
     "remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain",
     "remote evaluate stress.tif demo_s2/labels.tif -o scores.csv",
 ]
+#: a tile edge in pixels: memory grows with its square (8192: ~64 Mpx per band and date)
+TILE = Number(int, min=16, max=8192)
+#: map coordinates: any finite number (the grid they span is bounded: remote.resample.MAX_GRID_SIDE)
+FINITE = number(float)
+#: a DN offset (BOA_ADD_OFFSET is -1000 from baseline 04.00): within the uint16 range of the digital numbers
+OFFSET = number(float, min=-65535, max=65535)
+#: width of the temporal blocks (remote models --width)
+WIDTH = Number(int, min=1, max=512)
 
 
 def _int_list(text: str) -> list[int]:
@@ -58,7 +65,7 @@ def _add_inputs(p: argparse.ArgumentParser, each: bool = True) -> None:
     p.add_argument("--band-order", type=_str_list, default=None,
                    help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one "
                         "date for a stack)")
-    p.add_argument("--offset", type=float, default=None,
+    p.add_argument("--offset", type=OFFSET, default=None,
                    help="DN offset added before dividing by the quantification value; overrides the product "
                         "metadata (MTD_MSIL2A.xml, STAC, tags); without metadata the date decides")
     g = p.add_mutually_exclusive_group()
@@ -68,40 +75,48 @@ def _add_inputs(p: argparse.ArgumentParser, each: bool = True) -> None:
     o = p.add_mutually_exclusive_group()
     o.add_argument("--grid", default=None, metavar="REF.tif",
                    help="write on the grid (CRS, transform, size) of this raster [the 10 m grid of the first date]")
-    o.add_argument("--bounds", type=float, nargs=4, default=None, metavar=("MINX", "MINY", "MAXX", "MAXY"),
+    o.add_argument("--bounds", type=FINITE, nargs=4, default=None, metavar=("MINX", "MINY", "MAXX", "MAXY"),
                    help="write on the first date's 10 m grid extended or cut to these bounds (grid CRS units)")
-    p.add_argument("--tile", type=int, default=256, help="tile size in pixels (memory is bounded by it)")
+    p.add_argument("--tile", type=TILE, default=256, help="tile size in pixels (memory is bounded by it)")
     if each:
         p.add_argument("--each", action="store_true",
                        help="treat every input as its own time series (e.g. one folder per site): -o is then a "
-                            "folder, a bad input is reported and the others go on")
+                            "folder, a bad input is reported and the others go on; inputs whose outputs exist are "
+                            "skipped unless --overwrite")
+        add_parts(p, "inputs (with --each)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="list the file each band of each date is read from, its resolution and radiometry")
 
 
-def _add_out(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+def _read_options(args: argparse.Namespace):
+    """How the inputs are read (dates, band order, offset, grid or bounds), with the bounds checked."""
+    from .discovery import SeriesOptions
+
+    bounds = getattr(args, "bounds", None)
+    if bounds is not None:
+        minx, miny, maxx, maxy = bounds
+        require(minx < maxx and miny < maxy, f"--bounds must be MINX MINY MAXX MAXY with MINX < MAXX and MINY < MAXY, "
+                                             f"got {' '.join(f'{b:g}' for b in bounds)}")
+    return SeriesOptions(dates=read_date_list(args.dates) if args.dates else None, band_order=args.band_order,
+                         offset=args.offset, grid=getattr(args, "grid", None), bounds=bounds)
 
 
-def _series(args: argparse.Namespace, offset: float | None = None, inputs: Sequence[str] | None = None,
-            exclude: Sequence[Path] = ()):
-    from .discovery import open_series
-
-    dates = read_date_list(args.dates) if args.dates else None
-    series = open_series(
-        list(inputs if inputs is not None else args.inputs),
-        dates=dates,
-        band_order=args.band_order,
-        offset=args.offset if args.offset is not None else offset,
-        grid=getattr(args, "grid", None),
-        bounds=getattr(args, "bounds", None),
-        exclude=exclude,
-    )
+def _show_series(args: argparse.Namespace):
+    """Print a series' provenance (-v) and notices (unless -q)."""
     quiet = getattr(args, "quiet", False)
-    if getattr(args, "verbose", False):
-        print("\n".join(series.provenance()), file=sys.stderr)
-    for line in series.notices:
-        say(f"{PROG}: note: {line}", quiet)
+
+    def show(series) -> None:
+        if getattr(args, "verbose", False):
+            print("\n".join(series.provenance()), file=sys.stderr)
+        for line in series.notices:
+            say(f"{PROG}: note: {line}", quiet)
+
+    return show
+
+
+def _series(args: argparse.Namespace):
+    series = _read_options(args).open(list(args.inputs))
+    _show_series(args)(series)
     return series
 
 
@@ -109,26 +124,6 @@ def _scl(args: argparse.Namespace) -> list[int] | None:
     if args.no_cloud_mask:
         return []
     return args.scl_invalid
-
-
-def _jobs(args: argparse.Namespace, suffix: str) -> list[tuple[list[str], Path]]:
-    """(inputs, output) per series: all inputs to ``-o``, or with ``--each`` one per input into the folder ``-o``."""
-    if not getattr(args, "each", False):
-        return [(list(args.inputs), Path(args.output))]
-    folder = Path(args.output)
-    if folder.suffix.lower() in (".tif", ".tiff"):
-        raise InputError("with --each, -o/--output is a folder", folder)
-    jobs = []
-    for item in args.inputs:
-        name = Path(item).name
-        for ext in (".zip", ".SAFE", ".json", ".tif", ".tiff"):
-            name = name[: -len(ext)] if name.endswith(ext) else name
-        out = folder / f"{name}{suffix}"
-        if any(o == out for _, o in jobs):
-            raise InputError(f"two inputs would both write {out.name} (same name in different folders); run them "
-                             "separately", item)
-        jobs.append(([item], out))
-    return jobs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,8 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                output_required=True, device=False, precision=False)
     q.add_argument("--indices", type=_str_list, default="NDVI",
                    help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI")
-    q.add_argument("--soil-slope", type=float, default=1.0, help="soil-line slope s of WDVI = N - s R")
-    q.add_argument("--grid-days", type=int, default=None,
+    q.add_argument("--soil-slope", type=number(float, min=0, max=100), default=1.0,
+                   help="soil-line slope s of WDVI = N - s R")
+    q.add_argument("--grid-days", type=Number(int, min=1, max=3660), default=None,
                    help="gap-fill onto a regular grid with this step in days [the acquisition dates]")
 
     q = add_command(sub, "predict", help="class and probability maps (tiled, any raster size)", examples=[
@@ -173,8 +169,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--per-field", action="store_true",
                    help="classify each field's mean time series instead of every pixel (needs --fields)")
     q.add_argument("--fields-csv", default=None, help="per-field summary path [X_fields.csv]")
-    q.add_argument("--halo", type=int, default=None, help="context pixels around each tile (spatial model)")
-    q.add_argument("--batch-size", type=int, default=8192, help="pixels per model call (per-pixel models)")
+    q.add_argument("--halo", type=Number(int, min=0, max=1024), default=None,
+                   help="context pixels around each tile (spatial model)")
+    q.add_argument("--batch-size", type=Number(int, min=1, max=1 << 24), default=8192,
+                   help="pixels per model call (per-pixel models)")
     q.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                    help="torch threads for the network [CPUs usable minus one for the reader (minus two above four "
                         "CPUs); CONVSUITE_THREADS or OMP_NUM_THREADS override the default]")
@@ -200,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
         help="band names of files without band descriptions (the bands of one date for a stack)",
     )
     add_options(q, RemoteTrainOptions)
+    add_deprecated(q, "--channels", "--width", "channels")
+    q._option_string_actions["--channels"].type = q._option_string_actions["--width"].type
     add_common(q, output="model file to write (.pt; with --fold all: <stem>_fold<k>.pt)", output_required=True,
                devices=True, seed=True, resume=True, fold=True)
 
@@ -218,12 +218,15 @@ def _parser() -> argparse.ArgumentParser:
     add_common(q, device=False, precision=False)
 
     q = add_command(sub, "models", help="list the architectures with their parameter counts (FFDNN vs 1-D CNN)",
-                    examples=["remote models", "remote models --channels 16 --depth 3 --dates 24"])
+                    examples=["remote models", "remote models --width 16 --depth 3 --dates 24"])
     q.add_argument("--bands", type=_str_list, default=None, help="input bands [the 10 and 20 m bands]")
     q.add_argument("--indices", type=_str_list, default=None, help="index traits of the photochemical filter")
-    q.add_argument("--channels", type=int, default=None, help="width of the temporal blocks")
-    q.add_argument("--depth", type=int, default=None, help="number of temporal blocks")
-    q.add_argument("--dates", type=int, default=12, help="dates of the time grid (unet2d input channels)")
+    q.add_argument("--width", type=WIDTH, default=None, help="width (channels) of the temporal blocks")
+    add_deprecated(q, "--channels", "--width", "width")
+    q._option_string_actions["--channels"].type = WIDTH  # the old spelling reads the same numbers
+    q.add_argument("--depth", type=Number(int, min=1, max=32), default=None, help="number of temporal blocks")
+    q.add_argument("--dates", type=Number(int, min=1, max=400), default=12,
+                   help="dates of the time grid (unet2d input channels)")
     add_common(q, device=False, precision=False, overwrite=False)
 
     q = add_command(sub, "synth", help="write a synthetic Sentinel-2 season with labels and field IDs",
@@ -231,88 +234,65 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("out_dir", nargs="?", default=None, help="output folder (same as -o/--output)")
     add_common(q, output="output folder (created; must be empty unless --overwrite)", device=False,
                precision=False)
-    q.add_argument("--size", type=int, default=128, help="raster size in 10 m pixels (even)")
-    q.add_argument("--n-dates", type=int, default=24, help="number of acquisition dates")
-    q.add_argument("--step-days", type=int, default=6, help="days between acquisitions")
-    q.add_argument("--field-size", type=int, default=16, help="field size in pixels")
-    q.add_argument("--cloud-cover", type=float, default=0.25, help="mean cloud fraction per date")
-    q.add_argument("--seed", type=int, default=0, help="random seed of the scene")
+    q.add_argument("--size", type=Number(int, min=16, max=8192), default=128,
+                   help="raster size in 10 m pixels (even)")
+    q.add_argument("--n-dates", type=Number(int, min=1, max=400), default=24, help="number of acquisition dates")
+    q.add_argument("--step-days", type=Number(int, min=1, max=366), default=6, help="days between acquisitions")
+    q.add_argument("--field-size", type=Number(int, min=2, max=8192), default=16,
+                   help="field size in pixels (at most --size)")
+    q.add_argument("--cloud-cover", type=probability, default=0.25, help="mean cloud fraction per date")
+    q.add_argument("--seed", type=seed_int, default=0, help="random seed of the scene")
     return p
 
 
 def _cmd_indices(args: argparse.Namespace) -> int:
-    from .products import write_index_stack
+    from .products import index_files, plan_indices
 
-    jobs = _jobs(args, "_indices.tif")
-    prepare_outputs([out for _, out in jobs], args.inputs, overwrite=args.overwrite)
+    read = _read_options(args)
+    plan = plan_indices(args.inputs, args.output, each=args.each, overwrite=args.overwrite,
+                        num_parts=args.num_parts, part_id=args.part_id)
     scl = _scl(args)
 
-    def work(job: tuple[list[str], Path]) -> None:
-        inputs, out = job
-        res = write_index_stack(
-            _series(args, inputs=inputs, exclude=[o for _, o in jobs]),
-            out,
-            args.indices,
-            soil_slope=args.soil_slope,
-            scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl,
-            grid_days=args.grid_days,
-            tile=args.tile,
-            overwrite=args.overwrite,
-            quiet=args.quiet,
-        )
+    def report(job, res: dict) -> None:
         say(f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
             f"{res['size'][0]} x {res['size'][1]} px", args.quiet)
 
-    return run_batch(jobs, work, prog=PROG, quiet=args.quiet, name=lambda j: ", ".join(j[0]))
+    return index_files(plan, args.indices, read=read, soil_slope=args.soil_slope,
+                       scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl, grid_days=args.grid_days,
+                       tile=args.tile, overwrite=args.overwrite, quiet=args.quiet, on_series=_show_series(args),
+                       report=report, prog=PROG)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import PredictOutputs, RemoteModel, predict_series
+    import time
 
-    timer = StageTimer()
-    if args.each and args.fields_csv:
-        raise InputError("--fields-csv names one file: it cannot be used with --each")
-    jobs = []
-    for inputs, out in _jobs(args, ".tif"):
-        outs = PredictOutputs.beside(out, probabilities=not args.no_prob, explain=args.explain,
-                                     fields=args.fields is not None)
-        if args.fields_csv:
-            outs.fields_csv = Path(args.fields_csv)
-        jobs.append((inputs, outs))
-    prepare_outputs([p for _, o in jobs for p in o.paths()], [*args.inputs, args.model], overwrite=args.overwrite)
-    with timer("load"):
-        rm = RemoteModel.from_file(args.model, args.device, args.precision)
+    from shared_backbones.checkpoint import load_model_file
 
-    def work(job: tuple[list[str], PredictOutputs]) -> None:
-        inputs, outs = job
-        with timer("read"):
-            series = _series(args, offset=rm.preprocessing.get("offset"), inputs=inputs,
-                             exclude=[p for _, o in jobs for p in o.paths()])
-        with timer("predict"):
-            s = predict_series(
-                series,
-                rm,
-                outs,
-                tile=args.tile,
-                halo=args.halo,
-                batch_size=args.batch_size,
-                prob_dtype=args.prob_dtype,
-                fields=args.fields,
-                field_id_attr=args.field_id_attr,
-                per_field=args.per_field,
-                scl_invalid=_scl(args),
-                overwrite=args.overwrite,
-                quiet=args.quiet,
-                threads=args.threads,
-            )
+    from .predict import RemoteModel, plan_predict, predict_files, writes_capsules
+
+    read = _read_options(args)
+    t0 = time.perf_counter()
+    mf = load_model_file(args.model, task=RemoteModel.TASK)  # read (not built): its kind decides the outputs
+    plan = plan_predict(args.inputs, args.output, model=args.model, each=args.each, probabilities=not args.no_prob,
+                        explain=args.explain, capsules=writes_capsules(mf), fields=args.fields is not None,
+                        fields_csv=args.fields_csv, overwrite=args.overwrite, num_parts=args.num_parts,
+                        part_id=args.part_id)
+    rm = RemoteModel.from_model_file(mf, args.device, args.precision, path=Path(args.model)) if plan.jobs else None
+    load_s = time.perf_counter() - t0
+
+    def report(job, s: dict) -> None:
         frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
         fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
         say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
             f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}, "
-            f"{s['threads']} network thread(s)): {frac}; "
-            f"{timer.summary()}", args.quiet)
+            f"{s['threads']} network thread(s)): {frac}; load {load_s:.2f}s, read + predict "
+            f"{s['seconds']['job']:.2f}s", args.quiet)
 
-    return run_batch(jobs, work, prog=PROG, quiet=args.quiet, name=lambda j: ", ".join(j[0]))
+    return predict_files(plan, rm, read=read, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
+                         prob_dtype=args.prob_dtype, fields=args.fields, field_id_attr=args.field_id_attr,
+                         per_field=args.per_field, scl_invalid=_scl(args), overwrite=args.overwrite,
+                         quiet=args.quiet, threads=args.threads, on_series=_show_series(args), report=report,
+                         prog=PROG)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -324,7 +304,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for k in range(args.folds):
             check_output(out.with_name(f"{out.stem}_fold{k}{out.suffix}"), args.overwrite)
     else:
-        check_output(out, args.overwrite)
+        check_output(out, args.overwrite or args.resume is not None)
     if args.table and args.inputs:
         raise InputError("give either input rasters or --table, not both")
     series = _series(args) if args.inputs else None
@@ -341,11 +321,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from shared_backbones.planning import Job, Writer, plan_outputs
+
     from .evaluate import evaluate_maps, format_report, write_reports
 
     outputs = [*(args.output or []),
                *(p for p in (getattr(args, "csv_report", None), getattr(args, "json_report", None)) if p)]
-    prepare_outputs(outputs, [args.prediction, args.reference], overwrite=args.overwrite)
+    roles = {f"report {i + 1}": Path(p) for i, p in enumerate(outputs)}
+    plan_outputs([Job(args.prediction, [Path(args.prediction), Path(args.reference)], roles)],
+                 writers=dict.fromkeys(roles, Writer((".csv", ".tsv", ".json"))), overwrite=args.overwrite)
     m = evaluate_maps(args.prediction, args.reference, args.classes)
     print(format_report(m))
     write_reports(m, outputs, overwrite=args.overwrite)
@@ -354,7 +338,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def model_sizes(bands: Sequence[str] | None = None, indices: Sequence[str] | None = None,
-                channels: int | None = None, depth: int | None = None, dates: int = 12) -> list[dict]:
+                width: int | None = None, depth: int | None = None, dates: int = 12) -> list[dict]:
     """Parameter counts of the registered remote architectures for one configuration (``remote models``)."""
     from shared_backbones.registry import create_model
 
@@ -363,7 +347,7 @@ def model_sizes(bands: Sequence[str] | None = None, indices: Sequence[str] | Non
 
     bands = list(bands or DEFAULT_BANDS)
     kw: dict = {"bands": bands, "indices": list(indices or DEFAULT_INDICES)}
-    kw.update({k: v for k, v in (("channels", channels), ("depth", depth)) if v is not None})
+    kw.update({k: v for k, v in (("channels", width), ("depth", depth)) if v is not None})
     sizes = {a: sum(p.numel() for p in create_model(a, **kw).parameters()) for a in ("ffdnn", "cnn1d")}
     sizes["unet2d"] = sum(p.numel() for p in create_model("unet2d", in_channels=dates * len(bands)).parameters())
     d = kw.get("depth", 2)
@@ -380,7 +364,7 @@ def model_sizes(bands: Sequence[str] | None = None, indices: Sequence[str] | Non
 
 def _cmd_models(args: argparse.Namespace) -> int:
     try:
-        rows = model_sizes(args.bands, args.indices, args.channels, args.depth, args.dates)
+        rows = model_sizes(args.bands, args.indices, args.width, args.depth, args.dates)
     except (KeyError, ValueError) as exc:
         raise InputError(str(exc.args[0]) if exc.args else str(exc)) from None
     for r in rows:
@@ -400,8 +384,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     prepare_outputs([], folders=[out])
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError("output folder exists and is not empty (use --overwrite)", out)
-    if args.size < 16 or args.size % 2:
-        raise InputError(f"--size must be an even number >= 16, not {args.size}")
+    require(args.size % 2 == 0, f"--size must be an even number, not {args.size}")
+    require(args.field_size <= args.size, f"--field-size ({args.field_size}) must be at most --size ({args.size})")
     sc = make_season(
         out,
         height=args.size,
@@ -420,9 +404,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    for name in ("tile", "batch_size", "epochs"):
-        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1")
     return {
         "indices": _cmd_indices,
         "predict": _cmd_predict,

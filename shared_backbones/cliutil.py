@@ -27,13 +27,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import InputError, OutputExistsError, UserError
+from .errors import InputError, OutputExistsError, RankFailedError, UserError
 from .options import DEVICE_CHOICES, Number, parse_device, parse_devices, seed_int
 
 T = TypeVar("T")
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_RANK_FAILED = 1
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -41,7 +42,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             prog: str | None = None) -> int:
     """Run ``main(argv)`` and map user errors to ``<prog>: error: <message>`` with exit code 2.
 
-    Ctrl-C prints ``<prog>: interrupted`` and returns 130; out-of-memory is one line with exit code 2.
+    Ctrl-C prints ``<prog>: interrupted`` and returns 130; out-of-memory is one line with exit code 2; a failed
+    process of a distributed run (:class:`RankFailedError`) is one line with exit code 1.
     """
     prog = prog or Path(sys.argv[0]).name
     try:
@@ -50,6 +52,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RankFailedError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_RANK_FAILED
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -21,6 +21,15 @@ class ModelFileError(UserError):
     """A model file that is unreadable, truncated, foreign or of the wrong task."""
 
 
+class RankFailedError(RuntimeError):
+    """Another process of a distributed run (a DDP rank) ended with an error. ``run_cli`` prints
+    ``<prog>: error: training process of rank N failed (exit code C)`` and exits with 1."""
+
+    def __init__(self, rank: int, code: int) -> None:
+        self.rank, self.code = int(rank), int(code)
+        super().__init__(f"training process of rank {self.rank} failed (exit code {self.code})")
+
+
 class OutputExistsError(UserError):
     """An output file exists and --overwrite was not given."""
 

@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = add_command(sub, "train", help="train ColonTCN / MS-TCN through the Lightning pipeline (k-fold, DDP)",
                      examples=["medseg phases train data/ -o colontcn.pt --groups data/groups.csv --folds 0 "
-                               "--fold all --csv folds.csv",
+                               "--fold all --report folds.csv",
                                "medseg phases train gtea/ -o mstcn.pt --arch mstcn --split-dir gtea/splits --fold all "
                                "--background background",
                                "medseg phases train data/ -o colontcn.pt --devices 2 --seed 1 --max-time 8h"])
@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     from pipelines.options import PhasesTrainOptions, add_options  # a light module: no torch, no Lightning
 
     add_options(tr, PhasesTrainOptions)
-    tr.add_argument("--csv", help="write the per-fold table to this report (.csv, .tsv or .json)")
+    tr.add_argument("--report", help="write the per-fold table to this report (.csv, .tsv or .json)")
+    add_deprecated(tr, "--csv", "--report", "report")
 
     ex = add_command(sub, "extract", help="per-frame ResNet-50 features from a folder of frames -> .npy [T, 2048]",
                      examples=["medseg phases extract frames/ -o proc01.npy --encoder resnet50.pth",
@@ -165,25 +166,23 @@ def _train(a: argparse.Namespace) -> int:
 
     out = Path(a.output)
     outs = [out] if a.fold != "all" else []  # per-fold names depend on the number of folds: train_phases checks them
-    prepare_outputs([*outs, *([a.csv] if a.csv else [])], [a.data], overwrite=a.overwrite or a.resume is not None)
+    prepare_outputs([*outs, *([a.report] if a.report else [])], [a.data],
+                    overwrite=a.overwrite or a.resume is not None)
     # the one place medseg uses pipelines
     from pipelines.options import PhasesTrainOptions, options_from
     from pipelines.phases import train_phases
-    from pipelines.trainer import RankFailedError, is_global_zero, rank_failed
+    from pipelines.trainer import is_global_zero
 
     worker = not is_global_zero()
-    try:
-        res = train_phases(a.data, out, **options_from(PhasesTrainOptions, a, quiet=a.quiet or worker),
-                           notice=lambda n: say(n, a.quiet or worker))
-    except RankFailedError as exc:
-        return rank_failed(PROG, exc)
+    res = train_phases(a.data, out, **options_from(PhasesTrainOptions, a, quiet=a.quiet or worker),
+                       notice=lambda n: say(n, a.quiet or worker))
     if not res:  # a rank other than 0: rank 0 exports, scores and reports
         return 0
     rows = [{"fold": str(r.fold), **r.metrics} for r in res]
     rows.append(mean_row(rows, "fold"))
     print(format_table(rows, digits=2))
-    if a.csv:
-        write_report(a.csv, rows, overwrite=a.overwrite or a.resume is not None)
+    if a.report:
+        write_report(a.report, rows, overwrite=a.overwrite or a.resume is not None)
     say(f"model file(s): {', '.join(str(r.model_file) for r in res)}", a.quiet)
     return 0
 

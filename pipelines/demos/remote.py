@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from remote.evaluate import classification_metrics
 from remote.discovery import open_series
-from remote.reader import read_single_band
+from remote.evaluate import classification_metrics
 from remote.predict import PredictOutputs, RemoteModel, predict_series
+from remote.reader import read_single_band
 from remote.samples import choose_pixels, spatial_block_splits
 from remote.synthetic import make_season
 

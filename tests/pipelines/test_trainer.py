@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
-import inspect
-
 import pytest
 import torch
 
 from pipelines.example import ExampleDataModule, ExampleModule
-from pipelines.options import MedsegTrainOptions, RemoteTrainOptions, add_options, options_from
 from pipelines.trainer import build_trainer, ddp_strategy, fit, parse_duration, resolve_resume
 from shared_backbones.errors import InputError
 
@@ -109,25 +105,6 @@ def test_bf16_on_cpu_trains(tmp_path):
     assert trainer.precision == "bf16-mixed"
     res = fit(ExampleModule(arch_kwargs={"channels": 8, "depth": 1}), dm, trainer, export_to=tmp_path / "m.pt")
     assert res.model_file.is_file() and torch.isfinite(torch.tensor(res.metrics["val_loss"]))
-
-
-@pytest.mark.parametrize("table, fn", [(MedsegTrainOptions, "pipelines.medseg:train_medseg"),
-                                       (RemoteTrainOptions, "pipelines.remote:train_remote")])
-def test_option_tables_feed_the_train_functions(table, fn):
-    """One declaration: every option of the table is a keyword of the train function, parsed values arrive."""
-    import importlib
-
-    mod, name = fn.split(":")
-    params = inspect.signature(getattr(importlib.import_module(mod), name)).parameters
-    opts = options_from(table, {})
-    assert set(opts) <= set(params), set(opts) - set(params)
-    p = argparse.ArgumentParser()
-    add_options(p, table)
-    args = p.parse_args(["--epochs", "7", "--max-time", "8 min", "--num-nodes", "2"])
-    got = options_from(table, args, seed=3)
-    assert got["epochs"] == 7 and got["max_time"] == "8 min" and got["num_nodes"] == 2 and got["seed"] == 3
-    for action in p._actions[1:]:
-        assert action.help, action.dest
 
 
 def test_medseg_runs_with_the_same_seed_are_identical(tmp_path):
