@@ -7,21 +7,9 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 
 from medseg.cli import main
-from medseg.phases.models import COLON_CLASSES, ColonTCN
 from medseg.phases.predict import PhaseModel, plan_predict, predict_files
-from shared_backbones.checkpoint import ModelFile, save_model_file
-
-
-@pytest.fixture()
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    m = ColonTCN(in_features=16, num_blocks=3)
-    return save_model_file(tmp_path / "m.pt", ModelFile.from_model(
-        m, task="phases", arch="colontcn", arch_kwargs={"in_features": 16, "num_blocks": 3}, classes=COLON_CLASSES,
-        preprocessing={"fps": 5.0}))
 
 
 def _videos(folder, names, frames=40):

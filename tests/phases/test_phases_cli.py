@@ -11,18 +11,9 @@ import torch
 
 from medseg.cli import main
 from medseg.phases.io import load_features, load_labels
-from medseg.phases.models import COLON_CLASSES, ColonTCN
+from medseg.phases.models import COLON_CLASSES
 from medseg.phases.synthetic import write_dataset
-from shared_backbones.checkpoint import ModelFile, load_model_file, save_model_file
-
-
-@pytest.fixture()
-def model_file(tmp_path):
-    torch.manual_seed(0)
-    m = ColonTCN(in_features=16, num_blocks=3)
-    return save_model_file(tmp_path / "m.pt", ModelFile.from_model(
-        m, task="phases", arch="colontcn", arch_kwargs={"in_features": 16, "num_blocks": 3}, classes=COLON_CLASSES,
-        preprocessing={"fps": 5.0}))
+from shared_backbones.checkpoint import load_model_file
 
 
 def test_predict_writes_frames_segments_summary_png(tmp_path, model_file):
