@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from shared_backbones.errors import InputError
 from shared_backbones.registry import create_model
 
 
@@ -28,6 +30,7 @@ class SuiteModule(L.LightningModule):
                  scheduler: str | None = None, scheduler_patience: int = 3, scheduler_factor: float = 0.5,
                  warmup_steps: int = 0, monitor: str = "val_loss", mode: str = "min") -> None:
         super().__init__()
+        _check_optimiser(lr, weight_decay, warmup_steps, scheduler_patience, scheduler_factor)
         # Lightning records the concrete subclass's own arguments (so LightningCLI can rebuild it on resume);
         # the suite's export metadata and optimiser settings are kept here and written to checkpoint["convsuite"].
         self.save_hyperparameters()
@@ -77,6 +80,23 @@ class SuiteModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "convsuite" in checkpoint:
             self.suite_cfg = dict(checkpoint["convsuite"])
+
+
+def _check_optimiser(lr: float, weight_decay: float, warmup_steps: int, patience: int, factor: float) -> None:
+    """The optimiser settings of a config, checked when the module is built (one line, exit 2) rather than by the
+    optimiser after the trainer started."""
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not (finite(lr) and 0 < lr <= 10):
+        raise InputError(f"learning rate must be a number in (0, 10], got {lr!r}")
+    if not (finite(weight_decay) and 0 <= weight_decay <= 1):
+        raise InputError(f"weight_decay must be a number in [0, 1], got {weight_decay!r}")
+    if not (isinstance(warmup_steps, int) and warmup_steps >= 0 and isinstance(patience, int) and patience >= 0):
+        raise InputError(f"warmup_steps and scheduler_patience must be whole numbers >= 0, got {warmup_steps!r}, "
+                         f"{patience!r}")
+    if not (finite(factor) and 0 < factor < 1):
+        raise InputError(f"scheduler_factor must be a number in (0, 1), got {factor!r}")
 
 
 def eval_sampler(dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> Any:

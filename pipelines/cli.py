@@ -9,10 +9,13 @@ is one line (``pipelines: error: ...``) with exit code 2; a failed rank under DD
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from shared_backbones.cliutil import add_command, add_common, make_parser, run_cli, say
 from shared_backbones.errors import InputError, UserError
@@ -72,6 +75,41 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(text: str, limit: int = 400) -> str:
+    """jsonargparse's multi-line message (key, then the reasons, indented) as one line: the key and its most specific
+    reasons, without the repeated "Does not validate" preambles."""
+    parts = [p.strip(" -") for p in text.strip().splitlines() if p.strip(" -")]
+    noise = ("Does not validate against any of the", "Subtypes:", "Subclass types", "Errors:",
+             "Expected a <class 'NoneType'>", "Given value type:", "Given value:")
+    keep = [p for p in parts if not p.startswith(noise)]
+    line = " ".join(keep or parts)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def _config_errors(what: str) -> Iterator[None]:
+    """Errors raised by classes built from a user's config, as one line (exit 2): the config's fault."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RuntimeError,
+            MisconfigurationException) as exc:
+        if _user_error(exc) is not None:
+            raise
+        raise InputError(f"the config's {what} cannot be used ({type(exc).__name__}: "
+                         f"{_one_line(str(exc), 200)})") from None
+
+
+def _config_step(what: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with _config_errors(what):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def _user_error(exc: BaseException) -> UserError | None:
     """The suite's own error (a missing dataset, ...) that jsonargparse wrapped while building the classes."""
     seen = set()
@@ -92,6 +130,23 @@ def _suite_cli() -> type:
     from .trainer import _close_progress_bars, _quiet_lightning, _SigintGuard, allow_ctrl_c, raise_for_other_ranks
 
     class SuiteCLI(LightningCLI):
+        def _set_seed(self) -> None:
+            with _config_errors("seed_everything"):
+                super()._set_seed()
+
+        def instantiate_classes(self) -> None:
+            # the model, data and trainer are built from the user's config: what their constructors refuse (a
+            # negative width, max_epochs -5 ...) is the config's fault, said in one line; so is what the data module
+            # refuses while it sets up and builds its loaders (batch_size 0, n_train -1)
+            with _config_errors("model, data or trainer"):
+                super().instantiate_classes()
+            dm = self.datamodule
+            if dm is not None:
+                for name in ("prepare_data", "setup", "train_dataloader", "val_dataloader", "test_dataloader",
+                             "predict_dataloader"):
+                    if callable(getattr(dm, name, None)):
+                        setattr(dm, name, _config_step(f"data ({type(dm).__name__}.{name})", getattr(dm, name)))
+
         def _run_subcommand(self, subcommand: str) -> None:
             _quiet_lightning(self.quiet)
             allow_ctrl_c()
@@ -147,7 +202,7 @@ def _lightning(a: argparse.Namespace, rest: list[str]) -> int:
         from jsonargparse import ArgumentError
 
         if isinstance(exc, ArgumentError):
-            raise InputError(f"{a.command}: {str(exc).strip().splitlines()[0]}") from None
+            raise InputError(f"{a.command}: {_one_line(str(exc))}") from None
         raise
     return 0
 
