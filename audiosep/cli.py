@@ -151,9 +151,6 @@ def _separate(args: argparse.Namespace) -> int:
     def done(f: Path, outs: list[Path]) -> None:
         say(f"{f} -> {', '.join(str(o) for o in outs)}", args.quiet)
 
-    def failed(f: Path, exc: Exception) -> None:
-        print(f"{PROG}: error: {exc} (continuing with the next input)", file=sys.stderr)
-
     run = separate_files(
         args.inputs,
         args.model,
@@ -169,7 +166,8 @@ def _separate(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         log=lambda line: say(line, args.quiet),
         on_done=done,
-        on_error=failed,
+        keep_going=True,
+        prog=PROG,
     )
     skipped = len(run.planned.plan.skipped)
     say(
@@ -177,17 +175,7 @@ def _separate(args: argparse.Namespace) -> int:
         + (f" ({skipped} done before, skipped)" if skipped else ""),
         args.quiet,
     )
-    return _failures(run.failed, run.total)
-
-
-def _failures(failed: Sequence[tuple[object, str]], total: int) -> int:
-    """``audiosep: N of M inputs failed:`` and one line per failure on stderr (exit 2), or 0 when none failed."""
-    if not failed:
-        return 0
-    print(f"{PROG}: {len(failed)} of {total} inputs failed:", file=sys.stderr)
-    for item, message in failed:
-        print(f"  {item}: {message}", file=sys.stderr)
-    return 2
+    return run.rc
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -195,18 +183,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .evaluate import METRICS, score_folder
 
-    def failed(mix: Path, exc: Exception) -> None:
-        print(f"{PROG}: error: {exc} (continuing with the next input)", file=sys.stderr)
-
     ev = score_folder(args.estimates, args.data, args.output, overwrite=args.overwrite, quiet=args.quiet,
-                      on_error=failed)
+                      keep_going=True, prog=PROG)
     if ev.rows:
         print(format_table(ev.table, ["file", *METRICS], digits=2))
     if ev.report is not None:
         say(f"wrote {ev.report}", args.quiet)
-    if ev.failed and ev.rows:
+    if ev.rc and ev.rows:
         say(f"scored {len(ev.rows)} of {ev.total} mixture(s); the mean covers those only", args.quiet)
-    return _failures(ev.failed, ev.total)
+    return ev.rc
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -4,16 +4,15 @@ Tables and report files go through :mod:`shared_backbones.report` (one writer fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from shared_backbones.cliutil import progress
-from shared_backbones.errors import InputError, UserError
+from shared_backbones.cliutil import progress, run_batch
+from shared_backbones.errors import InputError
 from shared_backbones.planning import Writer, plan_outputs
 
 from .metrics import separation_scores
@@ -114,12 +113,12 @@ def summarise(rows: list[dict]) -> dict[str, float]:
 
 @dataclass
 class Evaluation:
-    """The result of :func:`score_folder`: one row per scored mixture, the failures (mixture, message), the table
-    with its mean row, and the report written (if any)."""
+    """The result of :func:`score_folder`: one row per scored mixture, the exit status (0, or 2 when a mixture
+    failed), the table with its mean row, and the report written (if any)."""
 
     rows: list[dict]
     total: int
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    rc: int = 0
     report: Path | None = None
 
     @property
@@ -136,12 +135,14 @@ def score_folder(
     *,
     overwrite: bool = False,
     quiet: bool = True,
-    on_error: Callable[[Path, UserError], None] | None = None,
+    keep_going: bool = False,
+    prog: str = "audiosep",
 ) -> Evaluation:
     """Score every mixture of ``data_dir/mix`` (:func:`score_mixture`) and write the report ``output`` (.csv, .tsv or
     .json: per-file rows and the mean) — the report is checked before any scoring (its kind, not an input, absent
-    unless ``overwrite``, its folder writable). A bad mixture raises :class:`UserError`, unless ``on_error`` is given
-    and there are several: then ``on_error(mixture, error)`` is called, the rest is scored, the mean covers those."""
+    unless ``overwrite``, its folder writable). A bad mixture raises :class:`UserError`, unless ``keep_going`` and
+    there are several: then it is reported on stderr under ``prog`` and listed at the end
+    (:func:`shared_backbones.cliutil.run_batch`), ``rc`` is 2, the rest is scored and the mean covers those."""
     from shared_backbones.report import write_report
 
     srcs, mixes = list_mixtures(estimates_dir, data_dir)
@@ -150,14 +151,17 @@ def score_folder(
                      other_inputs=[*mixes, *(d / m.name for d in srcs for m in mixes),
                                    *(o for m in mixes for o in output_paths(m, len(srcs), Path(estimates_dir)))])
     ev = Evaluation([], len(mixes))
-    for mix in progress(mixes, desc="scoring", unit="file", quiet=quiet):
-        try:
+    with progress(total=len(mixes), desc="scoring", unit="file", quiet=quiet) as bar:
+
+        def work(mix: Path) -> None:
+            bar.update(1)
             ev.rows.append(score_mixture(mix, srcs, estimates_dir))
-        except UserError as exc:
-            if on_error is None or len(mixes) == 1:
-                raise
-            ev.failed.append((mix, str(exc)))
-            on_error(mix, exc)
+
+        if keep_going:
+            ev.rc = run_batch(mixes, work, prog=prog, quiet=quiet)
+        else:
+            for mix in mixes:
+                work(mix)
     if output is not None and ev.rows:
         ev.report = write_report(output, ev.table, ["file", *METRICS], overwrite=overwrite)
     return ev

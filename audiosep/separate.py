@@ -24,8 +24,8 @@ import torch
 import torchaudio.functional as AF
 
 from shared_backbones.checkpoint import ModelFile, load_model_file
-from shared_backbones.cliutil import atomic_output, check_output, progress
-from shared_backbones.errors import InputError, UserError
+from shared_backbones.cliutil import atomic_output, check_output, progress, run_batch
+from shared_backbones.errors import InputError
 from shared_backbones.loaded import LoadedModel
 from shared_backbones.options import require
 from shared_backbones.planning import Job, Plan, drop_own_outputs, plan_outputs
@@ -321,7 +321,6 @@ class SeparationPlan:
     file, outputs by role ``s1`` .. ``sN``) and the folder files left out as this command's own outputs."""
 
     plan: Plan
-    num_sources: int
     own_outputs: list[Path] = field(default_factory=list)
 
     def notices(self) -> list[str]:
@@ -363,7 +362,8 @@ def plan_separation(
 
     _, own = drop_own_outputs(files, outputs_of)
     own = [f for f in own if f in in_folder]  # a file given by name is an input (and refused if also an output)
-    files = [f for f in files if f not in set(own)]
+    dropped = set(own)
+    files = [f for f in files if f not in dropped]
     jobs = [Job(str(f), [f], {f"s{k + 1}": o for k, o in enumerate(output_paths(f, num_sources, output))})
             for f in files]
     batch = len(jobs) > 1 or bool(in_folder) or num_parts > 1
@@ -376,16 +376,17 @@ def plan_separation(
         num_parts=num_parts,
         part_id=part_id,
     )
-    return SeparationPlan(plan, num_sources, own)
+    return SeparationPlan(plan, own)
 
 
 @dataclass
 class SeparationRun:
-    """The result of :func:`separate_files`: outputs by input, failures (input, message), and the plan."""
+    """The result of :func:`separate_files`: outputs by input, the plan, and the exit status (0, or 2 when an input
+    failed)."""
 
     planned: SeparationPlan
     written: dict[Path, list[Path]] = field(default_factory=dict)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
+    rc: int = 0
 
     @property
     def total(self) -> int:
@@ -409,7 +410,8 @@ def separate_files(
     quiet: bool = True,
     log: Callable[[str], None] | None = None,
     on_done: Callable[[Path, list[Path]], None] | None = None,
-    on_error: Callable[[Path, UserError], None] | None = None,
+    keep_going: bool = False,
+    prog: str = "audiosep",
 ) -> SeparationRun:
     """Separate audio files and folders of audio files into ``<stem>_s1.wav`` ... (in ``output``, default beside each
     input), the batch checked whole before any work (:func:`plan_separation`): options first, then the model file's
@@ -418,8 +420,9 @@ def separate_files(
     ``model``: a model file path, a loaded :class:`ModelFile`, or a :class:`Separator` (``device``/``precision`` then
     unused). ``num_parts``/``part_id``: this run's share of the batch (every share is checked). ``log`` receives the
     notices (skipped files, the model's description); ``on_done(input, outputs)`` follows each input. A bad input
-    raises :class:`UserError` — unless ``on_error`` is given and the batch has several inputs: then ``on_error(input,
-    error)`` is called, the batch goes on, and the failures are listed in the result."""
+    raises :class:`UserError` — unless ``keep_going`` and the batch has several inputs: then it is reported on stderr
+    under ``prog``, the batch goes on, the failures are listed at the end and ``rc`` is 2
+    (:func:`shared_backbones.cliutil.run_batch`)."""
     check_chunking(chunk_seconds, overlap_seconds)
     say = log or (lambda _message: None)
     model_path: Path | None = None
@@ -446,19 +449,18 @@ def separate_files(
         separator = Separator.from_model_file(mf, device, precision, path=model_path)
     say(f"model: {separator.describe()}")
     planned.plan.make_folders()
-    for job in jobs:
+
+    def work(job: Job) -> None:
         path = job.inputs[0]
-        try:
-            outs = separate_file(path, separator, output, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
-                                 per_channel=per_channel, overwrite=overwrite,
-                                 quiet=quiet)
-        except UserError as exc:
-            if on_error is None or len(jobs) == 1:
-                raise
-            run.failed.append((path, str(exc)))
-            on_error(path, exc)
-            continue
+        outs = separate_file(path, separator, output, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+                             per_channel=per_channel, overwrite=overwrite, quiet=quiet)
         run.written[path] = outs
         if on_done is not None:
             on_done(path, outs)
+
+    if keep_going:
+        run.rc = run_batch(jobs, work, prog=prog, quiet=quiet, name=lambda j: j.name)
+    else:
+        for job in jobs:
+            work(job)
     return run

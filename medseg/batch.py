@@ -95,14 +95,11 @@ def _series_files(src: Path, own: Sequence[Path], dicom_seg: str | Path | None) 
 
 def _folder_own_outputs(folder: Path, files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     """Split a folder's NIfTI files into (inputs, outputs medseg predict wrote there for other inputs)."""
-    from .io import _CHANNEL_RE, case_name, is_own_output
+    from .io import _CHANNEL_RE, case_name, is_own_output, own_output_names
 
     def outputs_of(p: Path) -> list[Path]:
-        k = case_name(p)
-        names = [f"{k}_seg.nii.gz", f"{k}_seg.nii", f"{k}_probabilities.nii.gz", f"{k}_seg_probabilities.nii.gz"]
-        if _CHANNEL_RE.match(p.name):  # what "-o <this folder>" writes for a channel-named case
-            names += [f"{k}.nii.gz", f"{k}.nii"]
-        return [folder / n for n in names]
+        # a channel-named case also gets <case>.nii.gz, what "-o <this folder>" writes for it
+        return [folder / n for n in own_output_names(case_name(p), bare=bool(_CHANNEL_RE.match(p.name)))]
 
     kept, skipped = drop_own_outputs(list(files), outputs_of)
     ours = [p for p in kept if is_own_output(p)]  # written by medseg predict under another name (its header)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import io
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -127,16 +127,24 @@ def own_outputs(folder: str | Path) -> list[Path]:
     """NIfTI files at the top of a series folder that ``medseg predict`` wrote there (``S/S.nii.gz`` and
     ``S/S_probabilities.nii.gz`` after ``medseg predict S/ -o S/``, or any name whose header says it was written
     by ``medseg predict``): they are not inputs, so they do not turn the folder into a folder of NIfTI cases."""
-    from .io import is_own_output
-
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    n = folder.name
-    names = {f"{n}{ext}" for ext in _NIFTI_SUFFIXES} | {f"{n}_seg{ext}" for ext in _NIFTI_SUFFIXES} | \
-        {f"{n}_probabilities.nii.gz", f"{n}_seg_probabilities.nii.gz"}
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(_NIFTI_SUFFIXES)
-                  and (p.name in names or is_own_output(p)))
+    is_own = _own_output_test(folder)
+    return sorted(p for p in folder.iterdir() if is_own(p))
+
+
+def _own_output_test(folder: Path) -> Callable[[Path], bool]:
+    """``is_own(p)``: ``p`` is a NIfTI file ``medseg predict`` wrote into the series folder (see :func:`own_outputs`);
+    the header is read only for a name that is not one of the series' own."""
+    from .io import is_own_output, own_output_names
+
+    names = set(own_output_names(folder.name))
+
+    def is_own(p: Path) -> bool:
+        return p.is_file() and p.name.lower().endswith(_NIFTI_SUFFIXES) and (p.name in names or is_own_output(p))
+
+    return is_own
 
 
 def is_dicom_source(path: str | Path) -> bool:
@@ -148,8 +156,8 @@ def is_dicom_source(path: str | Path) -> bool:
         return path.suffix.lower() == ".zip"
     if not path.is_dir():
         return False
-    own = set(own_outputs(path))
-    if any(p.name.lower().endswith(_NIFTI_SUFFIXES) and p not in own for p in path.iterdir()):
+    is_own = _own_output_test(path)  # stops at the first foreign NIfTI file (a folder of cases: one header read)
+    if any(p.name.lower().endswith(_NIFTI_SUFFIXES) and not is_own(p) for p in path.iterdir()):
         return False
     for p in path.rglob("*"):
         if not p.is_file() or p.name.startswith("."):
@@ -594,22 +602,11 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: S
         raise ValueError(f"label {int(labels.max())} has no class name ({len(classes)} classes)")
     frames = seg_frames(labels, series).astype(np.uint8 if len(classes) <= 256 else np.uint16)
     if series.info.multiframe:  # frames in the source's frame order (highdicom maps frame i to source frame i)
-        if len(series.info.files) != 1:
-            raise InputError(
-                f"a DICOM SEG on a series of {len(series.info.files)} multi-frame files is not supported (one "
-                "multi-frame file, or single-frame slices, are)",
-                case.paths[0],
-            )
+        _check_multiframe_files(series.info, case.paths[0])
         by_frame = np.empty_like(frames)
         by_frame[[series.info.frames[i] for i in series.order]] = frames
         frames = by_frame
-    try:
-        seg = _segmentation(series, frames, classes, model_name)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refusing a source attribute
-        raise InputError(
-            f"cannot build a DICOM SEG on this series ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
-            case.paths[0],
-        ) from None
+    seg = _segmentation(series, frames, classes, model_name, case.paths[0])
     with atomic_output(path, overwrite) as tmp:
         seg.save_as(str(tmp))
     return Path(path)
@@ -621,41 +618,49 @@ def check_seg_source(path: str | Path, series_uid: str | None = None) -> None:
     FrameOfReferenceUID, study or SOP attributes, several multi-frame files ...)."""
     path = Path(path)
     info = choose_series(list_series(path), series_uid, path)
-    if info.multiframe and len(info.files) != 1:
-        raise InputError(f"a DICOM SEG on a series of {len(info.files)} multi-frame files is not supported (one "
-                         "multi-frame file, or single-frame slices, are)", path)
+    if info.multiframe:
+        _check_multiframe_files(info, path)
     rows, cols = int(info.headers[0].Rows), int(info.headers[0].Columns)
     frames = np.zeros((info.slices, rows, cols), dtype=np.uint8)  # untouched pages: no memory taken
     frames[0, 0, 0] = 1
     series = DicomSeries(np.zeros((0, 0, 0), np.float32), np.eye(4), list(range(info.slices)), info, path)
-    try:
-        _segmentation(series, frames, ["background", "check"], "")
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise InputError(
-            f"--dicom-seg: cannot build a DICOM SEG on this series ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160]})", path) from None
+    _segmentation(series, frames, ["background", "check"], "", path, prefix="--dicom-seg: ")
 
 
-def _segmentation(series: DicomSeries, frames: np.ndarray, classes: Sequence[str], model_name: str) -> Any:
-    """The highdicom Segmentation (BINARY; frames ``[n, rows, columns]`` of segment numbers in source order)."""
+def _check_multiframe_files(info: SeriesInfo, path: str | Path) -> None:
+    """A SEG references one multi-frame source file (or single-frame slices), never several multi-frame files."""
+    if len(info.files) != 1:
+        raise InputError(f"a DICOM SEG on a series of {len(info.files)} multi-frame files is not supported (one "
+                         "multi-frame file, or single-frame slices, are)", path)
+
+
+def _segmentation(series: DicomSeries, frames: np.ndarray, classes: Sequence[str], model_name: str,
+                  path: str | Path, prefix: str = "") -> Any:
+    """The highdicom Segmentation (BINARY; frames ``[n, rows, columns]`` of segment numbers in source order); a
+    source attribute highdicom refuses is one line about ``path`` (after ``prefix``)."""
     import highdicom as hd
 
     from shared_backbones.cliutil import package_version
 
     version = package_version()
-    return hd.seg.Segmentation(
-        source_images=_with_type2_attributes(series.datasets),
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(classes, version),
-        series_instance_uid=hd.UID(),
-        series_number=int(series.info.number or 0) + 1000,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="convsuite",
-        manufacturer_model_name=(model_name or "medseg")[:64],
-        software_versions=version or "unknown",
-        device_serial_number="none",
-        series_description=f"medseg {model_name}".strip()[:64],
-        omit_empty_frames=bool(frames.any()),  # all frames of an empty result: a SEG needs at least one
-    )
+    try:
+        return hd.seg.Segmentation(
+            source_images=_with_type2_attributes(series.datasets),
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segment_descriptions(classes, version),
+            series_instance_uid=hd.UID(),
+            series_number=int(series.info.number or 0) + 1000,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="convsuite",
+            manufacturer_model_name=(model_name or "medseg")[:64],
+            software_versions=version or "unknown",
+            device_serial_number="none",
+            series_description=f"medseg {model_name}".strip()[:64],
+            omit_empty_frames=bool(frames.any()),  # all frames of an empty result: a SEG needs at least one
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refusing a source attribute
+        raise InputError(
+            f"{prefix}cannot build a DICOM SEG on this series ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]})", path) from None

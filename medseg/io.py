@@ -295,6 +295,14 @@ def is_own_output(path: str | Path) -> bool:
         return False
 
 
+def own_output_names(name: str, bare: bool = True) -> list[str]:
+    """The file names ``medseg predict`` writes for a case or series ``name`` beside it or in an output folder:
+    ``<name>_seg.nii.gz`` (and ``.nii``), the probabilities, and with ``bare`` ``<name>.nii.gz`` (and ``.nii``)."""
+    names = [f"{name}_seg.nii.gz", f"{name}_seg.nii", f"{name}_probabilities.nii.gz",
+             f"{name}_seg_probabilities.nii.gz"]
+    return names + [f"{name}.nii.gz", f"{name}.nii"] if bare else names
+
+
 def write_like(path: str | Path, data: np.ndarray, ref: Case, overwrite: bool = False,
                descrip: str | None = None) -> Path:
     """Write ``data`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) atomically with ``ref``'s affine and header geometry

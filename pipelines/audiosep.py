@@ -473,7 +473,6 @@ def train_audiosep(
                 max_time=budget,
                 resume=resume,
                 quiet=quiet,
-                overwrite=overwrite,
                 max_epochs=epochs,
                 max_steps=max_steps,
                 monitor="val_si_snr",

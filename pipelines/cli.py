@@ -127,7 +127,7 @@ def _suite_cli() -> type:
     message, and report a failed rank in the suite's one line."""
     from lightning.pytorch.cli import LightningCLI
 
-    from .trainer import _close_progress_bars, _quiet_lightning, _SigintGuard, allow_ctrl_c, raise_for_other_ranks
+    from .trainer import fitting
 
     class SuiteCLI(LightningCLI):
         def _set_seed(self) -> None:
@@ -148,32 +148,15 @@ def _suite_cli() -> type:
                         setattr(dm, name, _config_step(f"data ({type(dm).__name__}.{name})", getattr(dm, name)))
 
         def _run_subcommand(self, subcommand: str) -> None:
-            _quiet_lightning(self.quiet)
-            allow_ctrl_c()
-            guard = _SigintGuard()
-            self.trainer.callbacks.append(guard)
-            try:
-                with guard:
-                    super()._run_subcommand(subcommand)
-            except (KeyboardInterrupt, SystemExit) as exc:
-                if isinstance(exc, KeyboardInterrupt) or self.trainer.interrupted or guard.hit:
-                    _close_progress_bars(self.trainer)
-                    raise_for_other_ranks(self.trainer, KeyboardInterrupt())
-                    raise KeyboardInterrupt from None
-                raise
-            except BaseException as exc:
-                raise_for_other_ranks(self.trainer, exc)
-                raise
-            if self.trainer.interrupted or guard.hit:
-                _close_progress_bars(self.trainer)
-                raise KeyboardInterrupt
+            with fitting(self.trainer):
+                super()._run_subcommand(subcommand)
 
     return SuiteCLI
 
 
 def _lightning(a: argparse.Namespace, rest: list[str]) -> int:
     from .base import SuiteModule
-    from .trainer import child_ranks
+    from .trainer import _quiet_lightning, child_ranks
 
     for cfg in a.config:
         if not Path(cfg).is_file():
@@ -183,9 +166,6 @@ def _lightning(a: argparse.Namespace, rest: list[str]) -> int:
         args += ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     args += rest + (["--help"] if a.options else [])
     cli = _suite_cli()
-    cli.quiet = a.quiet
-    from .trainer import _quiet_lightning
-
     _quiet_lightning(a.quiet)
     try:
         with child_ranks(), warnings.catch_warnings():

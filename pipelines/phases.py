@@ -242,6 +242,17 @@ class FoldResult:
     metrics: dict
 
 
+def fold_splits(ids: list[str], folds: int, groups: str | Path | None, split_dir: str | Path | None,
+                seed: int) -> list[tuple[list[int], list[int]]]:
+    """(train, validation) indices per fold: fixed MS-TCN bundles (``split_dir``), grouped k-fold (``groups``;
+    ``folds=0`` = leave-one-group-out) or k-fold."""
+    if split_dir:
+        return bundle_splits(split_dir, ids)
+    if groups:
+        return group_kfold_splits(read_groups(groups, ids), None if folds == 0 else folds, seed)
+    return kfold_splits(len(ids), folds, seed)
+
+
 def phases_arch_kwargs(arch: str, blocks: int | None = None, stages: int | None = None, causal: bool = False,
                        reversible: bool = False) -> dict[str, Any]:
     """The network's keyword arguments from the train options (``--blocks``/``--reversible``: ColonTCN only,
@@ -317,12 +328,7 @@ def train_phases(
         raise InputError(f"--background: unknown class {unknown[0]!r} (classes: {', '.join(classes)})")
     bg = [index[b.lower()] for b in background]
     dim = videos[0][0].shape[1]
-    if split_dir:
-        splits = bundle_splits(split_dir, ids)
-    elif groups:
-        splits = group_kfold_splits(read_groups(groups, ids), None if folds == 0 else folds, seed)
-    else:
-        splits = kfold_splits(len(ids), folds, seed)
+    splits = fold_splits(ids, folds, groups, split_dir, seed)
     todo = range(len(splits)) if fold is None else [fold]
     if fold is not None and not 0 <= fold < len(splits):
         raise InputError(f"--fold {fold} out of range (0..{len(splits) - 1})")
@@ -352,7 +358,7 @@ def train_phases(
             except RuntimeError as exc:
                 if resume is not None and "state_dict" in str(exc):
                     raise InputError("the checkpoint does not fit this model (another --arch, --blocks, --stages, "
-                                     "feature width or class list?)", resume_file(resume, work)) from None
+                                     "feature width or class list?)", resolve_resume(resume, work)) from None
                 raise
             if not res.is_global_zero:
                 continue
@@ -368,11 +374,6 @@ def train_phases(
     return results
 
 
-def resume_file(resume: str | Path, work: Path) -> Path:
-    """The checkpoint ``--resume`` names for a fold's work folder."""
-    return work / "checkpoints" / "last.ckpt" if str(resume) == "last" else Path(resume)
-
-
 class PhasesFilesDataModule(PhasesDataModule):
     """A fold of a phases dataset folder (``features/<id>.npy``, ``labels/<id>.txt``) given by paths and numbers, as
     a LightningCLI config writes it (``pipelines/configs/phases.yaml``): k-fold, grouped (``groups`` CSV;
@@ -381,12 +382,7 @@ class PhasesFilesDataModule(PhasesDataModule):
     def __init__(self, data_dir: str, folds: int = 4, fold: int = 0, groups: str | None = None,
                  split_dir: str | None = None, batch_size: int = 2, seed: int = 0) -> None:
         ids, videos, classes = load_dataset(data_dir)
-        if split_dir:
-            splits = bundle_splits(split_dir, ids)
-        elif groups:
-            splits = group_kfold_splits(read_groups(groups, ids), None if folds == 0 else folds, seed)
-        else:
-            splits = kfold_splits(len(ids), folds, seed)
+        splits = fold_splits(ids, folds, groups, split_dir, seed)
         if not 0 <= fold < len(splits):
             raise InputError(f"fold {fold} out of range (0..{len(splits) - 1})")
         tr, va = splits[fold]

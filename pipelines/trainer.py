@@ -303,10 +303,7 @@ def resolve_accelerator(device: str | None = "auto", devices: int | str | list |
         device = {"gpu": "cuda"}.get(str(accelerator), str(accelerator))
     if isinstance(devices, list):
         devices = ",".join(map(str, devices))
-    mapped = lightning_device(device or "auto", "auto" if devices is None else devices)
-    if isinstance(mapped["devices"], str) and mapped["devices"].isdigit():
-        mapped["devices"] = int(mapped["devices"])
-    return mapped
+    return lightning_device(device or "auto", "auto" if devices is None else devices)
 
 
 def check_validation_size(n: int, trainer: L.Trainer, what: str = "validation item(s)") -> None:
@@ -386,17 +383,6 @@ def _wait_for_children_at_exit() -> None:
         os._exit(1)  # the exit status run_cli gives a failed rank
 
 
-def raise_for_other_ranks(trainer: L.Trainer, exc: BaseException) -> None:
-    """Rank 0's fit failed: when another rank failed first (rank 0's error is then the collective's "Connection
-    closed by peer"), raise :class:`RankFailedError` instead; the other ranks are stopped either way (they would
-    wait in a collective until the 30-minute timeout)."""
-    _collect_children(trainer)
-    failed = None if isinstance(exc, (UserError, KeyboardInterrupt)) else _failed_child(timeout=5.0)
-    _kill_children()
-    if failed:
-        raise RankFailedError(*failed) from None
-
-
 @contextlib.contextmanager
 def child_ranks() -> Iterator[None]:
     """Around a whole train command (all its folds): at the end, rank 0 waits for the ranks it launched and raises
@@ -468,6 +454,41 @@ def _close_progress_bars(trainer: L.Trainer) -> None:
     sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def fitting(trainer: L.Trainer) -> Iterator[None]:
+    """Around ``trainer.fit`` (or a LightningCLI subcommand): Ctrl-C, also when SIGINT was ignored or swallowed,
+    raises :class:`KeyboardInterrupt` (not Lightning's ``sys.exit(1)``) after the progress bars are closed; when rank
+    0 fails because another rank failed first (its error is then the collective's "Connection closed by peer"),
+    :class:`RankFailedError` instead. The other ranks are stopped on any failure (they would wait in a collective
+    until the 30-minute timeout) and collected for :func:`child_ranks` otherwise."""
+    guard = next((cb for cb in trainer.callbacks if isinstance(cb, _SigintGuard)), None)
+    if guard is None:
+        guard = _SigintGuard()
+        trainer.callbacks.append(guard)
+    try:
+        with guard:
+            yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        _collect_children(trainer)
+        if isinstance(exc, KeyboardInterrupt) or trainer.interrupted or guard.hit:
+            _close_progress_bars(trainer)
+            _kill_children()
+            raise KeyboardInterrupt from None
+        raise
+    except BaseException as exc:
+        _collect_children(trainer)
+        failed = None if isinstance(exc, UserError) else _failed_child(timeout=5.0)
+        _kill_children()
+        if failed:
+            raise RankFailedError(*failed) from None
+        raise
+    _collect_children(trainer)
+    if trainer.interrupted or guard.hit:
+        _close_progress_bars(trainer)
+        _kill_children()
+        raise KeyboardInterrupt
+
+
 def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, trainer: L.Trainer, *,
         export_to: str | Path | None = None, ckpt_path: str | Path | None = None,
         overwrite: bool = True) -> FitResult:
@@ -478,28 +499,8 @@ def fit(module: L.LightningModule, datamodule: L.LightningDataModule | None, tra
     are closed. When another rank failed, rank 0 raises :class:`RankFailedError` instead of the collective's error."""
     resume = ckpt_path if isinstance(ckpt_path, Path) and ckpt_path.is_file() else \
         resolve_resume(ckpt_path, trainer.default_root_dir)
-    guard = next((cb for cb in trainer.callbacks if isinstance(cb, _SigintGuard)), None)
-    if guard is None:
-        guard = _SigintGuard()
-        trainer.callbacks.append(guard)
-    try:
-        with guard:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        _collect_children(trainer)
-        if isinstance(exc, KeyboardInterrupt) or trainer.interrupted or guard.hit:
-            _close_progress_bars(trainer)
-            _kill_children()
-            raise KeyboardInterrupt from None
-        raise
-    except BaseException as exc:
-        raise_for_other_ranks(trainer, exc)
-        raise
-    _collect_children(trainer)
-    if trainer.interrupted or guard.hit:
-        _close_progress_bars(trainer)
-        _kill_children()
-        raise KeyboardInterrupt
+    with fitting(trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
     if best is None:  # nothing monitored was logged: fall back to the latest checkpoint

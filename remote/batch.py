@@ -14,12 +14,11 @@ series) only when it carries the :data:`OUTPUT_TAG` GeoTIFF tag the writers set;
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared_backbones.cliutil import run_batch
+from shared_backbones.cliutil import run_batch, say
 from shared_backbones.errors import InputError
 from shared_backbones.planning import Job, Plan, Writer, plan_outputs, suffix_of
 
@@ -77,6 +76,7 @@ def plan_series(inputs: Sequence[str | Path], output: str | Path, outputs_of: Ca
     else:
         named = [(items, outputs_of(Path(output)))]
     out_keys = {_abs(p) for _, outs in named for p in outs.values()}
+    exclude = sorted(out_keys)
     jobs = []
     for job_inputs, outs in named:
         files = input_files(job_inputs)
@@ -84,10 +84,7 @@ def plan_series(inputs: Sequence[str | Path], output: str | Path, outputs_of: Ca
         # that this command did not write is, and the planner refuses to replace it
         own = {_abs(f) for f in files if _abs(f) in out_keys and _written_by_us(f)}
         jobs.append(Job(", ".join(job_inputs), [f for f in files if _abs(f) not in own], outs,
-                        data={"inputs": job_inputs}))
-    exclude = sorted(out_keys)
-    for job in jobs:
-        job.data["exclude"] = exclude
+                        data={"inputs": job_inputs, "exclude": exclude}))
     return plan_outputs(jobs, writers=writers, folders=folders, other_inputs=other_inputs, overwrite=overwrite,
                         skip_done=each, num_parts=num_parts, part_id=part_id)
 
@@ -95,8 +92,8 @@ def plan_series(inputs: Sequence[str | Path], output: str | Path, outputs_of: Ca
 def run_jobs(plan: Plan, work: Callable[[Job], Any], *, prog: str = "remote", quiet: bool = False) -> int:
     """Run ``work(job)`` for every job of ``plan`` (a bad input is reported and the batch goes on; see
     :func:`shared_backbones.cliutil.run_batch`); prints the skipped-jobs notice. Returns 0, or 2 when some failed."""
-    if plan.skipped and not quiet:
-        print(f"{prog}: {plan.skipped_notice()}", file=sys.stderr)
+    if plan.skipped:
+        say(f"{prog}: {plan.skipped_notice()}", quiet)
     if not plan.jobs:
         return 0
     plan.make_folders()

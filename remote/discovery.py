@@ -398,18 +398,18 @@ def open_series(
     return S2Series(sources, out_grid, offset, notices)
 
 
-def input_files(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[Path]:
+def input_files(inputs: Sequence[str | Path]) -> list[Path]:
     """Every local file a series of ``inputs`` would read (for output planning: an output must not be one of them):
     rasters, the files of ``.SAFE`` folders, ``.SAFE.zip`` files, STAC items and the local files they reference.
 
     An input that cannot be expanded (missing, an empty folder, a broken item) stands for itself: opening the series
-    reports it later, in the batch, with the full message. ``exclude`` as for :func:`open_series`."""
+    reports it later, in the batch, with the full message."""
     files: list[Path] = []
     for item in inputs:
         if is_virtual(item):
             continue
         try:
-            units = expand_inputs([item], exclude)
+            units = expand_inputs([item])
         except InputError:
             files.append(Path(item))
             continue

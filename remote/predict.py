@@ -739,12 +739,9 @@ def predict_files(plan: Plan, rm: RemoteModel, *, read: SeriesOptions | None = N
                            default_offset=rm.preprocessing.get("offset"))
         if on_series is not None:
             on_series(series)
-        o = job.outputs
-        outs = PredictOutputs(o["class_map"], o.get("probabilities"), o.get("capsules"), o.get("attribution"),
-                              o.get("frequency"), o.get("fields_csv"))
-        s = predict_series(series, rm, outs, tile=tile, halo=halo, batch_size=batch_size, prob_dtype=prob_dtype,
-                           fields=fields, field_id_attr=field_id_attr, per_field=per_field, scl_invalid=scl_invalid,
-                           overwrite=overwrite, quiet=quiet, threads=threads)
+        s = predict_series(series, rm, PredictOutputs(**job.outputs), tile=tile, halo=halo, batch_size=batch_size,
+                           prob_dtype=prob_dtype, fields=fields, field_id_attr=field_id_attr, per_field=per_field,
+                           scl_invalid=scl_invalid, overwrite=overwrite, quiet=quiet, threads=threads)
         s["seconds"]["job"] = round(time.perf_counter() - t0, 2)
         if report is not None:
             report(job, s)

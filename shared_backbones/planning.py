@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cliutil import _nearest_existing
 from .errors import InputError, OutputExistsError
 
 __all__ = ["Job", "Plan", "Writer", "drop_own_outputs", "plan_outputs", "suffix_of"]
@@ -111,24 +112,14 @@ def _key(path: Path) -> str:
     """A comparable identity for a path that may not exist yet: the real path of its nearest existing parent plus
     the rest (so ``a/../b/x`` and ``b/x``, or two spellings through a symlink, compare equal)."""
     p = Path(os.path.abspath(path))
-    tail: list[str] = []
-    while not p.exists() and p != p.parent:
-        tail.append(p.name)
-        p = p.parent
-    base = os.path.realpath(p)
-    return os.path.normcase(os.path.join(base, *reversed(tail)))
-
-
-# --------------------------------------------------------------------------------------------------------- checks
-def _nearest_existing(path: Path) -> Path:
-    p = Path(os.path.abspath(path))
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
+    base = _nearest_existing(p)
+    return os.path.normcase(os.path.normpath(os.path.join(os.path.realpath(base), p.relative_to(base))))
 
 
 def _check_folder(folder: Path) -> None:
-    base = _nearest_existing(folder)
+    """Like ``cliutil.check_writable_folder`` but without its probe file: planning writes nothing, not even a
+    folder's modification time."""
+    base = _nearest_existing(Path(os.path.abspath(folder)))
     if not base.is_dir():
         raise InputError("cannot create the output folder: a parent path is a file", base)
     if not os.access(base, os.W_OK | os.X_OK):
@@ -217,10 +208,9 @@ def plan_outputs(
         if path.exists() and not overwrite:
             raise OutputExistsError(path)
 
-    # 5. folders can be created and written
-    for path in [p for j in todo for p in j.output_paths()] + list(shared_paths.values()):
-        _check_folder(path.parent)
-    for folder in folder_paths:
+    # 5. folders can be created and written (each folder probed once)
+    parents = [p.parent for j in todo for p in j.output_paths()] + [p.parent for p in shared_paths.values()]
+    for folder in dict.fromkeys([*parents, *folder_paths]):
         _check_folder(folder)
 
     if precheck is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared_backbones.cliutil import atomic_output, check_output, run_batch
+from shared_backbones.cliutil import atomic_output, check_output, run_batch, say
 from shared_backbones.errors import InputError
 from shared_backbones.loaded import LoadedModel
 from shared_backbones.planning import Job, Plan, drop_own_outputs, plan_outputs
@@ -163,11 +162,11 @@ def _roles(outs: dict[str, Path], png: bool) -> dict[str, Path]:
 
 def plan_predict(inputs: Sequence[str | Path], out_dir: str | Path | None = None, *, png: bool = True,
                  model: str | Path | None = None, reference: str | Path | None = None, overwrite: bool = False,
-                 num_parts: int = 1, part_id: int = 0, batch: bool | None = None) -> Plan:
+                 num_parts: int = 1, part_id: int = 0) -> Plan:
     """Plan ``medseg phases predict``: one job per feature file (folders expanded, see :func:`expand_inputs`) with
     outputs by role ``frames``, ``segments``, ``summary``, ``timeline`` (:func:`outputs_for`; beside each input
     without ``out_dir``). Two inputs mapping to one output, an output among the inputs (the model, the reference)
-    are refused before any work. In a batch (several files or a folder; ``batch`` overrides) an input whose outputs
+    are refused before any work. In a batch (several files or a folder) an input whose outputs
     all exist is skipped unless ``overwrite``, and ``num_parts``/``part_id`` split it between SLURM array tasks.
     The plan's ``skipped_inputs`` attribute lists folder files taken for this command's own outputs."""
     files, own = expand_inputs(inputs, out_dir, png)
@@ -175,8 +174,7 @@ def plan_predict(inputs: Sequence[str | Path], out_dir: str | Path | None = None
         raise InputError("--reference needs exactly one input", reference)
     out = Path(out_dir) if out_dir is not None else None
     jobs = [Job(str(f), [f], _roles(outputs_for(f, out), png)) for f in files]
-    if batch is None:
-        batch = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
+    batch = len(files) > 1 or any(Path(p).is_dir() for p in inputs)
     plan = plan_outputs(jobs, folders=[out] if out is not None else [],
                         other_inputs=[p for p in (model, reference) if p is not None], overwrite=overwrite,
                         skip_done=batch, num_parts=num_parts, part_id=part_id)
@@ -193,13 +191,13 @@ def predict_files(plan: Plan, pm: PhaseModel, *, layout: str = "auto", fps: floa
     inputs, a reference one frame off), ``report`` each summary. Returns 0, or 2 when some input failed."""
     from .io import load_features, load_labels, match_length
 
-    say = notice or (lambda text: None if quiet else print(text, file=sys.stderr))
+    show = notice or (lambda text: say(text, quiet))
     if plan.skipped:
-        say(f"{prog}: {plan.skipped_notice()}")
+        show(f"{prog}: {plan.skipped_notice()}")
     own = getattr(plan, "skipped_inputs", [])
     if own:
-        say(f"{prog}: note: left out {len(own)} file(s) that are this command's outputs for other inputs "
-            f"({', '.join(p.name for p in own[:3])}{', ...' if len(own) > 3 else ''})")
+        show(f"{prog}: note: left out {len(own)} file(s) that are this command's outputs for other inputs "
+             f"({', '.join(p.name for p in own[:3])}{', ...' if len(own) > 3 else ''})")
     if not plan.jobs:
         return 0
     plan.make_folders()
@@ -211,7 +209,7 @@ def predict_files(plan: Plan, pm: PhaseModel, *, layout: str = "auto", fps: floa
         if reference is not None:
             ref, note = match_length(load_labels(reference, pm.classes), len(feats), reference)
             if note:
-                say(note)
+                show(note)
         out_dir = job.outputs["frames"].parent
         s = predict_video(pm, feats, f, out_dir, fps, ref, png, overwrite, background)
         if report is not None:
