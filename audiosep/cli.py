@@ -17,7 +17,7 @@ from shared_backbones.cliutil import (
     run_cli,
     say,
 )
-from shared_backbones.options import add_parts, number
+from shared_backbones.options import Number, add_parts
 
 PROG = "audiosep"
 #: --chunk-seconds bounds: audiosep.separate.MIN_CHUNK_SECONDS / MAX_CHUNK_SECONDS (not imported: that pulls in torch)
@@ -54,13 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--chunk-seconds",
-        type=number(float, min=MIN_CHUNK_SECONDS, max=MAX_CHUNK_SECONDS),
+        type=Number(float, min=MIN_CHUNK_SECONDS, max=MAX_CHUNK_SECONDS),
         default=30.0,
         help="chunk length streamed through the model (more: more context)",
     )
     s.add_argument(
         "--overlap-seconds",
-        type=number(float, min=0, max=MAX_CHUNK_SECONDS / 2, max_open=True),
+        type=Number(float, min=0, max=MAX_CHUNK_SECONDS / 2, max_open=True),
         default=1.0,
         help="cross-faded overlap between chunks (less than half a chunk)",
     )
@@ -103,13 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument(
         "--sample-rate",
-        type=number(int, min=1000, max=384000),
+        type=Number(int, min=1000, max=384000),
         help="model rate for torchaudio files (Asteroid files carry theirs; torchaudio's Libri2Mix bundle: 8000; "
         "else 8000)",
     )
     i.add_argument(
         "--layers",
-        type=number(int, min=1, max=128),
+        type=Number(int, min=1, max=128),
         default=8,
         help="torchaudio: blocks per repeat <X> (not in the weights)",
     )

@@ -13,14 +13,14 @@ import torch
 
 from shared_backbones.cliutil import progress, run_batch
 from shared_backbones.errors import InputError
-from shared_backbones.planning import Writer, plan_outputs
+from shared_backbones.planning import plan_outputs
+from shared_backbones.report import REPORT
 
 from .metrics import separation_scores
 from .separate import output_paths
 
 METRICS = ("si_snr", "si_snri", "sdr", "sdri")
 MIX_SUFFIXES = (".wav", ".flac")
-REPORT = Writer((".csv", ".tsv", ".json"))
 
 
 def length_tolerance(rate: int) -> int:

@@ -39,7 +39,7 @@ from pydicom.valuerep import DA, TM
 
 from shared_backbones.archives import open_member, open_zip, read_member
 from shared_backbones.cliutil import atomic_output
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, first_line
 
 from .io import Case
 
@@ -367,7 +367,7 @@ def _pixels(ds: Dataset, where: str) -> np.ndarray:
                 "(or convsuite[dicom])",
                 where,
             ) from None
-        raise InputError(f"cannot decode the pixel data ({ts_name}): {str(exc).splitlines()[0][:120]}", where) from None
+        raise InputError(f"cannot decode the pixel data ({ts_name}): {first_line(exc, 120)}", where) from None
 
 
 def _decoder_available(ts: pydicom.uid.UID) -> bool:
@@ -663,4 +663,4 @@ def _segmentation(series: DicomSeries, frames: np.ndarray, classes: Sequence[str
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refusing a source attribute
         raise InputError(
             f"{prefix}cannot build a DICOM SEG on this series ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160]})", path) from None
+            f"{first_line(exc, 160)})", path) from None

@@ -26,7 +26,8 @@ from shared_backbones.cliutil import (
 )
 from shared_backbones.errors import InputError
 from shared_backbones.options import Number, add_parts
-from shared_backbones.planning import Writer, plan_outputs
+from shared_backbones.planning import plan_outputs
+from shared_backbones.report import REPORT
 
 PROG = "medseg"
 NNUNET_FOLDER = "nnUNet_results/Dataset123_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -43,7 +44,6 @@ SYNTH_TRAIN = Number(int, min=1, max=10000)
 SYNTH_TEST = Number(int, min=0, max=10000)
 SYNTH_CHANNELS = Number(int, min=1, max=16)
 #: evaluate's report
-REPORT = Writer((".csv", ".tsv", ".json"), option="-o/--output")
 
 
 def _nnunet_options(p: argparse.ArgumentParser) -> None:

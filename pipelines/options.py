@@ -56,7 +56,7 @@ def add_options(parser: argparse.ArgumentParser | Any, table: type, skip: tuple[
         elif kwargs.get("type") in (int, float) or ("type" not in kwargs and "action" not in kwargs and (
                 isinstance(default, (int, float)) or str(f.type).split(" ")[0] in ("int", "float"))):
             raise TypeError(f"{table.__name__}.{f.name}: a numeric option needs a Number type "
-                            "(shared_backbones.options.number(kind, min=, max=))")
+                            "(shared_backbones.options.Number(kind, min=, max=))")
         flags = [meta["flag"]] if isinstance(meta.get("flag"), str) else list(meta.get("flag") or [])
         parser.add_argument(*(flags or ["--" + f.name.replace("_", "-")]), dest=f.name, default=default,
                             help=meta.get("help") or f.name, **kwargs)

@@ -39,6 +39,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from shared_backbones.cliutil import allow_ctrl_c
 from shared_backbones.errors import InputError, RankFailedError, UserError
 from shared_backbones.options import duration_seconds
 from shared_backbones.precision import PrecisionPolicy
@@ -434,12 +435,6 @@ class _SigintGuard(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
-
-
-def allow_ctrl_c() -> None:
-    """Make Ctrl-C (SIGINT) raise :class:`KeyboardInterrupt` even when the parent started us with it ignored."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _close_progress_bars(trainer: L.Trainer) -> None:

@@ -23,7 +23,7 @@ from shared_backbones.cliutil import (
     say,
 )
 from shared_backbones.errors import InputError
-from shared_backbones.options import Number, add_parts, number, probability, require, seed_int
+from shared_backbones.options import Number, add_parts, probability, require, seed_int
 
 from .naming import DEFAULT_SCL_INVALID, read_date_list
 
@@ -37,9 +37,9 @@ EXAMPLES = [
 #: a tile edge in pixels: memory grows with its square (8192: ~64 Mpx per band and date)
 TILE = Number(int, min=16, max=8192)
 #: map coordinates: any finite number (the grid they span is bounded: remote.resample.MAX_GRID_SIDE)
-FINITE = number(float)
+FINITE = Number(float)
 #: a DN offset (BOA_ADD_OFFSET is -1000 from baseline 04.00): within the uint16 range of the digital numbers
-OFFSET = number(float, min=-65535, max=65535)
+OFFSET = Number(float, min=-65535, max=65535)
 #: width of the temporal blocks (remote models --width)
 WIDTH = Number(int, min=1, max=512)
 
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
                output_required=True, device=False, precision=False)
     q.add_argument("--indices", type=_str_list, default="NDVI",
                    help="comma-separated: NDVI,NDRE,PSRI,OSAVI,TCARI,TCARI/OSAVI,MCARI,CIRE,MTCI,WDVI")
-    q.add_argument("--soil-slope", type=number(float, min=0, max=100), default=1.0,
+    q.add_argument("--soil-slope", type=Number(float, min=0, max=100), default=1.0,
                    help="soil-line slope s of WDVI = N - s R")
     q.add_argument("--grid-days", type=Number(int, min=1, max=3660), default=None,
                    help="gap-fill onto a regular grid with this step in days [the acquisition dates]")
@@ -199,7 +199,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_options(q, RemoteTrainOptions)
     add_deprecated(q, "--channels", "--width", "channels")
-    q._option_string_actions["--channels"].type = q._option_string_actions["--width"].type
     add_common(q, output="model file to write (.pt; with --fold all: <stem>_fold<k>.pt)", output_required=True,
                devices=True, seed=True, resume=True, fold=True)
 
@@ -223,7 +222,6 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--indices", type=_str_list, default=None, help="index traits of the photochemical filter")
     q.add_argument("--width", type=WIDTH, default=None, help="width (channels) of the temporal blocks")
     add_deprecated(q, "--channels", "--width", "width")
-    q._option_string_actions["--channels"].type = WIDTH  # the old spelling reads the same numbers
     q.add_argument("--depth", type=Number(int, min=1, max=32), default=None, help="number of temporal blocks")
     q.add_argument("--dates", type=Number(int, min=1, max=400), default=12,
                    help="dates of the time grid (unet2d input channels)")
@@ -321,7 +319,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from shared_backbones.planning import Job, Writer, plan_outputs
+    from shared_backbones.planning import Job, plan_outputs
+    from shared_backbones.report import REPORT
 
     from .evaluate import evaluate_maps, format_report, write_reports
 
@@ -329,7 +328,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                *(p for p in (getattr(args, "csv_report", None), getattr(args, "json_report", None)) if p)]
     roles = {f"report {i + 1}": Path(p) for i, p in enumerate(outputs)}
     plan_outputs([Job(args.prediction, [Path(args.prediction), Path(args.reference)], roles)],
-                 writers=dict.fromkeys(roles, Writer((".csv", ".tsv", ".json"))), overwrite=args.overwrite)
+                 writers=dict.fromkeys(roles, REPORT), overwrite=args.overwrite)
     m = evaluate_maps(args.prediction, args.reference, args.classes)
     print(format_report(m))
     write_reports(m, outputs, overwrite=args.overwrite)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, first_line
 
 from .reader import open_raster as _open
 from .reader import read_window_band
@@ -161,7 +161,7 @@ def _read_with_gdal(path: Path) -> tuple[list[dict], Any]:
 
 
 def _unreadable(exc: Exception, path: Path) -> InputError:
-    return InputError(f"unreadable vector file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+    return InputError(f"unreadable vector file ({first_line(exc)})",
                       path)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, first_line
 
 from .naming import BASELINE_04_START, DEFAULT_SCL_INVALID, QUANTIFICATION, S2_BANDS, SCL
 from .resample import AlignedResampler, Grid
@@ -73,7 +73,7 @@ def open_raster(path: str | Path) -> Any:
     try:
         return rasterio.open(str(path) if is_virtual(path) else path)
     except Exception as exc:  # rasterio raises RasterioIOError and friends
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"unreadable raster ({msg})", path) from None
 
 
@@ -223,7 +223,7 @@ class S2Series:
             return h.read(indexes, window=window), h.nodata, self._float[str(ref.path)]
         except Exception as exc:
             raise InputError(
-                f"unreadable raster ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", ref.path
+                f"unreadable raster ({first_line(exc)})", ref.path
             ) from None
 
     def read(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, first_line
 
 from .naming import QUANTIFICATION, S2_BANDS, SATURATED_DN, parse_date
 
@@ -158,7 +158,7 @@ def read_stac(path: str | Path) -> list[StacScene]:
     except InputError:
         raise
     except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"not a valid STAC item ({msg})", path) from None
     if not items:
         raise InputError("STAC collection holds no item", path)

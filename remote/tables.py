@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, first_line
 
 from .naming import S2_BANDS, parse_band, parse_date
 from .timeseries import day_numbers, fill_gaps
@@ -65,7 +65,7 @@ def _parquet_columns(path: Path) -> tuple[list[str], list[list]]:
     except ImportError:  # pandas without a Parquet engine
         raise InputError(need, path) from None
     except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = first_line(exc)
         raise InputError(f"unreadable Parquet table ({msg})", path) from None
     # missing cells (None, NaN, pd.NA of nullable integer columns) become None
     return [str(c) for c in df.columns], [df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns]

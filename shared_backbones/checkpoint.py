@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from . import __version__
 from .cliutil import atomic_output
-from .errors import ModelFileError
+from .errors import ModelFileError, first_line
 from .registry import create_model
 
 FORMAT = "convsuite-model"
@@ -132,7 +132,7 @@ def read_torch_file(path: str | Path, safe_globals: Sequence[Any] = (), what: st
         if "zip archive" in text or "central directory" in text or isinstance(exc, (EOFError, zipfile.BadZipFile)):
             raise ModelFileError("truncated or corrupt model file", path) from None
         raise ModelFileError(
-            f"cannot read model file ({text.splitlines()[0] if text else type(exc).__name__})", path
+            f"cannot read model file ({first_line(exc)})", path
         ) from None
     except Exception:  # the weights-only unpickler raises KeyError/IndexError/... on arbitrary bytes
         raise ModelFileError("not a PyTorch model file", path) from None

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -46,6 +48,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     process of a distributed run (:class:`RankFailedError`) is one line with exit code 1.
     """
     prog = prog or Path(sys.argv[0]).name
+    allow_ctrl_c()
     try:
         rc = main(argv)
         return int(rc or 0)
@@ -61,6 +64,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except MemoryError:
         print(f"{prog}: error: out of memory (try a smaller --batch-size or tile/chunk size)", file=sys.stderr)
         return EXIT_USAGE
+
+
+def allow_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) raise :class:`KeyboardInterrupt` even when the parent started us with it ignored (a
+    command started as a background job of a script inherits SIGINT ignored)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_batch(items: Sequence[T], work: Callable[[T], Any], *, prog: str, quiet: bool = False,

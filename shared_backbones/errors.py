@@ -5,6 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """An exception's message for a one-line error: its first line (cut at ``limit`` characters), or its type's name
+    when it has no message."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]
+
+
 class UserError(Exception):
     """A problem with the user's input (file, option, model file); shown as one line, exit code 2."""
 

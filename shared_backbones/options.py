@@ -1,6 +1,6 @@
 """Typed command-line values shared by every CLI: numbers, durations, devices, part splits.
 
-Every numeric option of the suite takes its type from :func:`number` (``type=number(int, min=1)``): finite, in a
+Every numeric option of the suite takes its type from :class:`Number` (``type=Number(int, min=1)``): finite, in a
 declared range, refused by argparse in one usage line (exit 2) otherwise. The range is kept on the type
 (``.kind``, ``.min``, ``.max``, ``.min_open``, ``.max_open``) so the tests can walk every parser and attack every
 numeric option with NaN, inf, 0, negative and huge values (``tests/test_cli_gauntlet.py``). Relations between
@@ -81,7 +81,7 @@ class Number:
         return not (self.max is not None and (value > self.max or (self.max_open and value == self.max)))
 
     def __repr__(self) -> str:
-        return f"number({self.kind.__name__}: {self.describe()})"
+        return f"Number({self.kind.__name__}: {self.describe()})"
 
 
 def _fmt(v: float) -> str:
@@ -99,11 +99,6 @@ def _parse_number(text: str, kind: type) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
-
-
-def number(kind: type = float, **range_: Any) -> Number:
-    """Shorthand: ``type=number(float, min=0, min_open=True)`` (see :class:`Number`)."""
-    return Number(kind, **range_)
 
 
 # the shapes most options take

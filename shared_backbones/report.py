@@ -11,8 +11,13 @@ from typing import Any
 
 from .cliutil import atomic_output
 from .errors import InputError
+from .planning import Writer
 
 Row = Mapping[str, Any]
+
+
+#: what :func:`write_report` writes: the planner's writer for every report output (``-o scores.csv``)
+REPORT = Writer((".csv", ".tsv", ".json"))
 
 
 def _columns(rows: Sequence[Row], columns: Sequence[str] | None) -> list[str]:
@@ -41,7 +46,7 @@ def write_report(path: str | Path, rows: Sequence[Row], columns: Sequence[str] |
     path = Path(path)
     cols = _columns(rows, columns)
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".tsv", ".json"):
+    if suffix not in REPORT.suffixes:
         raise InputError("report must be .csv, .tsv or .json", path)
     with atomic_output(path, overwrite) as tmp:
         if suffix == ".json":

@@ -92,7 +92,7 @@ def test_every_numeric_option_declares_a_finite_range(prog, root, path, parser, 
     """No bare int/float: a bare float takes 'nan' and 'inf', a bare int any size."""
     assert action.type not in (int, float), (
         f"{prog} {' '.join(path)} {action.option_strings[-1]}: bare type={action.type.__name__}; use "
-        "shared_backbones.options.number(...) with the option's range")
+        "shared_backbones.options.Number(...) with the option's range")
 
 
 def _parse(root: argparse.ArgumentParser, argv: list[str]) -> tuple[int | None, argparse.Namespace | None, str]:

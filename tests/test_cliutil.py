@@ -241,3 +241,17 @@ def test_report_writer_csv_json_and_table(tmp_path):
         write_report(tmp_path / "r.xlsx", rows)
     table = format_table(rows, ["case", "dice"]).splitlines()
     assert table == ["case    dice", "a     0.5000", "b     1.0000"]
+
+
+def test_run_cli_gives_ctrl_c_back_to_a_command_started_with_sigint_ignored():
+    """A command started as a background job of a script inherits SIGINT ignored: every CLI restores Ctrl-C."""
+    import signal
+
+    from shared_backbones.cliutil import run_cli
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert run_cli(lambda argv: 0 if signal.getsignal(signal.SIGINT) is signal.default_int_handler else 3,
+                       [], prog="x") == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)

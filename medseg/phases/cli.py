@@ -141,14 +141,15 @@ def _predict(a: argparse.Namespace) -> int:
 
 
 def _evaluate(a: argparse.Namespace) -> int:
-    from shared_backbones.planning import Job, Writer, plan_outputs
+    from shared_backbones.planning import Job, plan_outputs
+    from shared_backbones.report import REPORT
 
     from .evaluate import evaluate_dataset, format_table, write_csv
     from .predict import PhaseModel
 
     if a.output:
         plan_outputs([Job(str(a.data), [Path(a.data)], {"report": Path(a.output)})], other_inputs=[a.model],
-                     writers={"report": Writer((".csv", ".tsv", ".json"))}, overwrite=a.overwrite)
+                     writers={"report": REPORT}, overwrite=a.overwrite)
     pm = PhaseModel.from_file(a.model, a.device, a.precision)
     bg = pm.class_indices(a.background or [])
     rows, total = evaluate_dataset(pm, a.data, a.layout, quiet=a.quiet, background=bg, split=a.split,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared_backbones.errors import InputError
+from shared_backbones.errors import InputError, first_line
 
 UNLABELED = -1
 _UNLABELED_NAMES = {"", "-1", "unlabeled", "unlabelled", "none", "ignore"}
@@ -29,7 +29,7 @@ def _open_features(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError) as exc:
-        raise InputError(f"not a NumPy .npy feature file ({str(exc).splitlines()[0][:80]})", path) from None
+        raise InputError(f"not a NumPy .npy feature file ({first_line(exc, 80)})", path) from None
     if not isinstance(arr, np.ndarray) or arr.ndim != 2:
         raise InputError(f"features must be a 2-D array [frames, dims], got shape {getattr(arr, 'shape', '?')}", path)
     if not np.issubdtype(arr.dtype, np.number):
