@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-classes", nargs="+", metavar="CLASS",
                    help="only keep these classes (names or label numbers)")
     add_deprecated(p, "--classes", "--keep-classes", "keep_classes")
-    p.add_argument("--stats", help="write per-class voxel counts and volumes (mm^3) to this JSON file")
+    p.add_argument("--stats", help="write per-class voxel counts and volumes (mm^3) of this run's cases to this JSON "
+                                   "file (with --num-parts, one file per part: --stats vol_$SLURM_ARRAY_TASK_ID.json)")
     p.add_argument("--preview",
                    help="write a PNG with three orthogonal slices and the labels (a folder when predicting a folder)")
     add_parts(p, "folder's cases")
