@@ -66,8 +66,9 @@ def _add_inputs(p: argparse.ArgumentParser, each: bool = True) -> None:
                    help="band names of files without band descriptions, e.g. B02,B03,B04,B08 (the bands of one "
                         "date for a stack)")
     p.add_argument("--offset", type=OFFSET, default=None,
-                   help="DN offset added before dividing by the quantification value; overrides the product "
-                        "metadata (MTD_MSIL2A.xml, STAC, tags); without metadata the date decides")
+                   help="DN offset added before dividing by the quantification value, for this run: overrides the "
+                        "product metadata (MTD_MSIL2A.xml, STAC, tags); without it a product's metadata decide, "
+                        "else a model's training offset, else the date (both with a note)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--scl-invalid", type=_int_list, default=None,
                    help=f"SCL classes masked as invalid [{','.join(map(str, DEFAULT_SCL_INVALID))}]")
@@ -76,16 +77,35 @@ def _add_inputs(p: argparse.ArgumentParser, each: bool = True) -> None:
     o.add_argument("--grid", default=None, metavar="REF.tif",
                    help="write on the grid (CRS, transform, size) of this raster [the 10 m grid of the first date]")
     o.add_argument("--bounds", type=FINITE, nargs=4, default=None, metavar=("MINX", "MINY", "MAXX", "MAXY"),
-                   help="write on the first date's 10 m grid extended or cut to these bounds (grid CRS units)")
+                   help="write on the 10 m grid extended or cut to these bounds (grid CRS units, or --bounds-crs)")
+    p.add_argument("--crs", default=None, metavar="EPSG:N",
+                   help="output CRS of an area (a projected CRS, e.g. EPSG:32633) [the UTM zone of the area's centre "
+                        "when the inputs span several tiles or zones; else the first date's]")
+    p.add_argument("--bounds-crs", default=None, metavar="EPSG:N",
+                   help="CRS of --bounds, e.g. EPSG:4326 for longitude/latitude [the output grid's CRS]")
     p.add_argument("--tile", type=TILE, default=256, help="tile size in pixels (memory is bounded by it)")
     if each:
         p.add_argument("--each", action="store_true",
                        help="treat every input as its own time series (e.g. one folder per site): -o is then a "
                             "folder, a bad input is reported and the others go on; inputs whose outputs exist are "
                             "skipped unless --overwrite")
-        add_parts(p, "inputs (with --each)")
+        add_parts(p, "work (with --each: the inputs; otherwise the output grid, as row blocks written to "
+                     "X.part-K-of-N.tif and joined by 'remote mosaic')")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="list the file each band of each date is read from, its resolution and radiometry")
+
+
+def _add_outputs(p: argparse.ArgumentParser, preview_what: str) -> None:
+    """Output format of every raster (COG by default) and the quick-look PNG."""
+    p.add_argument("--format", choices=("COG", "GTiff"), default="COG",
+                   help="raster format: COG = Cloud-Optimised GeoTIFF (512 px tiles, overviews); GTiff = a plain "
+                        "tiled GeoTIFF without overviews")
+    p.add_argument("--compress", choices=("deflate", "zstd"), default="deflate",
+                   help="raster compression (zstd: faster, needs GDAL >= 2.3 to read)")
+    if preview_what:
+        p.add_argument("--preview", default=None, metavar="PNG",
+                       help=f"also write a quick-look PNG ({preview_what}, product footprints, scale bar; at most "
+                            "1200 px wide)")
 
 
 def _read_options(args: argparse.Namespace):
@@ -97,8 +117,17 @@ def _read_options(args: argparse.Namespace):
         minx, miny, maxx, maxy = bounds
         require(minx < maxx and miny < maxy, f"--bounds must be MINX MINY MAXX MAXY with MINX < MAXX and MINY < MAXY, "
                                              f"got {' '.join(f'{b:g}' for b in bounds)}")
+    crs, bounds_crs = getattr(args, "crs", None), getattr(args, "bounds_crs", None)
+    if crs is not None or bounds_crs is not None:
+        from .area import parse_crs
+
+        require(bounds_crs is None or bounds is not None, "--bounds-crs needs --bounds")
+        require(crs is None or getattr(args, "grid", None) is None, "give either --grid or --crs, not both")
+        crs = parse_crs(crs) if crs is not None else None
+        bounds_crs = parse_crs(bounds_crs) if bounds_crs is not None else None
     return SeriesOptions(dates=read_date_list(args.dates) if args.dates else None, band_order=args.band_order,
-                         offset=args.offset, grid=getattr(args, "grid", None), bounds=bounds)
+                         offset=args.offset, grid=getattr(args, "grid", None), bounds=bounds, crs=crs,
+                         bounds_crs=bounds_crs)
 
 
 def _show_series(args: argparse.Namespace):
@@ -145,6 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="soil-line slope s of WDVI = N - s R")
     q.add_argument("--grid-days", type=Number(int, min=1, max=3660), default=None,
                    help="gap-fill onto a regular grid with this step in days [the acquisition dates]")
+    _add_outputs(q, "one index on the date with the most valid pixels, with a colour bar")
 
     q = add_command(sub, "predict", help="class and probability maps (tiled, any raster size)", examples=[
         "remote predict demo_s2/images -m ffdnn.pt -o stress.tif --fields demo_s2/fields.tif --explain",
@@ -176,6 +206,16 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
                    help="torch threads for the network [CPUs usable minus one for the reader (minus two above four "
                         "CPUs); CONVSUITE_THREADS or OMP_NUM_THREADS override the default]")
+    _add_outputs(q, "class map with a legend beside the stress probability")
+
+    q = add_command(sub, "mosaic", help="join the parts of a --num-parts run (or rasters tiling one grid) exactly",
+                    examples=["remote mosaic stress.part-*-of-8.tif -o stress.tif",
+                              "remote mosaic stress_prob.part-*-of-8.tif -o stress_prob.vrt",
+                              "remote mosaic ndvi.part-0-of-2.tif ndvi.part-1-of-2.tif -o ndvi.tif --preview ndvi.png"])
+    q.add_argument("parts", nargs="+", help="the part rasters (all N parts of one run; any order)")
+    add_common(q, output="the joined raster: .tif (a COG, or --format GTiff) or .vrt (a GDAL VRT referring to the "
+                         "parts)", output_required=True, device=False, precision=False)
+    _add_outputs(q, "the joined map")
 
     from pipelines.options import RemoteTrainOptions, add_options  # a light module: no torch, no Lightning
 
@@ -248,17 +288,19 @@ def _cmd_indices(args: argparse.Namespace) -> int:
 
     read = _read_options(args)
     plan = plan_indices(args.inputs, args.output, each=args.each, overwrite=args.overwrite,
-                        num_parts=args.num_parts, part_id=args.part_id)
+                        num_parts=args.num_parts, part_id=args.part_id, preview=args.preview)
     scl = _scl(args)
 
     def report(job, res: dict) -> None:
-        say(f"wrote {res['path']}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} bands, "
-            f"{res['size'][0]} x {res['size'][1]} px", args.quiet)
+        part = f" (part {res['part']}: rows {res['rows'][0]}..{res['rows'][1] - 1})" if "part" in res else ""
+        say(f"wrote {res['path']}{part}: {len(res['indices'])} index(es) x {res['dates']} dates = {res['bands']} "
+            f"bands, {res['size'][0]} x {res['size'][1]} px" + (f"; preview {res['preview'].path}"
+                                                                 if "preview" in res else ""), args.quiet)
 
     return index_files(plan, args.indices, read=read, soil_slope=args.soil_slope,
                        scl_invalid=DEFAULT_SCL_INVALID if scl is None else scl, grid_days=args.grid_days,
-                       tile=args.tile, overwrite=args.overwrite, quiet=args.quiet, on_series=_show_series(args),
-                       report=report, prog=PROG)
+                       tile=args.tile, overwrite=args.overwrite, quiet=args.quiet, fmt=args.format,
+                       compress=args.compress, on_series=_show_series(args), report=report, prog=PROG)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -274,14 +316,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     plan = plan_predict(args.inputs, args.output, model=args.model, each=args.each, probabilities=not args.no_prob,
                         explain=args.explain, capsules=writes_capsules(mf), fields=args.fields is not None,
                         fields_csv=args.fields_csv, overwrite=args.overwrite, num_parts=args.num_parts,
-                        part_id=args.part_id)
+                        part_id=args.part_id, preview=args.preview)
     rm = RemoteModel.from_model_file(mf, args.device, args.precision, path=Path(args.model)) if plan.jobs else None
     load_s = time.perf_counter() - t0
 
     def report(job, s: dict) -> None:
         frac = ", ".join(f"{c} {n / max(1, s['valid_pixels']):.1%}" for c, n in s["class_counts"].items())
         fields = f", {s['fields_with_data']}/{s['fields']} fields with data" if "fields" in s else ""
-        say(f"wrote {', '.join(s['outputs'].values())}\n{s['valid_pixels']}/{s['pixels']} pixels with data{fields} "
+        part = f" (part {s['part']}: rows {s['rows'][0]}..{s['rows'][1] - 1})" if "part" in s else ""
+        say(f"wrote {', '.join(s['outputs'].values())}{part}\n{s['valid_pixels']}/{s['pixels']} pixels with data"
+            f"{fields} "
             f"({s['dates']} dates -> {s['grid_dates']}-date grid, {s['tiles']} tiles, {s['mode']}, "
             f"{s['threads']} network thread(s)): {frac}; load {load_s:.2f}s, read + predict "
             f"{s['seconds']['job']:.2f}s", args.quiet)
@@ -289,8 +333,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return predict_files(plan, rm, read=read, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
                          prob_dtype=args.prob_dtype, fields=args.fields, field_id_attr=args.field_id_attr,
                          per_field=args.per_field, scl_invalid=_scl(args), overwrite=args.overwrite,
-                         quiet=args.quiet, threads=args.threads, on_series=_show_series(args), report=report,
-                         prog=PROG)
+                         quiet=args.quiet, threads=args.threads, fmt=args.format, compress=args.compress,
+                         on_series=_show_series(args), report=report, prog=PROG)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -333,6 +377,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_report(m))
     write_reports(m, outputs, overwrite=args.overwrite)
     say(f"wrote {', '.join(map(str, outputs))}" if outputs else "", args.quiet or not outputs)
+    return 0
+
+
+def _cmd_mosaic(args: argparse.Namespace) -> int:
+    from .join import mosaic
+
+    res = mosaic(args.parts, args.output, fmt=args.format, compress=args.compress, overwrite=args.overwrite,
+                 preview=args.preview)
+    say(f"wrote {res['path']} ({res['format']}): {res['parts']} part(s), {res['size'][0]} x {res['size'][1]} px"
+        + (f"; preview {args.preview}" if args.preview else ""), args.quiet)
     return 0
 
 
@@ -408,6 +462,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "predict": _cmd_predict,
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,
+        "mosaic": _cmd_mosaic,
         "models": _cmd_models,
         "synth": _cmd_synth,
     }[args.command](args)

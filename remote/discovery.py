@@ -19,45 +19,84 @@ finest copy is taken. Two copies of one band at the same resolution for one date
 The output grid is the 10 m grid of the first date's finest band file, or ``grid`` (a raster whose grid is copied),
 or ``bounds`` (minx, miny, maxx, maxy in the grid CRS, snapped to the default grid's pixels). Coarser bands are
 resampled onto it; a date that covers only part of it is nodata elsewhere (and a notice says how much).
+Several products of one date (tiles of an area, possibly in different UTM zones), or an output CRS asked for, make
+the series an area (:mod:`remote.area`): products are grouped by date, read window by window through their own
+grids and mosaicked onto one grid with a documented overlap rule; only two copies of one band in one product are
+refused.
 
-DN offset per band, first rule that applies: ``offset`` given by the caller (``--offset``); the product's metadata
-(``MTD_MSIL2A.xml`` BOA_ADD_OFFSET, STAC ``earthsearch:boa_offset_applied`` / raster scale+offset /
-``s2:processing_baseline``); a ``BOA_ADD_OFFSET*`` or ``PROCESSING_BASELINE`` GeoTIFF tag; the baseline in an ESA
-product name (``N0500``); last resort, the acquisition date (-1000 from 2022-01-25), with a notice.
+Parts of an ESA product are read as the product (its metadata, name and file choice): band files or folders
+(``IMG_DATA``, ``R10m``...) inside a ``.SAFE``, and ``/vsizip/PRODUCT.SAFE.zip[/PRODUCT.SAFE[/...]]`` paths. Files that
+are not reflectance bands or SCL (sen2cor's AOT, WVP, TCI; Earth Search's ``aot``, ``wvp``, ``visual``) are set aside;
+Earth Search v1 file names (``blue.tif``, ``nir08.tif``, ``scl.tif``...) name their band.
+
+DN offset per product and band, one rule for every reader (:func:`remote.reader.choose_offset`): ``offset`` given
+by the caller (``--offset``); the product's metadata (``MTD_MSIL2A.xml`` BOA_ADD_OFFSET, STAC
+``earthsearch:boa_offset_applied`` / ``sentinel:boa_offset_applied`` / raster scale+offset / processing baseline, a
+``BOA_ADD_OFFSET*`` or ``PROCESSING_BASELINE`` GeoTIFF tag, the baseline in an ESA product name ``N0500``);
+``model_offset`` (the offset a model was trained with), with a notice; last resort, the acquisition date (-1000 from
+2022-01-25), with a notice. DN 0 and, in integer files, the saturated DN 65535 are nodata whatever the input kind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from shared_backbones.errors import InputError
 
-from .naming import NATIVE_RES, S2_BANDS, SCL, TIF_SUFFIXES, parse_band, parse_baseline, parse_date, parse_dates
-from .reader import BandRef, DateSource, S2Series, is_virtual, open_raster, resolve_offset
+from .area import needs_area, product_key
+from .naming import (
+    NATIVE_RES,
+    S2_BANDS,
+    SATURATED_DN,
+    SCL,
+    TIF_SUFFIXES,
+    parse_band,
+    parse_baseline,
+    parse_date,
+    parse_dates,
+)
+from .reader import (
+    BandRef,
+    DateSource,
+    OffsetChoice,
+    S2Series,
+    apply_offsets,
+    is_virtual,
+    offset_notices,
+    open_raster,
+    tag_metadata,
+)
 from .resample import Grid, covered_fraction, grid_from_bounds, grid_of
-from .safe import is_safe_folder, is_safe_zip, read_safe
-from .stac import is_stac_file, read_stac
+from .safe import is_safe_folder, is_safe_zip, product_root, read_safe, split_vsizip
+from .stac import asset_band, is_stac_file, read_stac
 
 #: How deep below a given folder products, scene folders and rasters are looked for.
 MAX_DEPTH = 3
+#: Files of a delivery that are not reflectance bands or SCL: sen2cor's aerosol optical thickness, water vapour and
+#: true-colour image, Earth Search's ``aot``/``wvp``/``visual`` assets and quick-looks.
+_NOT_A_BAND = re.compile(r"(?<![A-Za-z0-9])(AOT|WVP|TCI|visual|thumbnail|preview)(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 @dataclass
 class _Unit:
     kind: str  # "raster" | "safe" | "stac"
-    path: Path
+    path: Path | str  # a GDAL virtual path stays a string (Path would fold its "//")
     date_text: str = ""
+    only: list[str] | None = None  # safe: the parts of the product given (None: all of it)
 
 
 @dataclass
 class _Date:
     candidates: dict[str, list[BandRef]] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # GeoTIFF tags of the product's files
     skipped: list[str] = field(default_factory=list)
 
 
@@ -84,12 +123,15 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = 
     skip = {Path(p).absolute() for p in exclude}
     for item in inputs:
         if is_virtual(item):
-            units.append(_Unit("raster", Path(str(item)), Path(str(item)).stem))
+            units.append(_virtual_unit(str(item)))
             continue
         p = Path(item)
         if not p.exists():
             raise InputError("file not found", p)
-        if p.is_dir():
+        root = product_root(p)
+        if root is not None:  # a band file or a folder inside a .SAFE: read as (part of) the product
+            units.append(_Unit("safe", root, only=[p.absolute().relative_to(root).as_posix()]))
+        elif p.is_dir():
             n = len(units)
             _scan_folder(p, 0, units)
             units[n:] = [u for u in units[n:] if u.path.absolute() not in skip]
@@ -106,7 +148,40 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = 
         if u.kind == "stac":
             referenced |= {sb.path for scene in read_stac(u.path) for sb in scene.bands}
     # rasters that a STAC item describes are read through the item (its date and radiometry)
-    return [u for u in units if not (u.kind == "raster" and str(u.path.absolute()) in referenced)]
+    units = [u for u in units if not (u.kind == "raster" and not is_virtual(u.path)
+                                      and str(Path(u.path).absolute()) in referenced)]
+    return _merge_products(units)
+
+
+def _virtual_unit(text: str) -> _Unit:
+    """A GDAL virtual path: a ``/vsizip/`` path to an ESA product zip (or into it) is that product (or part of it);
+    anything else is a raster GDAL opens."""
+    z = split_vsizip(text)
+    if z is not None:
+        zpath, inner = z
+        if not zpath.exists():
+            raise InputError("file not found", zpath)
+        if is_safe_zip(zpath):
+            return _Unit("safe", zpath, only=[inner] if inner else None)
+    return _Unit("raster", text, Path(text).stem)
+
+
+def _merge_products(units: list[_Unit]) -> list[_Unit]:
+    """One unit per product: parts of one product given one by one (its band files, its folders) are merged."""
+    out: list[_Unit] = []
+    by_product: dict[str, _Unit] = {}
+    for u in units:
+        if u.kind != "safe":
+            out.append(u)
+            continue
+        key = str(Path(u.path).absolute())
+        first = by_product.get(key)
+        if first is None:
+            by_product[key] = u
+            out.append(u)
+        elif first.only is not None:
+            first.only = None if u.only is None else first.only + u.only
+    return out
 
 
 def _repeating(names: Sequence[str | None]) -> list[str] | None:
@@ -137,89 +212,103 @@ def _parse_desc(desc: str | None) -> tuple[str | None, dt.date | None]:
 
 
 class _Collector:
-    """Band candidates per date, from every kind of input."""
+    """Band candidates per date and product (one tile of one date: :func:`remote.area.product_key`), from every kind
+    of input."""
 
     def __init__(self, dates: Sequence[dt.date] | None, band_order: Sequence[str] | None) -> None:
-        self.by_date: dict[dt.date, _Date] = {}
+        self.by_date: dict[tuple[dt.date, str], _Date] = {}
+        self.crs_of: dict[str, Any] = {}
         self.date_list = list(dates) if dates is not None else None
         self.band_order = band_order
         self.per_date_files = 0
-        self.crs: Any = None
-        self.crs_path: str = ""
         self.notices: list[str] = []
+        self.set_aside: list[tuple[dt.date | None, str]] = []  # files that are not bands: (date, line)
 
-    def add(self, date: dt.date, band: str, ref: BandRef, tags: dict[str, str] | None = None) -> None:
-        d = self.by_date.setdefault(date, _Date())
+    def add(self, date: dt.date, band: str, ref: BandRef, tags: dict[str, str] | None = None,
+            product: str = "") -> None:
+        d = self.by_date.setdefault((date, product), _Date())
         d.candidates.setdefault(band, []).append(ref)
         if tags:
             d.tags.update(tags)
 
-    def _check_crs(self, crs: Any, path: str | Path) -> None:
+    def _check_crs(self, crs: Any, path: str | Path, product: str = "") -> None:
+        """A raster needs a CRS; products in different CRSs (UTM zones) are mosaicked (:mod:`remote.area`)."""
         if crs is None:
             raise InputError("raster has no CRS (georeferenced GeoTIFFs are needed)", path)
-        if self.crs is None:
-            self.crs, self.crs_path = crs, str(path)
-        elif crs != self.crs:
-            raise InputError(f"CRS mismatch between dates: {crs} here, {self.crs} in "
-                             f"{Path(self.crs_path).name}", path)
+        self.crs_of.setdefault(product, crs)
 
     # -- ESA products ---------------------------------------------------------------------------------------------
-    def add_safe(self, path: Path) -> None:
-        prod = read_safe(path)
+    def add_safe(self, path: Path, only: list[str] | None = None) -> None:
+        prod = read_safe(path, only)
+        key = product_key("safe", path)
         rad = prod.radiometry
         baseline = prod.baseline
         for sb in prod.bands:
-            ref = BandRef(sb.path, 1, sb.res)
-            if sb.band != SCL:
+            ref = BandRef(sb.path, 1, sb.res, product=prod.name)
+            if sb.band != SCL:  # what the product says; the offset is chosen in open_series (choose_offset)
                 if rad is not None and rad.offsets:
-                    ref.offset = rad.offsets.get(sb.band, 0.0)
-                    ref.origin = "MTD_MSIL2A.xml BOA_ADD_OFFSET"
+                    ref.metadata = (rad.offsets.get(sb.band, 0.0), "MTD_MSIL2A.xml BOA_ADD_OFFSET")
                 elif baseline is not None:
-                    ref.offset = -1000.0 if baseline >= 4.0 else 0.0
                     where = "" if rad is not None else " (product name)"
-                    ref.origin = f"processing baseline {baseline:05.2f}{where}"
+                    ref.metadata = (-1000.0 if baseline >= 4.0 else 0.0,
+                                    f"processing baseline {baseline:05.2f}{where}")
                 if rad is not None:
                     ref.quantification = rad.quantification
                     ref.saturated = rad.saturated
                 else:
-                    ref.saturated = 65535
-            self.add(prod.date, sb.band, ref)
-        d = self.by_date[prod.date]
+                    ref.saturated = SATURATED_DN
+            self.add(prod.date, sb.band, ref, product=key)
+        d = self.by_date[(prod.date, key)]
         d.skipped += [f"{x} in {prod.name}" for x in prod.ignored]
         with open_raster(min(prod.bands, key=lambda b: b.res).path) as src:
-            self._check_crs(src.crs, path)
+            self._check_crs(src.crs, path, key)
 
     # -- STAC -----------------------------------------------------------------------------------------------------
     def add_stac(self, path: Path) -> None:
         for scene in read_stac(path):
             first = True
+            key = product_key("stac", path, scene_id=scene.id)
             for sb in scene.bands:
                 with open_raster(sb.path) as src:
                     if first:
-                        self._check_crs(src.crs, sb.path)
+                        self._check_crs(src.crs, sb.path, key)
                         first = False
                     res = abs(float(src.transform.a))
-                ref = BandRef(sb.path, 1, res, sb.offset, sb.quantification,
-                              None if sb.band == SCL else scene.saturated,
-                              f"STAC {scene.id}: {sb.rule}" if sb.rule else f"STAC {scene.id}")
-                self.add(scene.date, sb.band, ref)
+                ref = BandRef(sb.path, 1, res, quantification=sb.quantification,
+                              saturated=None if sb.band == SCL else scene.saturated,
+                              metadata=None if sb.offset is None or sb.band == SCL
+                              else (sb.offset, f"STAC {scene.id}: {sb.rule}"),
+                              product=scene.id)
+                self.add(scene.date, sb.band, ref, product=key)
 
     # -- GeoTIFFs -------------------------------------------------------------------------------------------------
-    def add_raster(self, path: Path, date_text: str) -> None:
+    def add_raster(self, path: Path | str, date_text: str) -> None:
         band_order = self.band_order
+        name = Path(str(path))  # for its names only: a virtual path is opened as given
         src = open_raster(path)
         with src:
-            self._check_crs(src.crs, path)
+            key = product_key("raster", path, src.crs, text=date_text)
+            self._check_crs(src.crs, path, key)
             res = abs(float(src.transform.a))
             tags = {**src.tags(), **{k: v for i in range(1, src.count + 1) for k, v in src.tags(i).items()}}
             parsed = [_parse_desc(d) for d in src.descriptions]
-            file_band = parse_band(path.stem)
+            file_band = parse_band(name.stem) or (asset_band(name.stem) if src.count == 1 else None)
             file_date = parse_date(date_text) or parse_date(tags.get("DATE", tags.get("ACQUISITION_DATE", "")))
+            integer = np.dtype(src.dtypes[0]).kind in "ui"
+
+            def ref(index: int) -> BandRef:
+                # DN 0 and the saturated DN 65535 are not reflectance, as in the products
+                return BandRef(path, index, res, saturated=SATURATED_DN if integer else None, product=name.name)
+
             if all(b and d for b, d in parsed):  # stacked with "B02 2024-05-01" descriptions
                 for i, (b, d) in enumerate(parsed, 1):
-                    self.add(d, b, BandRef(path, i, res), tags)
+                    self.add(d, b, ref(i), tags, key)
                 return
             desc_bands = [b for b, _ in parsed]
+            if not any(desc_bands) and file_band is None and band_order is None and _NOT_A_BAND.search(
+                    name.stem.replace("_", " ").replace("-", " ")):
+                self.set_aside.append((file_date, f"{name.name} (not a reflectance band or SCL)"))
+                return
             if all(desc_bands) and len(set(desc_bands)) == src.count:
                 names = desc_bands
             elif src.count == 1 and file_band:
@@ -232,7 +321,7 @@ class _Collector:
                 if per_date and stack_dates and src.count == len(per_date) * len(stack_dates):
                     for i in range(src.count):
                         self.add(stack_dates[i // len(per_date)], per_date[i % len(per_date)],
-                                 BandRef(path, i + 1, res), tags)
+                                 ref(i + 1), tags, key)
                     return
                 if per_date and stack_dates:
                     raise InputError(
@@ -263,7 +352,7 @@ class _Collector:
                                                 for k in tags):
                 tags = {**tags, "PROCESSING_BASELINE": f"{baseline:05.2f}"}
             for i, b in enumerate(names, 1):
-                self.add(file_date, b, BandRef(path, i, res), tags)
+                self.add(file_date, b, ref(i), tags, key)
 
 
 def choose_native(band: str, refs: list[BandRef], date: dt.date) -> tuple[BandRef, list[str]]:
@@ -303,11 +392,18 @@ def open_series(
     grid: str | Path | Grid | None = None,
     bounds: Sequence[float] | None = None,
     exclude: Sequence[str | Path] = (),
+    crs: Any = None,
+    bounds_crs: Any = None,
+    model_offset: float | None = None,
 ) -> S2Series:
     """Describe a time series from files, folders, products and STAC items (module docstring for the rules).
 
     ``grid`` (a raster path or a :class:`Grid`) or ``bounds`` choose the output grid; by default the 10 m grid of
-    the first date; ``exclude`` names files that folders must not contribute (the run's own outputs).
+    the first date. Several products on one date (tiles, UTM zones), ``crs`` or ``bounds_crs`` make the series an
+    area (:class:`remote.area.AreaSeries`: the grid of :func:`remote.area.area_grid` unless ``grid``, products
+    mosaicked window by window with its overlap rule); ``exclude`` names files that folders must not contribute
+    (the run's own outputs). ``offset`` (the run's ``--offset``) overrides every product's metadata;
+    ``model_offset`` (the offset a model was trained with) only serves products without radiometric metadata.
     ``series.notices`` lists what the user should know (partial coverage, offsets from the date)
     and ``series.provenance()`` which file each band of each date is read from."""
     units = expand_inputs(inputs, exclude)
@@ -321,54 +417,66 @@ def open_series(
     col = _Collector(dates, band_order)
     for u in units:
         if u.kind == "safe":
-            col.add_safe(u.path)
+            col.add_safe(Path(u.path), u.only)
         elif u.kind == "stac":
             col.add_stac(u.path)
         else:
             col.add_raster(u.path, u.date_text)
     if not col.by_date:
+        if col.set_aside:
+            raise InputError(f"no reflectance band or SCL in the inputs, only {', '.join(x for _, x in col.set_aside)}")
         raise InputError("no valid dates found in the inputs")
 
+    for day, line in col.set_aside:  # files that are not bands (AOT, WVP, TCI, visual...): listed with their date
+        for (date, _), d in col.by_date.items():
+            if date == day:
+                d.skipped.append(line)
+                break
+
     sources: list[DateSource] = []
-    guessed: list[str] = []
-    for date in sorted(col.by_date):
-        d = col.by_date[date]
+    keys: list[str] = []
+    chosen: list[tuple[dt.date, str, OffsetChoice]] = []
+    for date, key in sorted(col.by_date):
+        d = col.by_date[(date, key)]
         ds = DateSource(date, skipped=list(d.skipped))
+        keys.append(key)
         for band in [*S2_BANDS, SCL, *sorted(set(d.candidates) - set(S2_BANDS) - {SCL})]:
             if band in d.candidates:
                 ds.bands[band], skipped = choose_native(band, d.candidates[band], date)
                 ds.skipped += skipped
-        ds.offset, ds.offset_rule = resolve_offset(offset, d.tags, date)
-        rules = set()
+        tags = tag_metadata(d.tags)  # GeoTIFFs: the tags of the product's files
         for b, ref in ds.bands.items():
-            if b == SCL:
-                continue
-            if offset is not None:
-                ref.offset, ref.origin = float(offset), "--offset"
-            elif ref.offset is None:
-                ref.offset = ds.offset
-                ref.origin = ref.origin or ds.offset_rule
-            rules.add(ref.origin)
-        if offset is None and rules:
-            ds.offset_rule = "; ".join(sorted(rules))
+            if b != SCL and ref.metadata is None:
+                ref.metadata = tags
+        # one precedence for every reader, per product: --offset > metadata > the model's offset > the date
+        choices = apply_offsets(ds.bands, date, user=offset, model=model_offset)
+        name = next((r.product for r in ds.bands.values() if r.product), key)
+        chosen += [(date, name, c) for c in choices]
+        ds.offset_rule = "; ".join(sorted({r.origin for b, r in ds.bands.items() if b != SCL}))
         offsets = {r.offset for b, r in ds.bands.items() if b != SCL}
-        if len(offsets) == 1:  # the date's offset as its bands have it (metadata, not the calendar)
+        if len(offsets) == 1:  # the product's offset when all its bands share one
             ds.offset = offsets.pop()
-        if "no metadata" in ds.offset_rule:
-            guessed.append(date.isoformat())
         sources.append(ds)
 
-    notices = []
-    if guessed:
-        notices.append(f"no radiometric metadata for {len(guessed)} date(s) ({', '.join(guessed[:3])}"
-                       f"{', ...' if len(guessed) > 3 else ''}): BOA offset chosen from the acquisition date "
-                       "(-1000 from 2022-01-25); pass --offset if the products were reprocessed")
+    notices = offset_notices(chosen)
+    no_scl = sorted({ds.date.isoformat() for ds in sources if SCL not in ds.bands})
+    if no_scl:
+        notices.append(f"no SCL band for {len(no_scl)} date(s) ({', '.join(no_scl[:3])}"
+                       f"{', ...' if len(no_scl) > 3 else ''}): clouds are not masked on those dates (cloud mask "
+                       "off); give the SCL file or item asset to mask them")
+
+    if grid is not None and bounds is not None:
+        raise InputError("give either --grid or --bounds, not both")
+    products: dict[dt.date, set[str]] = {}
+    for date, key in col.by_date:
+        products.setdefault(date, set()).add(key)
+    if needs_area(products, list(col.crs_of.values()), crs, bounds_crs):
+        return _refuse_outside(_open_area(sources, keys, notices, grid=grid, bounds=bounds, crs=crs,
+                                          bounds_crs=bounds_crs, offset=offset), grid, bounds)
 
     first = sources[0]
     finest = min(first.bands.values(), key=lambda r: (r.res or math.inf))
     default = _grid_of_file(finest.path)
-    if grid is not None and bounds is not None:
-        raise InputError("give either --grid or --bounds, not both")
     if isinstance(grid, Grid):
         out_grid = grid
     elif grid is not None:
@@ -395,7 +503,49 @@ def open_series(
         if ds.coverage < 0.9995:
             notices.append(f"{ds.date.isoformat()} covers {ds.coverage:.1%} of the output grid ({ref.name}); "
                            "the rest of that date is nodata")
-    return S2Series(sources, out_grid, offset, notices)
+    return _refuse_outside(S2Series(sources, out_grid, offset, notices), grid, bounds)
+
+
+def _refuse_outside(series: S2Series, grid: str | Path | Grid | None, bounds: Sequence[float] | None) -> S2Series:
+    """``series``, unless its output grid lies entirely outside every product: then a one-line refusal (an
+    all-nodata output helps nobody)."""
+    if any(s.coverage > 0 for s in series.sources):
+        return series
+    g = series.grid
+    from rasterio.transform import array_bounds
+
+    minx, miny, maxx, maxy = array_bounds(g.height, g.width, g.transform)
+    asked = (f"--bounds {' '.join(f'{v:g}' for v in bounds)}" if bounds is not None
+             else f"--grid {grid}" if grid is not None and not isinstance(grid, Grid) else "the output grid")
+    raise InputError(f"{asked} lies entirely outside the data: no product of any date covers the output grid "
+                     f"({minx:g} {miny:g} {maxx:g} {maxy:g} in {g.crs}); check the coordinates and their CRS")
+
+
+def _open_area(sources: list[DateSource], keys: list[str], notices: list[str], *, grid: str | Path | Grid | None,
+               bounds: Sequence[float] | None, crs: Any, bounds_crs: Any, offset: float | None) -> S2Series:
+    """An :class:`remote.area.AreaSeries` of the products ``sources`` (one per date and tile) on the area grid."""
+    from .area import AreaSeries, area_grid, footprint
+
+    if crs is not None and grid is not None:
+        raise InputError("give either --grid or --crs, not both")
+    if bounds_crs is not None and bounds is None:
+        raise InputError("--bounds-crs needs --bounds")
+    if bounds is not None and len(bounds) != 4:
+        raise InputError("--bounds needs 4 numbers: minx miny maxx maxy")
+    feet = [footprint(ds) for ds in sources]
+    if isinstance(grid, Grid):
+        out_grid = grid
+    elif grid is not None:
+        out_grid = _grid_of_file(grid)
+    else:
+        out_grid = area_grid(feet, crs=crs, bounds=bounds, bounds_crs=bounds_crs)
+    series = AreaSeries(sources, keys, feet, out_grid, offset, notices)
+    for d in series.dates:
+        cover = [s.coverage for s in series.sources if s.date == d]
+        if not any(c > 0 for c in cover):
+            series.notices.append(f"{d.isoformat()}: no product of this date touches the output grid; the date "
+                                  "is nodata")
+    return series
 
 
 def input_files(inputs: Sequence[str | Path]) -> list[Path]:
@@ -407,6 +557,8 @@ def input_files(inputs: Sequence[str | Path]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         if is_virtual(item):
+            z = split_vsizip(item)  # a product zip read through /vsizip/ is an input all the same
+            files += [z[0]] if z is not None else []
             continue
         try:
             units = expand_inputs([item])
@@ -437,11 +589,14 @@ class SeriesOptions:
     offset: float | None = None
     grid: str | Path | Grid | None = None
     bounds: Sequence[float] | None = None
+    crs: Any = None
+    bounds_crs: Any = None
 
     def open(self, inputs: Sequence[str | Path], *, exclude: Sequence[str | Path] = (),
              default_offset: float | None = None) -> S2Series:
-        """:func:`open_series` of ``inputs``; ``default_offset`` (a model's stored offset) applies when no offset
-        was given."""
-        return open_series(inputs, dates=self.dates, band_order=self.band_order,
-                           offset=self.offset if self.offset is not None else default_offset, grid=self.grid,
-                           bounds=self.bounds, exclude=exclude)
+        """:func:`open_series` of ``inputs``; ``default_offset`` (a model's stored offset) serves only the products
+        whose metadata say nothing about their offset, with a notice (the run's ``offset`` and the products'
+        metadata come first)."""
+        return open_series(inputs, dates=self.dates, band_order=self.band_order, offset=self.offset,
+                           grid=self.grid, bounds=self.bounds, exclude=exclude, crs=self.crs,
+                           bounds_crs=self.bounds_crs, model_offset=default_offset)

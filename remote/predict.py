@@ -32,12 +32,13 @@ from shared_backbones.planning import Job, Plan, Writer
 from .batch import GEOTIFF, OUTPUT_TAG, plan_series, run_jobs
 from .discovery import SeriesOptions
 from .fields import FieldSeries, field_series, open_fields
+from .join import RowBlock, part_path
 from .models import CLASSES, class_probabilities, date_attribution, frequency_attribution
 from .naming import DEFAULT_SCL_INVALID, parse_dates
 from .reader import S2Series
 from .resample import Grid
 from .timeseries import align_grid, day_numbers, fill_gaps
-from .writer import geotiff_profile
+from .writer import raster_output
 
 CLASS_NODATA = 255
 PROB_UINT8_SCALE = 250.0  # uint8 probabilities: value = round(p * 250), 255 = nodata
@@ -453,23 +454,25 @@ class _Outputs:
             ds.write(arr, window=window)
 
 
-def _open_outputs(stack: contextlib.ExitStack, outputs: PredictOutputs, rm: RemoteModel, grid: Grid,
-                  plan: _Plan, prob_dtype: str, per_field: bool, overwrite: bool) -> _Outputs:
-    """Open the class map, probabilities and explanation rasters (tiled, deflate, source CRS and transform) under
-    atomic temporary names registered on ``stack``, with band descriptions, colour table and tags."""
-    import rasterio
+def _open_outputs(stack: contextlib.ExitStack, outputs: PredictOutputs, rm: RemoteModel, block: RowBlock,
+                  plan: _Plan, prob_dtype: str, per_field: bool, overwrite: bool, fmt: str = "COG",
+                  compress: str = "deflate") -> _Outputs:
+    """Open the class map, probabilities and explanation rasters on the block's grid (Cloud-Optimised GeoTIFFs or
+    tiled GeoTIFFs, :func:`remote.writer.raster_output`) under atomic temporary names registered on ``stack``, with
+    band descriptions, colour table and tags (and the part tags of a ``--num-parts`` part)."""
 
-    def open_out(path: Path, count: int, dtype: str, nodata: Any, desc: Sequence[str]) -> Any:
-        tmp = stack.enter_context(atomic_output(path, overwrite))
-        ds = stack.enter_context(rasterio.open(tmp, "w", **geotiff_profile(grid, count, dtype, nodata)))
+    def open_out(path: Path, count: int, dtype: str, nodata: Any, desc: Sequence[str],
+                 categorical: bool = False) -> Any:
+        ds = stack.enter_context(raster_output(path, block.out_grid, count, dtype, nodata, fmt=fmt,
+                                               categorical=categorical, compress=compress, overwrite=overwrite))
         for i, s in enumerate(desc, 1):
             ds.set_band_description(i, s)
-        ds.update_tags(**{OUTPUT_TAG: "remote predict"})
+        ds.update_tags(**{OUTPUT_TAG: "remote predict"}, **block.tags(categorical))
         return ds
 
     k, classes, grid_dates = plan.k, plan.classes, plan.grid_dates
     cls_ds = open_out(outputs.class_map, 1, "uint8", CLASS_NODATA,
-                      ["class: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))])
+                      ["class: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))], categorical=True)
     cls_ds.write_colormap(1, class_colormap(k))
     cls_ds.update_tags(CLASSES=",".join(classes), NODATA_MEANING="no valid observation",
                        MODE="per-field" if per_field else "per-pixel",
@@ -580,16 +583,17 @@ def _field_predictions(series: S2Series, rm: RemoteModel, field_src: Any, plan: 
 
 
 def _summary(series: S2Series, plan: _Plan, outputs: PredictOutputs, counts: np.ndarray, n_valid: int,
-             per_field: bool, fp: _FieldPredictions | None, threads: int) -> dict[str, Any]:
-    g = series.grid
-    total = g.width * g.height
+             per_field: bool, fp: _FieldPredictions | None, threads: int, block: RowBlock) -> dict[str, Any]:
+    total = block.grid.width * block.height
     out = {"pixels": total, "valid_pixels": n_valid, "nodata_pixels": total - n_valid,
-           "tiles": g.n_windows(plan.tile), "tile": plan.tile, "halo": plan.halo, "dates": len(series.dates),
+           "tiles": block.n_windows(plan.tile), "tile": plan.tile, "halo": plan.halo, "dates": len(series.dates),
            "grid_dates": len(plan.grid_dates), "mode": "per-field" if per_field else "per-pixel",
            "class_counts": {c: int(n) for c, n in zip(plan.classes, counts)},
            "outputs": {k_: str(v) for k_, v in vars(outputs).items() if v is not None}, "threads": threads}
     if fp is not None:
         out.update(fields=len(fp.fs.ids), fields_with_data=int(fp.fs.valid.sum()))
+    if block.is_part:
+        out.update(part=f"{block.part_id}/{block.num_parts}", rows=[block.row0, block.row1])
     return out
 
 
@@ -597,7 +601,8 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                    halo: int | None = None, batch_size: int = 8192, prob_dtype: str = "float32",
                    fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
                    scl_invalid: Sequence[int] | None = None, overwrite: bool = False,
-                   quiet: bool = False, threads: int | None = None) -> dict[str, Any]:
+                   quiet: bool = False, threads: int | None = None, fmt: str = "COG", compress: str = "deflate",
+                   num_parts: int = 1, part_id: int = 0) -> dict[str, Any]:
     """Predict the whole raster tile by tile; returns a summary (pixels, valid pixels, class counts, tiles).
 
     ``halo`` (spatial model only) defaults to ``2 x size_divisor`` pixels around each tile; ``tile`` and ``halo``
@@ -611,9 +616,19 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
     gives the loop's wall time and the CPU time of each stage (``network``: the main thread: model and bookkeeping;
     ``read``, ``write``: the two threads): when ``read`` and ``write`` stay below ``network`` and a core is free
     for them, the wall time is the network's.
+
+    Outputs are Cloud-Optimised GeoTIFFs (``fmt="COG"``) or tiled GeoTIFFs (``"GTiff"``), see :mod:`remote.writer`.
+    With ``num_parts`` > 1 only row block ``part_id`` of the grid is predicted and written, each output a raster of
+    its own on the block's grid (:class:`remote.join.RowBlock`; ``outputs`` are then the part paths); reads use the
+    whole grid's windows, so a spatial model's halo reaches across the block edge as in the whole run. A part
+    without valid pixels is written (nodata), as the whole run's rows would be.
     """
     plan = _plan(series, rm, outputs, tile, halo, prob_dtype, fields, per_field, scl_invalid, overwrite)
     g = series.grid
+    if num_parts > 1 and (fields is not None or per_field):
+        raise InputError("--fields needs the whole map: not with --num-parts (join the parts with 'remote mosaic', "
+                         "or run the fields without parts)")
+    block = RowBlock.part(g, num_parts, part_id) if num_parts > 1 else RowBlock.whole(g)
     field_src = open_fields(fields, g, field_id_attr) if fields is not None else None
     threads = default_threads() if threads is None else max(1, int(threads))
 
@@ -631,24 +646,24 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
         stack.enter_context(torch_threads(threads))
         if per_field:
             fp = _field_predictions(series, rm, field_src, plan, batch_size, quiet)
-        outs = _open_outputs(stack, outputs, rm, g, plan, prob_dtype, per_field, overwrite)
+        outs = _open_outputs(stack, outputs, rm, block, plan, prob_dtype, per_field, overwrite, fmt, compress)
         stats = _FieldStats(plan.k) if field_src is not None and not per_field else None
         with series:
             # threads are stopped before the series and the outputs close (ExitStack runs this first)
-            reader = _Prefetch(g.windows(plan.tile),
-                               lambda win: _read_tile(series, win, rm, plan, g, field_src, per_field))
+            reader = _Prefetch(block.windows(plan.tile),      # (read window in g, write window in the block)
+                               lambda wins: _read_tile(series, wins[0], rm, plan, g, field_src, per_field))
             writer = _Writer(outs.write_tile)
             t_wall, t_cpu = time.perf_counter(), time.thread_time()
             try:
-                for window, inp in progress(reader, total=g.n_windows(plan.tile), desc="predict", unit="tile",
-                                            quiet=quiet):
+                for (window, write_window), inp in progress(reader, total=block.n_windows(plan.tile),
+                                                            desc="predict", unit="tile", quiet=quiet):
                     if per_field:
                         prob, valid, expl_vals = fp.tile(inp.fid, plan.k)
                     else:
                         prob, valid, expl_vals = _pixel_tile(rm, inp, window, plan, batch_size)
                     cls = prob.argmax(0).astype(np.uint8)
                     cls[~valid] = CLASS_NODATA
-                    writer.submit(window, cls, prob, valid, expl_vals)
+                    writer.submit(write_window, cls, prob, valid, expl_vals)
                     counts += np.bincount(cls[valid], minlength=plan.k)[:plan.k]
                     n_valid += int(valid.sum())
                     if stats is not None:
@@ -662,7 +677,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
             writer.close()
             timing = {"wall": time.perf_counter() - t_wall, "network": time.thread_time() - t_cpu,
                       "read": reader.cpu_seconds, "write": writer.cpu_seconds}
-        if n_valid == 0:   # raised inside the atomic outputs: nothing is left behind
+        if n_valid == 0 and not block.is_part:   # raised inside the atomic outputs: nothing is left behind
             where = "field " if per_field else ""
             masked = f" or masked by SCL classes {','.join(map(str, plan.scl))}" if plan.scl else ""
             raise InputError(f"no valid dates: every {where}pixel is nodata{masked} on every date "
@@ -671,7 +686,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
             _write_field_table(outputs.fields_csv, fp.fs, fp.prob, rm.classes, field_src.label, overwrite)
         elif stats is not None:
             stats.write(outputs.fields_csv, rm.classes, field_src.label, overwrite)
-    out = _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads)
+    out = _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads, block)
     out["seconds"] = {k: round(v, 2) for k, v in timing.items()}
     return out
 
@@ -695,13 +710,23 @@ def writes_capsules(model_file: ModelFile) -> bool:
 def plan_predict(inputs: Sequence[str | Path], output: str | Path, *, model: str | Path | None = None,
                  each: bool = False, probabilities: bool = True, explain: bool = False, capsules: bool = True,
                  fields: bool = False, fields_csv: str | Path | None = None, overwrite: bool = False,
-                 num_parts: int = 1, part_id: int = 0) -> Plan:
+                 num_parts: int = 1, part_id: int = 0, preview: str | Path | None = None) -> Plan:
     """Plan ``remote predict``: all inputs -> the class map ``output`` (and ``X_prob.tif``, explanations,
     ``X_fields.csv`` beside it), or with ``each`` one set per input in the folder ``output``. Roles: ``class_map``,
     ``probabilities``, ``capsules``, ``attribution``, ``frequency``, ``fields_csv``. ``capsules``: the model has
-    class capsules (:func:`writes_capsules`). Checked before any work (:func:`remote.batch.plan_series`)."""
+    class capsules (:func:`writes_capsules`). Checked before any work (:func:`remote.batch.plan_series`). Without
+    ``each``, ``num_parts`` > 1 splits the output grid into row blocks: this run writes part ``part_id`` of every
+    raster, ``X.part-K-of-N.tif`` (:func:`remote.join.part_path`; joined by ``remote mosaic``). ``preview``: a
+    quick-look PNG (role ``preview``; not with ``each`` or grid parts)."""
     if each and fields_csv is not None:
         raise InputError("--fields-csv names one file: it cannot be used with --each")
+    grid_parts = num_parts > 1 and not each
+    if grid_parts and (fields or fields_csv is not None):
+        raise InputError("--fields needs the whole map: not with --num-parts (join the parts with 'remote mosaic', "
+                         "or run the fields without parts)")
+    if preview is not None and (each or grid_parts):
+        raise InputError("--preview shows one map: not with --each or --num-parts (preview the joined map with "
+                         "'remote mosaic ... --preview')")
 
     def outputs_of(class_map: Path) -> dict[str, Path]:
         outs = PredictOutputs.beside(class_map, probabilities=probabilities, explain=explain,
@@ -710,23 +735,37 @@ def plan_predict(inputs: Sequence[str | Path], output: str | Path, *, model: str
             outs.capsules = None
         if fields_csv is not None:
             outs.fields_csv = Path(fields_csv)
-        return {k: v for k, v in vars(outs).items() if v is not None}
+        named = {k: v for k, v in vars(outs).items() if v is not None}
+        if grid_parts:
+            named = {k: part_path(v, part_id, num_parts) for k, v in named.items()}
+        return named | ({"preview": Path(preview)} if preview is not None else {})
 
-    writers = {"class_map": Writer(GEOTIFF, hints={".png": "the class map is a GeoTIFF"}),
-               "fields_csv": Writer((".csv",), option="--fields-csv")}
-    return plan_series(inputs, output, outputs_of, each=each, writers=writers,
-                       other_inputs=[model] if model is not None else [], overwrite=overwrite, num_parts=num_parts,
-                       part_id=part_id)
+    writers = {"class_map": Writer(GEOTIFF, hints={".png": "the class map is a GeoTIFF; --preview writes a PNG"}),
+               "fields_csv": Writer((".csv",), option="--fields-csv"),
+               "preview": Writer((".png",), option="--preview")}
+    plan = plan_series(inputs, output, outputs_of, each=each, writers=writers,
+                       other_inputs=[model] if model is not None else [], overwrite=overwrite,
+                       num_parts=1 if grid_parts else num_parts, part_id=0 if grid_parts else part_id)
+    if grid_parts:
+        from shared_backbones.options import check_part
+
+        check_part(num_parts, part_id)
+        for job in plan.jobs:
+            job.data["part"] = (part_id, num_parts)
+    return plan
 
 
 def predict_files(plan: Plan, rm: RemoteModel, *, read: SeriesOptions | None = None, tile: int = 256,
                   halo: int | None = None, batch_size: int = 8192, prob_dtype: str = "float32",
                   fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
                   scl_invalid: Sequence[int] | None = None, overwrite: bool = False, quiet: bool = False,
-                  threads: int | None = None, on_series: Callable[[S2Series], None] | None = None,
+                  threads: int | None = None, fmt: str = "COG", compress: str = "deflate",
+                  on_series: Callable[[S2Series], None] | None = None,
                   report: Callable[[Job, dict[str, Any]], None] | None = None, prog: str = "remote") -> int:
-    """Predict every job of ``plan`` (:func:`plan_predict`) with :func:`predict_series`; a bad input is reported
-    and the others go on. The series are read with ``read`` (the model's stored offset applies when it sets none);
+    """Predict every job of ``plan`` (:func:`plan_predict`) with :func:`predict_series` (a job planned as a part of
+    the output grid, ``job.data["part"]``, predicts that row block; a ``preview`` output is drawn from the written
+    maps, :func:`remote.preview.write_preview`); a bad input is reported and the others go on. The series are
+    read with ``read`` (the model's stored offset applies when it sets none);
     ``on_series`` sees each opened series, ``report`` each summary. Returns 0, or 2 when some input failed."""
     read = read or SeriesOptions()
     if plan.jobs:  # the model and the options agree before any work
@@ -739,9 +778,20 @@ def predict_files(plan: Plan, rm: RemoteModel, *, read: SeriesOptions | None = N
                            default_offset=rm.preprocessing.get("offset"))
         if on_series is not None:
             on_series(series)
-        s = predict_series(series, rm, PredictOutputs(**job.outputs), tile=tile, halo=halo, batch_size=batch_size,
+        outputs = {k: v for k, v in job.outputs.items() if k != "preview"}
+        part_id, num_parts = job.data.get("part", (0, 1))
+        s = predict_series(series, rm, PredictOutputs(**outputs), tile=tile, halo=halo, batch_size=batch_size,
                            prob_dtype=prob_dtype, fields=fields, field_id_attr=field_id_attr, per_field=per_field,
-                           scl_invalid=scl_invalid, overwrite=overwrite, quiet=quiet, threads=threads)
+                           scl_invalid=scl_invalid, overwrite=overwrite, quiet=quiet, threads=threads, fmt=fmt,
+                           compress=compress, num_parts=num_parts, part_id=part_id)
+        if "preview" in job.outputs:
+            from .preview import series_footprints, write_preview
+
+            s["preview"] = write_preview(
+                job.outputs["preview"], class_map=outputs["class_map"], probabilities=outputs.get("probabilities"),
+                footprints=series_footprints(series, series.grid.crs), overwrite=overwrite,
+                title=f"remote predict: {Path(outputs['class_map']).name}")
+            s["outputs"]["preview"] = str(job.outputs["preview"])
         s["seconds"]["job"] = round(time.perf_counter() - t0, 2)
         if report is not None:
             report(job, s)

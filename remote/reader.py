@@ -7,12 +7,18 @@ zip) and STAC items.
 
 Reflectance = (DN + offset) / quantification for integer inputs (DN 0, the file's nodata and the product's saturated
 value are nodata); floating-point inputs are reflectance already (NaN or the file's nodata is nodata).
+
+The DN offset of every band of every product is chosen in one place, :func:`choose_offset` (applied per product by
+:func:`apply_offsets`): the user's ``--offset`` for this run; else the product's own metadata (``MTD_MSIL2A.xml``,
+STAC properties, GeoTIFF tags, the baseline in an ESA product name); else the offset a model was trained with (with a
+notice); else the acquisition date (-1000 from 2022-01-25, with a notice). Readers only say what the metadata says
+(``BandRef.metadata``); :func:`offset_notices` words the notices.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +28,22 @@ import numpy as np
 from shared_backbones.errors import InputError, first_line
 
 from .naming import BASELINE_04_START, DEFAULT_SCL_INVALID, QUANTIFICATION, S2_BANDS, SCL
-from .resample import AlignedResampler, Grid
+from .resample import AlignedResampler, Grid, WarpResampler
+
+#: Where a DN offset comes from, in order of precedence (:func:`choose_offset`).
+OFFSET_SOURCES: tuple[str, ...] = ("--offset", "metadata", "model", "date")
 
 
 @dataclass
 class BandRef:
-    """Where one band of one date lives and how its digital numbers become reflectance.
+    """Where one band of one product lives and how its digital numbers become reflectance.
 
     ``path`` is a file path or a GDAL virtual path (``/vsizip//data/S2B_...SAFE.zip/...jp2``); ``index`` is
-    1-based; ``res`` the pixel size in CRS units; ``offset`` the DN offset (None: the date's offset) and
-    ``quantification`` the divisor; ``saturated`` a DN masked like nodata; ``origin`` says where the radiometry
-    came from (shown by ``--verbose``)."""
+    1-based; ``res`` the pixel size in CRS units; ``metadata`` the (DN offset, origin) the product's own metadata
+    gives (None: it says nothing); ``offset`` the DN offset read with (None: the date's offset), chosen by
+    :func:`apply_offsets`, with its ``source`` (one of :data:`OFFSET_SOURCES`) and ``origin`` (what exactly, shown by
+    ``--verbose``); ``quantification`` the divisor; ``saturated`` a DN masked like nodata; ``product`` the name of
+    the product (ESA product, STAC item, scene folder or file) the band belongs to."""
 
     path: str | Path
     index: int
@@ -41,6 +52,9 @@ class BandRef:
     quantification: float = QUANTIFICATION
     saturated: int | None = None
     origin: str = ""
+    metadata: tuple[float, str] | None = None
+    source: str = ""
+    product: str = ""
 
     @property
     def name(self) -> str:
@@ -64,6 +78,76 @@ def is_virtual(path: str | Path) -> bool:
     return str(path).startswith("/vsi")
 
 
+def _jp2_problem(path: str | Path) -> str | None:
+    """What is wrong with the box structure of a JPEG2000 file, local or a member of a zip read through
+    ``/vsizip/`` (ISO/IEC 15444-1 Annex I: boxes of LBox bytes, LBox 1 = a 64-bit XLBox follows, 0 = up to the end;
+    the codestream ends with the EOC marker FFD9), or None. Only box headers and the last two bytes are read."""
+    from .safe import split_vsizip
+
+    if not str(path).lower().endswith(".jp2"):
+        return None
+    inside = split_vsizip(path)
+    try:
+        if inside is not None:
+            import zipfile
+
+            with zipfile.ZipFile(inside[0]) as z, z.open(inside[1]) as fh:
+                return _jp2_boxes(fh, z.getinfo(inside[1]).file_size)
+        if is_virtual(path) or not Path(path).is_file():
+            return None
+        with open(path, "rb") as fh:
+            return _jp2_boxes(fh, Path(path).stat().st_size)
+    except (OSError, KeyError, EOFError, RuntimeError, ValueError, NotImplementedError):
+        return None  # the zip itself is broken: GDAL's message says so
+
+
+def _jp2_boxes(fh: Any, size: int) -> str | None:
+    """The box walk of :func:`_jp2_problem` over a seekable binary stream of ``size`` bytes."""
+    pos = 0
+    while pos + 8 <= size:
+        fh.seek(pos)
+        head = fh.read(16)
+        length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+        if length == 1 and len(head) >= 16:
+            length = int.from_bytes(head[8:16], "big")
+        elif length == 0:
+            length = size - pos
+        if length < 8:
+            return f"corrupt JPEG2000 file (box {kind!r} at byte {pos} declares {length} bytes)"
+        if pos + length > size:
+            return (f"truncated JPEG2000 file: its {kind.decode('latin-1')} box declares {pos + length} bytes, "
+                    f"the file holds {size}")
+        if kind == b"jp2c":
+            fh.seek(pos + length - 2)
+            if fh.read(2) != b"\xff\xd9":
+                return "truncated JPEG2000 file: its codestream lacks the end marker (FFD9)"
+        pos += length
+    return None
+
+
+def raster_error(exc: BaseException, path: str | Path) -> str:
+    """The problem behind a rasterio/GDAL exception in a few words: GDAL's own messages (rasterio chains them as
+    causes; its "See previous exception" text is dropped) and, for JPEG2000 files, a truncated or corrupt box
+    structure."""
+    msgs: list[str] = []
+    seen: set[int] = set()
+    c: BaseException | None = exc
+    name = Path(str(path)).name
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        m = first_line(c).strip()
+        if m.startswith(f"{name}, "):
+            m = m[len(name) + 2:]
+        if m and "See previous exception" not in m and m not in msgs:
+            msgs.append(m)
+        c = c.__cause__ or c.__context__
+    detail = msgs[0] if len(msgs) < 2 else f"{msgs[0]}; {msgs[-1]}"
+    problem = _jp2_problem(path)
+    if problem:
+        return f"{problem} ({detail})" if detail else problem
+    return f"unreadable raster ({detail or type(exc).__name__})"
+
+
 def open_raster(path: str | Path) -> Any:
     """``rasterio.open(path)`` with a one-line :class:`InputError` naming the file on failure."""
     import rasterio
@@ -73,18 +157,48 @@ def open_raster(path: str | Path) -> Any:
     try:
         return rasterio.open(str(path) if is_virtual(path) else path)
     except Exception as exc:  # rasterio raises RasterioIOError and friends
-        msg = first_line(exc)
-        raise InputError(f"unreadable raster ({msg})", path) from None
+        raise InputError(raster_error(exc, path), path) from None
 
 
 _open = open_raster  # the former private name, still used by callers outside this package
 
 
-def resolve_offset(user_offset: float | None, tags: dict[str, str], date: dt.date) -> tuple[float, str]:
-    """(offset, rule) of a GeoTIFF date without product metadata: flag > ``BOA_ADD_OFFSET*`` tag >
-    ``PROCESSING_BASELINE`` tag (-1000 from 04.00) > the acquisition date (last resort: -1000 from 2022-01-25)."""
-    if user_offset is not None:
-        return float(user_offset), "--offset"
+@dataclass(frozen=True)
+class OffsetChoice:
+    """The DN offset chosen for a band of a product: value, ``source`` (one of :data:`OFFSET_SOURCES`) and
+    ``origin`` (the flag, the metadata field, the model file or the date rule that gave it)."""
+
+    offset: float
+    source: str
+    origin: str
+
+
+def date_rule(date: dt.date) -> tuple[float, str]:
+    """(offset, rule) from the acquisition date alone: -1000 from 2022-01-25 (the first products of processing
+    baseline 04.00), else 0. Wrong for products reprocessed later, hence the last resort."""
+    if date >= BASELINE_04_START:
+        return -1000.0, "date >= 2022-01-25 (baseline 04.00), no metadata"
+    return 0.0, "date < 2022-01-25, no metadata"
+
+
+def choose_offset(date: dt.date, metadata: tuple[float, str] | None = None, *, user: float | None = None,
+                  model: float | None = None) -> OffsetChoice:
+    """The DN offset of one band of one product, first rule that applies: ``user`` (the run's ``--offset``);
+    ``metadata`` (offset, origin) from the product itself; ``model`` (the offset a model file was trained with);
+    the acquisition ``date`` (:func:`date_rule`). The last two deserve a notice (:func:`offset_notices`)."""
+    if user is not None:
+        return OffsetChoice(float(user), "--offset", "--offset")
+    if metadata is not None:
+        return OffsetChoice(float(metadata[0]), "metadata", metadata[1])
+    if model is not None:
+        return OffsetChoice(float(model), "model", f"the model file's offset {float(model):+g}, no metadata")
+    off, rule = date_rule(date)
+    return OffsetChoice(off, "date", rule)
+
+
+def tag_metadata(tags: dict[str, str]) -> tuple[float, str] | None:
+    """(offset, origin) from GeoTIFF tags: a ``BOA_ADD_OFFSET*`` tag, else a ``PROCESSING_BASELINE`` tag (-1000 from
+    04.00); None when the tags say nothing."""
     for k, v in tags.items():
         if "BOA_ADD_OFFSET" in k.upper():
             try:
@@ -97,9 +211,50 @@ def resolve_offset(user_offset: float | None, tags: dict[str, str], date: dt.dat
                 return (-1000.0 if float(v) >= 4.0 else 0.0), f"{k}={v} tag"
             except ValueError:
                 pass
-    if date >= BASELINE_04_START:
-        return -1000.0, "date >= 2022-01-25 (baseline 04.00), no metadata"
-    return 0.0, "date < 2022-01-25, no metadata"
+    return None
+
+
+def resolve_offset(user_offset: float | None, tags: dict[str, str], date: dt.date) -> tuple[float, str]:
+    """(offset, origin) of a GeoTIFF product from its tags (:func:`choose_offset` with :func:`tag_metadata`)."""
+    c = choose_offset(date, tag_metadata(tags), user=user_offset)
+    return c.offset, c.origin
+
+
+def apply_offsets(bands: Mapping[str, BandRef], date: dt.date, *, user: float | None = None,
+                  model: float | None = None) -> list[OffsetChoice]:
+    """Set ``offset``, ``origin`` and ``source`` of the bands (name -> ref) of one product, SCL excluded, by
+    :func:`choose_offset` from their ``metadata``; idempotent. Returns the choices (one per reflectance band)."""
+    out = []
+    for band, ref in bands.items():
+        if band == SCL:
+            continue
+        c = choose_offset(date, ref.metadata, user=user, model=model)
+        ref.offset, ref.origin, ref.source = c.offset, c.origin, c.source
+        out.append(c)
+    return out
+
+
+def offset_notices(chosen: Sequence[tuple[dt.date, str, OffsetChoice]]) -> list[str]:
+    """One notice per kind of guess among (date, product, choice) triples: offsets from a model file, offsets from
+    the acquisition date (the products said nothing)."""
+    notes = []
+    for source in ("model", "date"):
+        hits = sorted({(d, p, c.offset) for d, p, c in chosen if c.source == source})
+        if not hits:
+            continue
+        dates = sorted({d.isoformat() for d, _, _ in hits})
+        what = (f"no radiometric metadata for {len(dates)} date(s) ({', '.join(dates[:3])}"
+                f"{', ...' if len(dates) > 3 else ''}"
+                + (f"; products {', '.join(sorted({p for _, p, _ in hits})[:3])}" if any(p for _, p, _ in hits)
+                   else "") + ")")
+        if source == "model":
+            offs = ", ".join(f"{o:+g}" for o in sorted({o for _, _, o in hits}))
+            notes.append(f"{what}: BOA offset {offs} taken from the model file (the offset it was trained with); "
+                         "pass --offset if these products need another")
+        else:
+            notes.append(f"{what}: BOA offset chosen from the acquisition date (-1000 from 2022-01-25); pass "
+                         "--offset if the products were reprocessed")
+    return notes
 
 
 class S2Series:
@@ -140,6 +295,12 @@ class S2Series:
         for s in self.sources:
             lines.append(f"{s.date.isoformat()}: offset rule {s.offset_rule or '-'}"
                          + (f", covers {s.coverage:.0%} of the grid" if s.coverage < 0.9995 else ""))
+            per_product: dict[str, set[str]] = {}
+            for b, r in s.bands.items():
+                if b != SCL and r.source:
+                    per_product.setdefault(r.product or "?", set()).add(r.source)
+            lines += [f"  product {p}: offset from {' + '.join(sorted(src, key=OFFSET_SOURCES.index))}"
+                      for p, src in sorted(per_product.items())]
             for b in [*S2_BANDS, SCL]:
                 r = s.bands.get(b)
                 if r is None:
@@ -198,20 +359,9 @@ class S2Series:
             # axis-aligned grids (all Sentinel-2 bands): fast path
             h = AlignedResampler(src, g, categorical, None if categorical else ref.saturated)
         else:
-            from rasterio.enums import Resampling
-            from rasterio.vrt import WarpedVRT
-
-            nodata = src.nodata if src.nodata is not None else (None if self._float[path] else 0)
-            h = WarpedVRT(
-                src,
-                crs=g.crs,
-                transform=g.transform,
-                width=g.width,
-                height=g.height,
-                resampling=Resampling.nearest if categorical else Resampling.bilinear,
-                src_nodata=nodata,
-                nodata=nodata,
-            )
+            # another CRS (an area's tile in the next UTM zone) or a rotated grid: exact per-pixel transform,
+            # GDAL's bilinear / nearest kernels, window by window (remote.resample.WarpResampler)
+            h = WarpResampler(src, g, categorical, None if categorical else ref.saturated)
         self._handles[key] = h
         return h
 
@@ -222,9 +372,7 @@ class S2Series:
         try:
             return h.read(indexes, window=window), h.nodata, self._float[str(ref.path)]
         except Exception as exc:
-            raise InputError(
-                f"unreadable raster ({first_line(exc)})", ref.path
-            ) from None
+            raise InputError(raster_error(exc, ref.path), ref.path) from None
 
     def read(
         self, window: Any, bands: Sequence[str], scl_invalid: Sequence[int] | None = DEFAULT_SCL_INVALID

@@ -13,6 +13,11 @@ Structure (ESA "Sentinel-2 Products Specification Document", L2A, PSD 14.x/15.x)
 Reflectance = (DN + BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE. A product reprocessed at baseline >= 04.00 carries
 the offset whatever its sensing date; without metadata the baseline in the product name (``N0500``) decides, and the
 sensing date only as the last resort.
+
+Parts of a product are read as the product: a band file or an ``IMG_DATA`` / ``R10m`` folder inside a ``.SAFE``
+(:func:`product_root` walks up to the product for its metadata and name), and GDAL paths into a zip
+(``/vsizip/PRODUCT.SAFE.zip``, ``/vsizip/PRODUCT.SAFE.zip/PRODUCT.SAFE/GRANULE/...``, :func:`split_vsizip`).
+``MTD_MSIL2A.xml`` is read with a size bound (:data:`shared_backbones.archives.LIMITS`), from a folder as from a zip.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import datetime as dt
 import re
 import xml.etree.ElementTree as ET
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared_backbones.archives import open_zip, read_member
+from shared_backbones.archives import LIMITS, open_zip, read_member
 from shared_backbones.errors import InputError
 
 from .naming import (
@@ -136,6 +142,43 @@ def is_safe_folder(path: Path) -> bool:
                               or ((path / METADATA).is_file() and (path / "GRANULE").is_dir()))
 
 
+def product_root(path: str | Path) -> Path | None:
+    """The ``.SAFE`` folder that holds ``path`` (a band file or a folder inside a product), or None."""
+    p = Path(path).absolute()
+    return next((q for q in p.parents if q != q.parent and is_safe_folder(q)), None)
+
+
+def split_vsizip(path: str | Path) -> tuple[Path, str] | None:
+    """(zip file, path inside it) of a GDAL ``/vsizip/`` path as GDAL users write them: ``/vsizip/rel/x.zip/in``,
+    ``/vsizip//abs/x.zip/in`` or ``/vsizip/{/abs/x.zip}/in``; None for other paths."""
+    text = str(path)
+    if not text.startswith("/vsizip/"):
+        return None
+    rest = text[len("/vsizip/"):]
+    if rest.startswith("{"):
+        end = rest.find("}")
+        return (Path(rest[1:end]), rest[end + 1:].strip("/")) if end > 1 else None
+    parts = rest.split("/")
+    for i, part in enumerate(parts):
+        if part.lower().endswith(".zip"):
+            return Path("/".join(parts[:i + 1])), "/".join(parts[i + 1:]).strip("/")
+    return None
+
+
+def _read_metadata_file(path: Path) -> bytes:
+    """``MTD_MSIL2A.xml`` of a folder product, refused in one line beyond the metadata size bound."""
+    limit = LIMITS["metadata"]
+    size = path.stat().st_size
+    if size > limit:
+        raise InputError(f"{path.name} holds {size / (1 << 20):.0f} MiB, more than product metadata may "
+                         f"({limit >> 20} MiB); refused", path)
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{path.name} holds more than {limit >> 20} MiB; refused", path)
+    return data
+
+
 def is_safe_zip(path: Path) -> bool:
     """A zip file holding a ``.SAFE`` product."""
     if not (path.is_file() and path.suffix.lower() == ".zip"):
@@ -147,8 +190,14 @@ def is_safe_zip(path: Path) -> bool:
         return False
 
 
-def _product(name: str, source: Path, mtd: bytes | None, files: list[tuple[str, str]]) -> SafeProduct:
-    """Assemble a product from its metadata text and (relative path, GDAL path) of every file."""
+def _within(rel: str, only: Sequence[str] | None) -> bool:
+    return only is None or any(not o or rel == o or rel.startswith(o.rstrip("/") + "/") for o in only)
+
+
+def _product(name: str, source: Path, mtd: bytes | None, files: list[tuple[str, str]],
+             only: Sequence[str] | None = None) -> SafeProduct:
+    """Assemble a product from its metadata text and (relative path, GDAL path) of every file; with ``only``
+    (paths relative to the product root, files or folders) just the band files under them."""
     stem = name[:-5] if name.upper().endswith(".SAFE") else name
     rad = parse_metadata(mtd, source / METADATA) if mtd is not None else None
     date = safe_product_date(stem) or (rad.sensing_date if rad else None) or parse_date(stem)
@@ -157,6 +206,8 @@ def _product(name: str, source: Path, mtd: bytes | None, files: list[tuple[str, 
     bands: list[SafeBand] = []
     ignored: list[str] = []
     for rel, gdal_path in files:
+        if not _within(rel, only):
+            continue
         m = _IMG_RE.search(rel)
         if not m:
             continue
@@ -168,21 +219,24 @@ def _product(name: str, source: Path, mtd: bytes | None, files: list[tuple[str, 
             continue
         bands.append(SafeBand(band, res, gdal_path))
     if not bands:
-        raise InputError("no band images (GRANULE/*/IMG_DATA/R10m|R20m|R60m/*.jp2) in the product", source)
+        where = f" under {', '.join(only)}" if only else ""
+        raise InputError(f"no band images (GRANULE/*/IMG_DATA/R10m|R20m|R60m/*.jp2) in the product{where}", source)
     return SafeProduct(stem, source, date, rad, bands, ignored)
 
 
-def read_safe(path: str | Path) -> SafeProduct:
-    """Describe an L2A product from its ``.SAFE`` folder or its zip (files listed, metadata parsed; no pixels)."""
+def read_safe(path: str | Path, only: Sequence[str] | None = None) -> SafeProduct:
+    """Describe an L2A product from its ``.SAFE`` folder or its zip (files listed, metadata parsed; no pixels).
+    ``only``: paths relative to the product root (band files or folders such as ``GRANULE/L2A_.../IMG_DATA/R10m``)
+    whose band files alone are taken, with the product's metadata and name all the same."""
     path = Path(path)
     if path.is_dir():
         mtd_path = path / METADATA
         if not mtd_path.is_file() and (path / "MTD_MSIL1C.xml").is_file():
             raise InputError("Level-1C product (top-of-atmosphere): an L2A product is needed", path)
-        mtd = mtd_path.read_bytes() if mtd_path.is_file() else None
+        mtd = _read_metadata_file(mtd_path) if mtd_path.is_file() else None
         files = [(p.relative_to(path).as_posix(), str(p)) for p in sorted(path.glob("GRANULE/*/IMG_DATA/**/*"))
                  if p.is_file()]
-        return _product(path.name, path, mtd, files)
+        return _product(path.name, path, mtd, files, only)
     with open_zip(path) as z:
         names = z.namelist()
         roots = sorted({n.split("/", 1)[0] for n in names if "/" in n and n.split("/", 1)[0].upper().endswith(".SAFE")})
@@ -194,8 +248,11 @@ def read_safe(path: str | Path) -> SafeProduct:
         if mtd_name is None and any(n == prefix + "MTD_MSIL1C.xml" for n in names):
             raise InputError("Level-1C product (top-of-atmosphere): an L2A product is needed", path)
         mtd = read_member(z, mtd_name, "metadata") if mtd_name else None
+        if only is not None:  # paths inside the zip -> paths inside the product
+            only = ["" if o.strip("/") == root else o[len(prefix):] if prefix and o.startswith(prefix) else o
+                    for o in only]
         base = f"/vsizip/{path.absolute().as_posix()}"
         files = [(n[len(prefix):], f"{base}/{n}") for n in sorted(names) if n.startswith(prefix + "GRANULE/")
                  and not n.endswith("/")]
     name = root or (path.name[:-4] if path.name.lower().endswith(".zip") else path.name)
-    return _product(name, path, mtd, files)
+    return _product(name, path, mtd, files, only)

@@ -9,7 +9,9 @@ Radiometry per asset, first rule that applies: ``earthsearch:boa_offset_applied:
 applied the offset: reflectance = DN x scale); ``earthsearch:boa_offset_applied: false`` with ``s2:processing_baseline``
 >= 04.00 (the DNs carry the +1000 shift: -0.1 reflectance, even where an item declares offset 0); the raster
 extension's ``scale`` / ``offset`` (reflectance = DN x scale + offset); the item's ``s2:processing_baseline`` (-0.1
-from 04.00); else the date (the caller's last resort, with a notice).
+from 04.00), else the baseline in its ``s2:product_uri`` / ``sentinel:product_id`` (``_N0400_``); else nothing (the
+caller's :func:`remote.reader.choose_offset` then takes the date rule, with a notice). Earth Search v0 items
+(``sentinel-s2-l2a-cogs``) say the same with ``sentinel:boa_offset_applied`` and ``sentinel:processing_baseline``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from shared_backbones.errors import InputError, first_line
 
-from .naming import QUANTIFICATION, S2_BANDS, SATURATED_DN, parse_date
+from .naming import QUANTIFICATION, S2_BANDS, SATURATED_DN, parse_baseline, parse_date
 
 #: Earth Search v1 asset keys -> band names (v0 keys are the band names themselves).
 EARTH_SEARCH_KEYS: dict[str, str] = {
@@ -97,21 +99,39 @@ def _radiometry(item: Any, asset: Any) -> tuple[float | None, float, str]:
     rb = (asset.extra_fields.get("raster:bands") or [{}])[0] or {}
     scale = rb.get("scale")
     scale = float(scale) if scale not in (None, 0) else 1.0 / QUANTIFICATION
-    applied = props.get("earthsearch:boa_offset_applied")
+    flag = next((k for k in ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied") if k in props), None)
+    applied = _truth(props.get(flag)) if flag else None
     if applied is True:
-        return 0.0, 1.0 / scale, "earthsearch:boa_offset_applied"
-    baseline = props.get("s2:processing_baseline")
+        return 0.0, 1.0 / scale, flag
+    key = next((k for k in ("s2:processing_baseline", "sentinel:processing_baseline") if props.get(k) is not None),
+               None)
+    baseline = props.get(key) if key else None
     try:
         b = float(baseline) if baseline is not None else None
     except (TypeError, ValueError):
         b = None
+    if b is None:  # the baseline in the ESA product name the item was made from
+        for k in ("s2:product_uri", "sentinel:product_id"):
+            b = parse_baseline(f"{props.get(k) or ''}_")
+            if b is not None:
+                key, baseline = k, props.get(k)
+                break
     if applied is False and b is not None and b >= 4.0:  # DNs still carry the +1000 shift, whatever offset is declared
-        return -0.1 / scale, 1.0 / scale, f"earthsearch:boa_offset_applied false, baseline {baseline}"
+        return -0.1 / scale, 1.0 / scale, f"{flag} false, baseline {b:05.2f}"
     if "offset" in rb and rb["offset"] is not None:
         return float(rb["offset"]) / scale, 1.0 / scale, "raster:bands scale/offset"
     if b is not None:
-        return (-0.1 / scale if b >= 4.0 else 0.0), 1.0 / scale, f"s2:processing_baseline {baseline}"
+        return (-0.1 / scale if b >= 4.0 else 0.0), 1.0 / scale, f"{key} {baseline}"
     return None, 1.0 / scale, ""
+
+
+def _truth(value: Any) -> bool | None:
+    """A STAC boolean property (JSON true/false, or the strings some catalogues write)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return None
 
 
 def _scene(item: Any, item_path: Path) -> StacScene:

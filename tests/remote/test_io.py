@@ -123,8 +123,10 @@ def test_input_errors(tmp_path):
         ["B04", "B08"],
         crs=rasterio.crs.CRS.from_epsg(32633),
     )
-    with pytest.raises(InputError, match="CRS mismatch between dates"):
-        open_series([tmp_path / "a_20240501.tif", tmp_path / "b_20240511.tif"])
+    # dates in two UTM zones are one area on one grid now (remote.area; tests/remote/test_area.py), not refused
+    with open_series([tmp_path / "a_20240501.tif", tmp_path / "b_20240511.tif"]) as s:
+        assert len(s.dates) == 2 and s.grid.crs in (rasterio.crs.CRS.from_epsg(32632),
+                                                    rasterio.crs.CRS.from_epsg(32633))
     (tmp_path / "bad_20240501.tif").write_bytes(b"not a tiff")
     with pytest.raises(InputError, match="bad_20240501.tif: unreadable raster"):
         open_series([tmp_path / "bad_20240501.tif"])
