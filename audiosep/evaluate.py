@@ -1,4 +1,5 @@
-"""Evaluate separated files against references (LibriMix layout): SI-SNR, SI-SNRi, SDR, SDRi per file.
+"""Evaluate separated files against references (the suite's mix/ layout, LibriMix, WHAM!: :mod:`audiosep.mixtures`):
+SI-SNR, SI-SNRi, SDR, SDRi per file.
 
 Tables and report files go through :mod:`shared_backbones.report` (one writer for every evaluator)."""
 
@@ -17,10 +18,10 @@ from shared_backbones.planning import plan_outputs
 from shared_backbones.report import REPORT
 
 from .metrics import separation_scores
+from .mixtures import Mixtures, find_mixtures
 from .separate import output_paths
 
 METRICS = ("si_snr", "si_snri", "sdr", "sdri")
-MIX_SUFFIXES = (".wav", ".flac")
 
 
 def length_tolerance(rate: int) -> int:
@@ -41,16 +42,6 @@ def _read_mono(path: Path) -> tuple[np.ndarray, int]:
     return a.mean(1), rate
 
 
-def source_dirs(data_dir: Path) -> list[Path]:
-    """``s1/``, ``s2/`` ... of a LibriMix-style folder."""
-    dirs = []
-    while (data_dir / f"s{len(dirs) + 1}").is_dir():
-        dirs.append(data_dir / f"s{len(dirs) + 1}")
-    if not (data_dir / "mix").is_dir() or not dirs:
-        raise InputError("expected a LibriMix-style folder with mix/ and s1/, s2/, ...", data_dir)
-    return dirs
-
-
 def _check_pair(est: Path, est_audio: tuple[np.ndarray, int], ref: Path, ref_audio: tuple[np.ndarray, int]) -> None:
     """Refuse pairs that would be scored wrongly: other sample rate, or lengths apart by more than a stride."""
     (a, ra), (b, rb) = est_audio, ref_audio
@@ -64,29 +55,25 @@ def _check_pair(est: Path, est_audio: tuple[np.ndarray, int], ref: Path, ref_aud
         )
 
 
-def list_mixtures(estimates_dir: str | Path, data_dir: str | Path) -> tuple[list[Path], list[Path]]:
-    """The source folders (``s1/``, ...) and the mixtures (``mix/*.wav|flac``) of a LibriMix-style ``data_dir``,
-    after checking that both folders exist."""
-    data_dir, estimates_dir = Path(data_dir), Path(estimates_dir)
-    srcs = source_dirs(data_dir)
-    if not estimates_dir.is_dir():
+def list_mixtures(estimates_dir: str | Path, data_dir: str | Path, mix_type: str = "clean") -> Mixtures:
+    """The mixtures and reference sources of ``data_dir`` (:func:`audiosep.mixtures.find_mixtures`: the suite's
+    ``mix/``, LibriMix's or WHAM!'s ``mix_<mix_type>/``), after checking that the estimates folder exists."""
+    found = find_mixtures(data_dir, mix_type)
+    if not Path(estimates_dir).is_dir():
         raise InputError("estimates folder not found", estimates_dir)
-    mixes = sorted(p for p in (data_dir / "mix").iterdir() if p.suffix.lower() in MIX_SUFFIXES)
-    if not mixes:
-        raise InputError("no mixtures in mix/", data_dir)
-    return srcs, mixes
+    return found
 
 
-def score_mixture(mix_path: Path, srcs: list[Path], estimates_dir: str | Path) -> dict:
+def score_mixture(mix_path: Path, ref_paths: list[Path], estimates_dir: str | Path) -> dict:
     """One row: the mixture's file name and the four metrics (best SI-SNR permutation) of its estimates
-    ``<estimates_dir>/<stem>_s<k>.wav``; a missing or unreadable file, or a pair with another sample rate or a
-    length more than one encoder stride apart, raises :class:`InputError` naming the file."""
+    ``<estimates_dir>/<stem>_s<k>.wav`` against the references ``ref_paths`` (``s1``, ``s2``, ...); a missing or
+    unreadable file, or a pair with another sample rate or a length more than one encoder stride apart, raises
+    :class:`InputError` naming the file."""
     mix = _read_mono(mix_path)
-    ref_paths = [d / mix_path.name for d in srcs]
     refs = [_read_mono(p) for p in ref_paths]
     for p, r in zip(ref_paths, refs):
         _check_pair(p, r, mix_path, mix)
-    est_paths = output_paths(mix_path, len(srcs), Path(estimates_dir))
+    est_paths = output_paths(mix_path, len(ref_paths), Path(estimates_dir))
     ests = [_read_mono(p) for p in est_paths]
     for p, e in zip(est_paths, ests):
         _check_pair(p, e, ref_paths[0], refs[0])
@@ -99,11 +86,12 @@ def score_mixture(mix_path: Path, srcs: list[Path], estimates_dir: str | Path) -
     return {"file": mix_path.name, **{k: float(s[k][0]) for k in METRICS}}
 
 
-def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool = True) -> list[dict]:
-    """One row per mixture in ``data_dir/mix`` (:func:`score_mixture`); the first bad mixture raises. Estimates are
+def evaluate_folder(estimates_dir: str | Path, data_dir: str | Path, quiet: bool = True,
+                    mix_type: str = "clean") -> list[dict]:
+    """One row per mixture of ``data_dir`` (:func:`score_mixture`); the first bad mixture raises. Estimates are
     ``<estimates_dir>/<stem>_s<k>.wav`` as ``audiosep separate`` writes them. ``audiosep evaluate`` instead scores
     every good mixture and lists the bad ones at the end."""
-    return score_folder(estimates_dir, data_dir, quiet=quiet).rows
+    return score_folder(estimates_dir, data_dir, quiet=quiet, mix_type=mix_type).rows
 
 
 def summarise(rows: list[dict]) -> dict[str, float]:
@@ -114,12 +102,13 @@ def summarise(rows: list[dict]) -> dict[str, float]:
 @dataclass
 class Evaluation:
     """The result of :func:`score_folder`: one row per scored mixture, the exit status (0, or 2 when a mixture
-    failed), the table with its mean row, and the report written (if any)."""
+    failed), the table with its mean row, the report written (if any) and the references read."""
 
     rows: list[dict]
     total: int
     rc: int = 0
     report: Path | None = None
+    data: Mixtures | None = None
 
     @property
     def table(self) -> list[dict]:
@@ -137,25 +126,29 @@ def score_folder(
     quiet: bool = True,
     keep_going: bool = False,
     prog: str = "audiosep",
+    mix_type: str = "clean",
 ) -> Evaluation:
-    """Score every mixture of ``data_dir/mix`` (:func:`score_mixture`) and write the report ``output`` (.csv, .tsv or
-    .json: per-file rows and the mean) — the report is checked before any scoring (its kind, not an input, absent
-    unless ``overwrite``, its folder writable). A bad mixture raises :class:`UserError`, unless ``keep_going`` and
-    there are several: then it is reported on stderr under ``prog`` and listed at the end
+    """Score every mixture of ``data_dir`` (:func:`score_mixture`; the suite's ``mix/``, or LibriMix's / WHAM!'s
+    ``mix_<mix_type>/`` with its metadata CSV where present: :func:`audiosep.mixtures.find_mixtures`) and write the
+    report ``output`` (.csv, .tsv or .json: per-file rows and the mean) — the report is checked before any scoring (its
+    kind, not an input, absent unless ``overwrite``, its folder writable). A bad mixture raises :class:`UserError`,
+    unless ``keep_going`` and there are several: then it is reported on stderr under ``prog`` and listed at the end
     (:func:`shared_backbones.cliutil.run_batch`), ``rc`` is 2, the rest is scored and the mean covers those."""
     from shared_backbones.report import write_report
 
-    srcs, mixes = list_mixtures(estimates_dir, data_dir)
+    found = list_mixtures(estimates_dir, data_dir, mix_type)
+    mixes, refs = found.mixtures, dict(zip(found.mixtures, found.sources))
     if output is not None:
         plan_outputs([], shared={"report": output}, writers={"report": REPORT}, overwrite=overwrite,
-                     other_inputs=[*mixes, *(d / m.name for d in srcs for m in mixes),
-                                   *(o for m in mixes for o in output_paths(m, len(srcs), Path(estimates_dir)))])
-    ev = Evaluation([], len(mixes))
+                     other_inputs=[*mixes, *(s for ss in found.sources for s in ss),
+                                   *(o for m in mixes for o in output_paths(m, found.num_sources,
+                                                                            Path(estimates_dir)))])
+    ev = Evaluation([], len(mixes), data=found)
     with progress(total=len(mixes), desc="scoring", unit="file", quiet=quiet) as bar:
 
         def work(mix: Path) -> None:
             bar.update(1)
-            ev.rows.append(score_mixture(mix, srcs, estimates_dir))
+            ev.rows.append(score_mixture(mix, refs[mix], estimates_dir))
 
         if keep_going:
             ev.rc = run_batch(mixes, work, prog=prog, quiet=quiet)

@@ -115,6 +115,30 @@ def detect_format(obj: dict, sd: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+#: the Asteroid architecture this importer reads (``model_name`` of ``model.serialize()``)
+ASTEROID_CONVTASNET = "ConvTasNet"
+
+
+def _asteroid_config(obj: dict, sd: dict[str, torch.Tensor], path: Path) -> dict:
+    """The ``model_args`` of an Asteroid ``model.serialize()`` file, after checking it is one of a Conv-TasNet: a
+    file without ``model_args`` is not an Asteroid model file, another architecture (``model_name`` DPRNNTasNet,
+    DCUNet, ...) is refused by name (one-line :class:`ModelFileError`)."""
+    args = obj.get("model_args")
+    if not isinstance(args, dict):
+        what = ("an Asteroid state_dict without its model_args (mask activation, blocks, norm and rate are not "
+                "stored; save the model with torch.save(model.serialize(), path))"
+                if any(k.startswith("masker.") for k in sd) else
+                "a torchaudio-style state_dict (use --format torchaudio or auto)" if "encoder.weight" in sd else
+                "something else")
+        raise ModelFileError(f"not an Asteroid model file: no model_args (Asteroid's model.serialize() has them); "
+                             f"this is {what}", path)
+    name = obj.get("model_name")
+    if name is not None and str(name) != ASTEROID_CONVTASNET:
+        raise ModelFileError(f"Asteroid architecture {name}: only Conv-TasNet (model_name {ASTEROID_CONVTASNET}) is "
+                             "supported", path)
+    return args
+
+
 def describe(mf: ModelFile) -> str:
     """One line: architecture, sizes, sample rate, sources, causal."""
     kw = mf.arch_kwargs
@@ -132,18 +156,23 @@ def import_convtasnet(
     out: str | Path,
     fmt: str = "auto",
     sample_rate: int | None = None,
-    msk_activate: str = "relu",
+    msk_activate: str | None = None,
     num_layers: int = 8,
     overwrite: bool = False,
 ) -> ModelFile:
-    """Import Conv-TasNet weights into the suite's model file ``out``; returns the written :class:`ModelFile`.
+    """Import Conv-TasNet weights into the suite's model file ``out``; returns the written :class:`ModelFile`, whose
+    ``extra["assumed"]`` lists what the weights did not say and was assumed (a line each, for the summary).
 
     ``fmt`` ``torchaudio``: a ``torchaudio.models.ConvTasNet`` state_dict (or a dict holding one under
     ``state_dict``/``model``; the bundle file ``conv_tasnet_base_libri2mix.pt`` gets its 8 kHz rate). ``asteroid``:
     ``torch.save(model.serialize(), path)`` of ``asteroid.models.ConvTasNet`` (also the Hugging Face
-    ``pytorch_model.bin``), hyperparameters, sample rate and causality from its ``model_args``. ``auto`` tells them
-    apart by their keys. ``out`` is checked before anything is read (not the input, absent unless ``overwrite``, its
-    folder writable)."""
+    ``pytorch_model.bin``), hyperparameters, sample rate and causality from its ``model_args``; a file without
+    ``model_args`` and other Asteroid architectures (its ``model_name``) are refused. ``auto`` tells them apart by
+    their keys. A torchaudio state_dict does not store its mask activation: ``msk_activate`` None assumes ``relu``
+    (torchaudio's ``conv_tasnet_base``; ``sigmoid`` is ``torchaudio.models.ConvTasNet``'s default); nor its rate:
+    ``sample_rate`` None assumes 8000 Hz (the bundle's). An Asteroid file without ``sample_rate`` (older Asteroid)
+    gets ``sample_rate`` or 8000 Hz; one that states a rate refuses another ``sample_rate``. ``out`` is
+    checked before anything is read (not the input, absent unless ``overwrite``, its folder writable)."""
     path = Path(path)
     plan_outputs([], shared={"model": out}, other_inputs=[path], overwrite=overwrite)
     obj = read_foreign(path)
@@ -156,18 +185,32 @@ def import_convtasnet(
     if fmt == "auto":
         fmt = detect_format(obj, sd) or "torchaudio"
     framing: dict = {}
+    assumed: list[str] = []
     if fmt == "asteroid":
-        args = obj.get("model_args") or {}
+        args = _asteroid_config(obj, sd, path)
         _asteroid_args(args, path)
         sd = asteroid_to_torchaudio(sd)
-        sample_rate = int(args.get("sample_rate") or sample_rate or 8000)
-        msk_activate = str(args.get("mask_act", "sigmoid"))  # Asteroid's default
+        stated = args.get("sample_rate")
+        if stated and sample_rate and int(stated) != int(sample_rate):
+            raise ModelFileError(f"the file's model runs at {int(stated)} Hz, not --sample-rate {sample_rate}", path)
+        if not stated and not sample_rate:
+            assumed.append("8000 Hz assumed (the file has no sample_rate; set it with --sample-rate)")
+        sample_rate = int(stated or sample_rate or 8000)
+        if "mask_act" not in args and msk_activate is None:
+            assumed.append("sigmoid mask assumed (Asteroid's default; the file has no mask_act; --mask sets it)")
+        msk_activate = str(args.get("mask_act") or msk_activate or "sigmoid")  # Asteroid's default
         num_layers = int(args.get("n_blocks", num_layers))
         framing = {"encoder_padding": False}  # Asteroid's encoder/decoder do not pad
         norm = ASTEROID_NORMS[args.get("norm_type", "gLN")]
         if norm != "gln" or args.get("causal"):
             framing |= {"norm": norm, "causal": bool(args.get("causal", False))}
     elif fmt == "torchaudio":
+        if msk_activate is None:
+            msk_activate = "relu"
+            assumed.append("relu mask assumed (torchaudio's conv_tasnet_base; weights do not store it): --mask sigmoid "
+                           "for a torchaudio.models.ConvTasNet built with its default")
+        if not sample_rate and path.name not in TORCHAUDIO_BUNDLES:
+            assumed.append("8000 Hz assumed (weights do not store the rate; set it with --sample-rate)")
         sample_rate = sample_rate or TORCHAUDIO_BUNDLES.get(path.name, 8000)
     else:
         raise ModelFileError(f"unknown format {fmt!r} (auto, torchaudio or asteroid)", path)
@@ -193,7 +236,7 @@ def import_convtasnet(
         arch_kwargs=kwargs,
         classes=[f"s{k + 1}" for k in range(kwargs["num_sources"])],
         preprocessing={"sample_rate": int(sample_rate)},
-        extra={"imported_from": fmt, "source_file": path.name},
+        extra={"imported_from": fmt, "source_file": path.name, **({"assumed": assumed} if assumed else {})},
     )
     save_model_file(out, mf, overwrite=overwrite)
     return mf

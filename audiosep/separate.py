@@ -264,6 +264,10 @@ def separate_file(
 
         def write(block: torch.Tensor) -> None:
             arr = block.numpy()  # [C, S, n]
+            if not np.isfinite(arr).all():  # never write NaN/inf audio (max(peak, nan) would drop the NaN)
+                model = separator.path if separator.path is not None else "the model"
+                raise InputError(f"model {model} gave non-finite output (NaN/inf) for this input; nothing written",
+                                 path)
             for k, f in enumerate(tmps):
                 f.write(arr[:, k].T)
                 peaks[k] = max(peaks[k], float(np.abs(arr[:, k]).max(initial=0.0)))
@@ -271,8 +275,6 @@ def separate_file(
         separate_chunks(read, total, rate, separator, chunk, overlap, channels, write, quiet=quiet)
         for f in tmps:
             f.close()
-        if not np.isfinite(peaks).all():  # never write NaN audio
-            raise InputError("the model produced non-finite output (NaN/inf); nothing written", path)
         if repair.count:
             print(
                 f"audiosep: warning: {path}: {repair.count} isolated non-finite (NaN/inf) sample(s) set to 0 before "
@@ -344,6 +346,7 @@ def plan_separation(
     num_parts: int = 1,
     part_id: int = 0,
     model_path: str | Path | None = None,
+    preview: str | Path | None = None,
 ) -> SeparationPlan:
     """Expand folders, leave out their files that this command writes for other inputs (``meeting_s1.wav`` beside
     ``meeting.wav``), and plan every input's ``<stem>_s1.wav`` ... in ``output`` (default: beside the input).
@@ -351,7 +354,8 @@ def plan_separation(
     Refused in one line (:class:`InputError`), before anything is written: two inputs with one output (``a.flac`` and
     ``a.wav``, even with ``overwrite``), an output that is an input or the model file, an existing output without
     ``overwrite`` (in a batch — several files, a folder or ``num_parts`` > 1 — an input whose outputs all exist is
-    skipped instead), an output folder that cannot be created."""
+    skipped instead), an output folder that cannot be created. ``preview``: a folder for ``<stem>.png`` per input
+    (role ``preview``)."""
     expanded = _expand(inputs)
     files = [f for f, _ in expanded]
     in_folder = {f for f, from_folder in expanded if from_folder}
@@ -364,12 +368,13 @@ def plan_separation(
     own = [f for f in own if f in in_folder]  # a file given by name is an input (and refused if also an output)
     dropped = set(own)
     files = [f for f in files if f not in dropped]
-    jobs = [Job(str(f), [f], {f"s{k + 1}": o for k, o in enumerate(output_paths(f, num_sources, output))})
+    jobs = [Job(str(f), [f], {f"s{k + 1}": o for k, o in enumerate(output_paths(f, num_sources, output))}
+                | ({"preview": Path(preview) / f"{f.stem}.png"} if preview is not None else {}))
             for f in files]
     batch = len(jobs) > 1 or bool(in_folder) or num_parts > 1
     plan = plan_outputs(
         jobs,
-        folders=[output] if output is not None else [],
+        folders=[Path(d) for d in (output, preview) if d is not None],
         other_inputs=[model_path] if model_path is not None else [],
         overwrite=overwrite,
         skip_done=batch,
@@ -402,6 +407,7 @@ def separate_files(
     chunk_seconds: float = 30.0,
     overlap_seconds: float = 1.0,
     per_channel: bool = False,
+    preview: str | Path | None = None,
     overwrite: bool = False,
     num_parts: int = 1,
     part_id: int = 0,
@@ -418,10 +424,11 @@ def separate_files(
     source count, then every output; the network is built and folders are created only after every check passed.
 
     ``model``: a model file path, a loaded :class:`ModelFile`, or a :class:`Separator` (``device``/``precision`` then
-    unused). ``num_parts``/``part_id``: this run's share of the batch (every share is checked). ``log`` receives the
-    notices (skipped files, the model's description); ``on_done(input, outputs)`` follows each input. A bad input
-    raises :class:`UserError` — unless ``keep_going`` and the batch has several inputs: then it is reported on stderr
-    under ``prog``, the batch goes on, the failures are listed at the end and ``rc`` is 2
+    unused). ``preview``: a folder for one spectrogram PNG per input (``<stem>.png``: the mixture and its sources,
+    :mod:`audiosep.preview`). ``num_parts``/``part_id``: this run's share of the batch (every share is checked).
+    ``log`` receives the notices (skipped files, the model's description); ``on_done(input, outputs)`` follows each
+    input. A bad input raises :class:`UserError` — unless ``keep_going`` and the batch has several inputs: then it
+    is reported on stderr under ``prog``, the batch goes on, the failures are listed at the end and ``rc`` is 2
     (:func:`shared_backbones.cliutil.run_batch`)."""
     check_chunking(chunk_seconds, overlap_seconds)
     say = log or (lambda _message: None)
@@ -438,7 +445,7 @@ def separate_files(
             model_path = Path(model)
             mf = load_model_file(model_path, task=Separator.TASK)
     planned = plan_separation(inputs, num_sources_of(mf), output, overwrite=overwrite, num_parts=num_parts,
-                              part_id=part_id, model_path=model_path)
+                              part_id=part_id, model_path=model_path, preview=preview)
     for line in planned.notices():
         say(line)
     run = SeparationRun(planned)
@@ -454,6 +461,10 @@ def separate_files(
         path = job.inputs[0]
         outs = separate_file(path, separator, output, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                              per_channel=per_channel, overwrite=overwrite, quiet=quiet)
+        if preview is not None:
+            from .preview import preview_files
+
+            preview_files(job.outputs["preview"], path, outs, overwrite=overwrite)
         run.written[path] = outs
         if on_done is not None:
             on_done(path, outs)

@@ -1,12 +1,14 @@
 """Lightning training for audiosep: Conv-TasNet with SI-SNR + utterance-level PIT.
 
-Data: a LibriMix-style folder (``mix/``, ``s1/``, ``s2/`` ...) or dynamic mixing from a folder of single-speaker
-files (random crops, different speakers when the files sit in one folder per speaker, the other voices at -5..5 dB
-relative to the first). Adam 1e-3 halved after 3 epochs without improvement (or a cosine decay), gradient clipping at
-L2 norm 5 (the paper's recipe); precision from the suite's policy. Validation metrics are torchmetrics ``Metric``
-objects (SI-SNR under the best permutation, and SI-SNRi against the mixture), summed across DDP ranks; the validation
-set is split over ranks without repeats, so the figures equal a single process's. The best checkpoint (highest
-validation SI-SNR) is exported with its SI-SNR and SI-SNRi.
+Data: a LibriMix or WHAM! subset folder as their generators write it (``mix_clean/``, ``mix_both/``, ``mix_single/``,
+``s1/``, ``s2/`` ..., ``noise/``; ``mix_type`` picks the mixture, LibriMix's metadata CSV lists the utterances where
+present), the suite's own ``mix/``, ``s1/``, ``s2/`` ... (:mod:`audiosep.mixtures`), or dynamic mixing from a folder of
+single-speaker files (random crops, different speakers when the files sit in one folder per speaker, the other voices at
+-5..5 dB relative to the first). Adam 1e-3 halved after 3 epochs without improvement (or a cosine decay), gradient
+clipping at L2 norm 5 (the paper's recipe); precision from the suite's policy. Validation metrics are torchmetrics
+``Metric`` objects (SI-SNR under the best permutation, and SI-SNRi against the mixture), summed across DDP ranks; the
+validation set is split over ranks without repeats, so the figures equal a single process's. The best checkpoint
+(highest validation SI-SNR) is exported with its SI-SNR and SI-SNRi.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric
 
-from audiosep.evaluate import source_dirs
 from audiosep.metrics import pit_si_snr_loss, reorder, si_snr
+from audiosep.mixtures import find_mixtures
 from shared_backbones.checkpoint import read_torch_file
 from shared_backbones.cliutil import check_output
 from shared_backbones.errors import InputError
@@ -83,21 +85,25 @@ def _read(path: Path, rate: int) -> np.ndarray:
 
 
 class LibriMixDataset(Dataset):
-    """Mixtures and sources from ``mix/`` and ``s1/`` ... with random crops of ``segment`` seconds."""
+    """Mixtures and their sources (:func:`audiosep.mixtures.find_mixtures`: LibriMix's or WHAM!'s
+    ``mix_<mix_type>/`` and ``s1/`` ..., or the suite's ``mix/``) with random crops of ``segment`` seconds;
+    ``indices`` keeps those utterances only (a fold)."""
 
     def __init__(
         self,
         root: str | Path,
         rate: int = 8000,
         segment: float | None = 4.0,
-        files: list[str] | None = None,
+        indices: list[int] | None = None,
         train: bool = True,
+        mix_type: str = "clean",
     ) -> None:
         self.root = Path(root)
-        self.srcs = source_dirs(self.root)
-        self.files = files or sorted(
-            p.name for p in (self.root / "mix").iterdir() if p.suffix.lower() in (".wav", ".flac")
-        )
+        found = find_mixtures(self.root, mix_type)
+        self.num_sources = found.num_sources
+        keep = range(len(found.mixtures)) if indices is None else indices
+        self.files = [found.mixtures[i] for i in keep]
+        self.refs = [found.sources[i] for i in keep]
         self.rate, self.train = rate, train
         self.n = None if segment is None else int(segment * rate)
 
@@ -105,8 +111,7 @@ class LibriMixDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        name = self.files[i]
-        arrays = [_read(self.root / "mix" / name, self.rate)] + [_read(d / name, self.rate) for d in self.srcs]
+        arrays = [_read(p, self.rate) for p in (self.files[i], *self.refs[i])]
         rng = _rng() if self.train else None
         arrays = _crop(arrays, self.n, rng)
         return torch.from_numpy(arrays[0])[None], torch.from_numpy(np.stack(arrays[1:]))
@@ -210,7 +215,8 @@ class TimeCosineLR(L.Callback):
 
 
 class AudiosepDataModule(L.LightningDataModule):
-    """Train/validation split of a LibriMix folder (``val_dir`` or a k-fold split), or dynamic mixing."""
+    """Train/validation split of a mixture folder (``val_dir`` or a k-fold split; ``mix_type`` picks LibriMix's or
+    WHAM!'s ``mix_clean``/``mix_both``/``mix_single``), or dynamic mixing."""
 
     def __init__(
         self,
@@ -225,29 +231,52 @@ class AudiosepDataModule(L.LightningDataModule):
         folds: int = 5,
         epoch_size: int = 1000,
         speed_perturb: float = 0.0,
+        mix_type: str = "clean",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
 
+    def num_sources(self) -> int | None:
+        """Sources per mixture of the data (None: dynamic mixing without a validation folder, any count)."""
+        hp = self.hparams
+        if hp.val_dir:
+            return LibriMixDataset(hp.val_dir, hp.rate, None, train=False, mix_type=hp.mix_type).num_sources
+        if hp.dynamic_mixing:
+            return None
+        return LibriMixDataset(hp.data_dir, hp.rate, mix_type=hp.mix_type).num_sources
+
+    def _check_sources(self, found: int) -> None:
+        """The model being trained must give as many sources as the data has (one line otherwise)."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        want = len((getattr(module, "suite_cfg", None) or {}).get("classes") or [])
+        if want and want != found:
+            raise InputError(f"the data has {found} source(s) per mixture but the model gives {want} "
+                             "(num_sources)", self.hparams.val_dir or self.hparams.data_dir)
+
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         if hp.val_dir:
-            self.val_set = LibriMixDataset(hp.val_dir, hp.rate, None, train=False)
+            self.val_set = LibriMixDataset(hp.val_dir, hp.rate, None, train=False, mix_type=hp.mix_type)
             self.train_set = (
                 DynamicMixDataset(
-                    hp.data_dir, hp.rate, hp.segment, len(self.val_set.srcs), hp.epoch_size,
+                    hp.data_dir, hp.rate, hp.segment, self.val_set.num_sources, hp.epoch_size,
                     speed_perturb=hp.speed_perturb,
                 )
                 if hp.dynamic_mixing
-                else LibriMixDataset(hp.data_dir, hp.rate, hp.segment)
+                else LibriMixDataset(hp.data_dir, hp.rate, hp.segment, mix_type=hp.mix_type)
             )
+            if not hp.dynamic_mixing and self.train_set.num_sources != self.val_set.num_sources:
+                raise InputError(f"{self.train_set.num_sources} source(s) per mixture in {hp.data_dir} but "
+                                 f"{self.val_set.num_sources} in the validation folder", hp.val_dir)
+            self._check_sources(self.val_set.num_sources)
             return
         if hp.dynamic_mixing:
-            raise InputError("dynamic mixing needs --val-dir (a LibriMix folder) for validation", hp.data_dir)
-        files = LibriMixDataset(hp.data_dir, hp.rate).files
-        train_idx, val_idx = kfold_splits(len(files), hp.folds, seed=0)[hp.fold]
-        self.train_set = LibriMixDataset(hp.data_dir, hp.rate, hp.segment, [files[i] for i in train_idx])
-        self.val_set = LibriMixDataset(hp.data_dir, hp.rate, None, [files[i] for i in val_idx], train=False)
+            raise InputError("dynamic mixing needs --val-dir (a mixture folder) for validation", hp.data_dir)
+        n = len(LibriMixDataset(hp.data_dir, hp.rate, mix_type=hp.mix_type))
+        train_idx, val_idx = kfold_splits(n, hp.folds, seed=0)[hp.fold]
+        self.train_set = LibriMixDataset(hp.data_dir, hp.rate, hp.segment, list(train_idx), mix_type=hp.mix_type)
+        self.val_set = LibriMixDataset(hp.data_dir, hp.rate, None, list(val_idx), train=False, mix_type=hp.mix_type)
+        self._check_sources(self.val_set.num_sources)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -269,8 +298,8 @@ class AudiosepDataModule(L.LightningDataModule):
         """Number of validation mixtures (known before any process is launched)."""
         hp = self.hparams
         if hp.val_dir:
-            return len(LibriMixDataset(hp.val_dir, hp.rate, None, train=False))
-        files = LibriMixDataset(hp.data_dir, hp.rate).files
+            return len(LibriMixDataset(hp.val_dir, hp.rate, None, train=False, mix_type=hp.mix_type))
+        files = LibriMixDataset(hp.data_dir, hp.rate, mix_type=hp.mix_type).files
         if not 2 <= hp.folds <= len(files):
             raise InputError(f"--folds {hp.folds}: needs 2 .. {len(files)} (the number of mixtures)", hp.data_dir)
         if not 0 <= hp.fold < hp.folds:
@@ -372,8 +401,9 @@ def train_audiosep(
     reversible: bool = False,
     val_dir: str | Path | None = None,
     dynamic_mixing: bool = False,
+    mix_type: str = "clean",
     sample_rate: int = 8000,
-    num_sources: int = 2,
+    num_sources: int | None = None,
     segment: float = 4.0,
     batch_size: int = 4,
     epochs: int = 50,
@@ -407,8 +437,10 @@ def train_audiosep(
     ``resume="last"`` continues from the work folder's ``last.ckpt`` (:func:`pipelines.trainer.work_folder`;
     ``run_dir`` is the older name of ``work_dir``). ``threads``: torch intra-op threads during the fit (restored
     after; default: torch's). On a small CPU shared with other jobs one thread trains the small presets several
-    times faster per wall second than two. Returns the fit result; its ``metrics`` hold the best checkpoint's
-    validation figures."""
+    times faster per wall second than two. ``mix_type``: LibriMix's / WHAM!'s ``mix_clean``, ``mix_both`` or
+    ``mix_single`` (one source: s1). ``num_sources``: default the data's count (``s1/``, ``s2/`` ...; 2 for dynamic
+    mixing without ``val_dir``); another count than the data's is refused. Returns the fit result; its ``metrics``
+    hold the best checkpoint's validation figures."""
     if speed_perturb and not dynamic_mixing:
         raise InputError("--speed-perturb needs --dynamic-mixing (it perturbs the sources of on-the-fly mixtures)")
     if not 0 <= speed_perturb < 1:
@@ -432,7 +464,16 @@ def train_audiosep(
         folds=folds,
         epoch_size=epoch_size,
         speed_perturb=speed_perturb,
+        mix_type=mix_type,
     )
+    has = dm.num_sources()
+    if num_sources is None:
+        num_sources = has or 2
+    elif has is not None and has != num_sources:
+        raise InputError(f"--sources {num_sources}, but the data has {has} source(s) per mixture",
+                         val_dir or data_dir)
+    if dynamic_mixing and num_sources < 2:
+        raise InputError("dynamic mixing needs 2 or more sources per mixture (--sources)", val_dir or data_dir)
     val_size = dm.validation_size()
     old_threads = torch.get_num_threads()
     chosen: dict[str, Any] = {"threads": threads}

@@ -191,12 +191,16 @@ class AudiosepTrainOptions(CommonTrainOptions):
     """``audiosep train`` = :func:`pipelines.audiosep.train_audiosep` (positional ``data`` and ``-o`` are its
     first two arguments)."""
 
-    val_dir: str | None = option(None, "LibriMix-style validation folder (default: a k-fold split of DATA)")
+    val_dir: str | None = option(None, "validation folder, laid out as DATA (default: a k-fold split of DATA)")
+    mix_type: str = option("clean", "LibriMix / WHAM! mixture: clean (the speakers), both (speakers + noise), single "
+                                    "(speaker 1 + noise: one source, s1/)", choices=("clean", "both", "single"))
     dynamic_mixing: bool = option(False, "draw training mixtures on the fly from DATA")
     arch: str = option("convtasnet-small", "architecture preset",
                        choices=("convtasnet-small", "convtasnet-base", "convtasnet-causal", "convtasnet"))
     reversible: bool = option(False, "reversible TCN stack (training memory flat in depth)")
-    num_sources: int = option(2, "number of speakers per mixture", flag="--sources", type=Number(int, min=2, max=8))
+    num_sources: int | None = option(None, "sources per mixture (default: the data's s1/, s2/ ... count; 1 with "
+                                           "--mix-type single; 2 with --dynamic-mixing and no --val-dir)",
+                                     flag="--sources", type=Number(int, min=1, max=8))
     sample_rate: int = option(8000, "rate of the data and of the model", type=Number(int, min=1000, max=192000))
     segment: float = option(4.0, "training crop in seconds (paper: 4)", type=Number(float, min=0.1, max=600))
     batch_size: int = option(4, "mixtures per step and device", type=BATCH)

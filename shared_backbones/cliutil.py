@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import InputError, OutputExistsError, RankFailedError, UserError
+from .errors import InputError, OutputExistsError, RankFailedError, UserError, first_line
 from .options import DEVICE_CHOICES, Number, parse_device, parse_devices, seed_int
 
 T = TypeVar("T")
@@ -37,6 +37,8 @@ T = TypeVar("T")
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_RANK_FAILED = 1
+#: out of memory (torch's allocator, MemoryError): the machine's limit, not the user's input
+EXIT_OUT_OF_MEMORY = 1
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -44,8 +46,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
             prog: str | None = None) -> int:
     """Run ``main(argv)`` and map user errors to ``<prog>: error: <message>`` with exit code 2.
 
-    Ctrl-C prints ``<prog>: interrupted`` and returns 130; out-of-memory is one line with exit code 2; a failed
-    process of a distributed run (:class:`RankFailedError`) is one line with exit code 1.
+    Ctrl-C prints ``<prog>: interrupted`` and returns 130; a failed process of a distributed run
+    (:class:`RankFailedError`) is one line with exit code 1. Out of memory (Python's :class:`MemoryError`, torch's
+    ``DefaultCPUAllocator: can't allocate memory`` RuntimeError, ``torch.OutOfMemoryError`` on a GPU) is one line,
+    ``<prog>: error: out of memory while running <prog> <command>: <first line>; try ...``, with exit code 1
+    (:data:`EXIT_OUT_OF_MEMORY`: the machine's limit, not bad input).
     """
     prog = prog or Path(sys.argv[0]).name
     allow_ctrl_c()
@@ -61,9 +66,25 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        print(f"{prog}: error: out of memory (try a smaller --batch-size or tile/chunk size)", file=sys.stderr)
-        return EXIT_USAGE
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")][:1]
+        what = " ".join([prog, *map(str, words)])
+        print(f"{prog}: error: out of memory while running {what}: {first_line(exc, 300)}; try a smaller "
+              "--batch-size, window/tile or chunk size, fewer outputs, or a machine with more memory",
+              file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for Python's :class:`MemoryError` and torch's allocator failures (``torch.OutOfMemoryError``, a
+    RuntimeError saying ``DefaultCPUAllocator: can't allocate memory`` or ``CUDA out of memory``); checked by name
+    and message, so torch is not imported here."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
 
 
 def allow_ctrl_c() -> None:
@@ -92,8 +113,9 @@ def run_batch(items: Sequence[T], work: Callable[[T], Any], *, prog: str, quiet:
             print(f"{prog}: error: {exc} (continuing with the next input)", file=sys.stderr)
     if failures:
         print(f"{prog}: {len(failures)} of {len(items)} inputs failed:", file=sys.stderr)
-        for item_name, message in failures:
-            print(f"  {item_name}: {message}", file=sys.stderr)
+        for item_name, message in failures:  # a message that starts with the item's path is not prefixed again
+            line = message if message.startswith(f"{item_name}: ") else f"{item_name}: {message}"
+            print(f"  {line}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 

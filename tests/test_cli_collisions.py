@@ -142,6 +142,30 @@ def sep_output_is_an_input(root):
         "one of the inputs"
 
 
+def sep_previews_of_two_inputs_one_png(root):
+    a, b = _wav(root / "d1" / "x.wav"), _wav(root / "d2" / "x.flac")
+    return _audiosep_main(), ["separate", str(a), str(b), "-m", str(_audiosep_model(root)), "--preview",
+                              str(root / "prev")], "two inputs map to this output"
+
+
+def stream_output_onto_the_model(root):
+    a, m = _wav(root / "m.wav"), root / "m_s1.wav"
+    (root / "models").mkdir()
+    m.write_bytes(_audiosep_model(root / "models").read_bytes())
+    return _audiosep_main(), ["stream", str(a), "-m", str(m), "--overwrite"], "one of the inputs"
+
+
+def stream_preview_onto_the_input(root):
+    a = _wav(root / "p" / "m.wav").rename(root / "p" / "m.png")  # audio under another ending: the preview's name
+    return _audiosep_main(), ["stream", str(a), "-m", str(_audiosep_model(root)), "-o", str(root / "out"),
+                              "--preview", str(root / "p"), "--overwrite"], "one of the inputs"
+
+
+def stream_output_folder_is_a_file(root):
+    a = _wav(root / "m.wav")
+    return _audiosep_main(), ["stream", str(a), "-m", str(_audiosep_model(root)), "-o", str(a)], "must be a folder"
+
+
 def sep_eval_report_is_an_estimate(root):
     est = _wav(root / "est" / "m_s1.wav")
     _wav(root / "est" / "m_s2.wav")
@@ -257,8 +281,37 @@ def remote_evaluate_twice_one_report(root):
     return _remote_main(), ["evaluate", str(a), str(a), "-o", str(r), "-o", str(r)], "same path"
 
 
+def _two_parts(root: Path) -> list[Path]:
+    """Two row blocks of one grid (what ``remote indices --num-parts 2`` writes), as plain GeoTIFFs."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    out = []
+    for k in range(2):
+        p = root / f"map.part-{k}-of-2.tif"
+        with rasterio.open(p, "w", driver="GTiff", height=16, width=16, count=1, dtype="float32", crs="EPSG:32632",
+                           transform=from_origin(600000, 5300000 - 160 * k, 10, 10)) as dst:
+            dst.write(np.full((1, 16, 16), 0.5 + k, "float32"))
+        out.append(p)
+    return out
+
+
+def remote_mosaic_onto_a_part(root):
+    parts = _two_parts(root)
+    return _remote_main(), ["mosaic", *map(str, parts), "-o", str(parts[0]), "--overwrite"], "one of the inputs"
+
+
+def remote_mosaic_preview_onto_the_output(root):
+    parts = _two_parts(root)
+    out = root / "map.tif"
+    return _remote_main(), ["mosaic", *map(str, parts), "-o", str(out), "--preview", str(out)], \
+        "--preview cannot write a '.tif' file"
+
+
 SCENARIOS: dict[str, list[Scenario]] = {
-    "audiosep separate": [sep_colliding_stems, sep_same_stem_two_folders, sep_output_is_an_input],
+    "audiosep separate": [sep_colliding_stems, sep_same_stem_two_folders, sep_output_is_an_input,
+                          sep_previews_of_two_inputs_one_png],
+    "audiosep stream": [stream_output_onto_the_model, stream_preview_onto_the_input, stream_output_folder_is_a_file],
     "audiosep evaluate": [sep_eval_report_is_an_estimate],
     "audiosep import": [sep_import_onto_weights],
     "medseg predict": [med_nii_and_niigz, med_seg_into_series, med_two_outputs_one_path, med_unwritable_kind,
@@ -271,6 +324,7 @@ SCENARIOS: dict[str, list[Scenario]] = {
     "remote predict": [remote_predict_onto_the_input],
     "remote indices": [remote_each_same_name, remote_indices_onto_input],
     "remote evaluate": [remote_evaluate_twice_one_report],
+    "remote mosaic": [remote_mosaic_onto_a_part, remote_mosaic_preview_onto_the_output],
 }
 CASES = [(cmd, s) for cmd, ss in SCENARIOS.items() for s in ss]
 

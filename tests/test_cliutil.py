@@ -221,7 +221,7 @@ def test_run_batch_goes_on_and_lists_failures(capsys):
     assert run_batch(["a", "bad1", "b", "bad2"], work, prog="tool") == 2
     assert done == ["a", "b"]
     err = capsys.readouterr().err.splitlines()
-    assert err[-3:] == ["tool: 2 of 4 inputs failed:", "  bad1: bad1: not audio", "  bad2: bad2: not audio"]
+    assert err[-3:] == ["tool: 2 of 4 inputs failed:", "  bad1: not audio", "  bad2: not audio"]  # path once
     assert run_batch(["a", "b"], work, prog="tool") == 0
     with pytest.raises(InputError):  # a single input fails as an unbatched command would
         run_batch(["bad"], work, prog="tool")
