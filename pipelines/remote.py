@@ -28,7 +28,7 @@ from remote.fields import open_fields
 from remote.models import CLASSES, DEFAULT_INDICES, margin_loss
 from remote.naming import DEFAULT_BANDS, DEFAULT_SCL_INVALID
 from remote.predict import RemoteModel
-from remote.reader import S2Series
+from remote.reader import OFFSET_RULE, S2Series
 from remote.samples import (
     LABEL_NODATA,
     PixelSamples,
@@ -304,8 +304,7 @@ def prepare_remote_data(*, series: S2Series | None = None, labels: str | Path | 
     if per_field and spatial:
         raise InputError("--per-field needs a per-pixel model (ffdnn or cnn1d), not the spatial unet2d")
     pre: dict[str, Any] = {"scale": 10000, "offset": offset, "scl_invalid": list(scl_invalid),
-                           "offset_rule": "--offset flag > BOA_ADD_OFFSET tag > PROCESSING_BASELINE tag > "
-                                          "date >= 2022-01-25 (-1000)",
+                           "offset_rule": OFFSET_RULE,
                            "indices": list(indices),
                            "input": "spatial" if spatial else ("field" if per_field else "pixel")}
     if series is not None:

@@ -34,8 +34,9 @@ Each product's digital numbers become reflectance with that product's own radiom
 STAC properties or tags), so one date may mix processing baselines. Files stay open only while the windows read pass
 over a product (row-major reading closes a product once the windows are below its footprint).
 
-For cluster runs the grid splits into row blocks (:func:`split_rows`); each block is an ordinary :class:`Grid`, so
-``open_series(..., grid=block)`` reads exactly that part of the area.
+For cluster runs (``--num-parts``) the output grid splits into row blocks (:class:`remote.join.RowBlock`): every
+part opens the whole area (the grid is built from headers only, so each part computes the same one) and reads
+windows of the whole grid, so a spatial model's halo reaches across the block edge and the parts join exactly.
 """
 
 from __future__ import annotations
@@ -177,37 +178,6 @@ def area_grid(footprints: Sequence[Footprint], *, crs: Any = None, bounds: Seque
         raise InputError(f"the area spans {c1 - c0} x {r1 - r0} pixels of {res:g} m; at most {MAX_GRID_SIDE} per "
                          "side (check --bounds and --bounds-crs)")
     return Grid(crs, Affine(res, 0.0, ox + c0 * res, 0.0, -res, oy - r0 * res), c1 - c0, r1 - r0)
-
-
-def split_rows(grid: Grid, num_parts: int, part_id: int) -> tuple[Any, Grid]:
-    """Row block ``part_id`` (0-based) of ``num_parts`` nearly equal blocks of ``grid``: (its window in ``grid``,
-    the block as a grid of its own). Blocks are contiguous, cover the grid once, and the block grids share the
-    lattice of ``grid``, so parts written on them join exactly (``remote mosaic`` or a GDAL VRT)."""
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
-
-    if not 1 <= num_parts or not 0 <= part_id < num_parts:
-        raise InputError(f"part {part_id} of {num_parts}: need 0 <= part < parts")
-    r0 = grid.height * part_id // num_parts
-    r1 = grid.height * (part_id + 1) // num_parts
-    win = Window(0, r0, grid.width, r1 - r0)
-    return win, Grid(grid.crs, window_transform(win, grid.transform), grid.width, r1 - r0)
-
-
-def open_part(options: Any, inputs: Sequence[Any], num_parts: int, part_id: int, **kw: Any
-              ) -> tuple[S2Series, Any, Grid]:
-    """Open ``inputs`` (with ``options``, a :class:`remote.discovery.SeriesOptions`) on row block ``part_id`` of
-    ``num_parts`` of the grid a whole run would use: (the series on the block, the block's window in the full grid,
-    the full grid). The full grid comes from the products' headers only (nothing is read); every part computes the
-    same one, so the parts of a cluster run join exactly. ``kw`` goes to ``options.open`` (``exclude``,
-    ``default_offset``). A spatial model's halo stops at the block edge (per-pixel models join bit for bit)."""
-    import dataclasses
-
-    with options.open(inputs, **kw) as full:
-        grid = full.grid
-    win, block = split_rows(grid, num_parts, part_id)
-    part = dataclasses.replace(options, grid=block, bounds=None, crs=None, bounds_crs=None).open(inputs, **kw)
-    return part, win, grid
 
 
 class AreaSeries(S2Series):

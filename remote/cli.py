@@ -127,7 +127,7 @@ def _read_options(args: argparse.Namespace):
         bounds_crs = parse_crs(bounds_crs) if bounds_crs is not None else None
     return SeriesOptions(dates=read_date_list(args.dates) if args.dates else None, band_order=args.band_order,
                          offset=args.offset, grid=getattr(args, "grid", None), bounds=bounds, crs=crs,
-                         bounds_crs=bounds_crs)
+                         bounds_crs=bounds_crs, cloud_mask=not getattr(args, "no_cloud_mask", False))
 
 
 def _show_series(args: argparse.Namespace):
@@ -204,8 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=Number(int, min=1, max=1 << 24), default=8192,
                    help="pixels per model call (per-pixel models)")
     q.add_argument("--threads", type=parse_positive_int, default=None, metavar="N",
-                   help="torch threads for the network [CPUs usable minus one for the reader (minus two above four "
-                        "CPUs); CONVSUITE_THREADS or OMP_NUM_THREADS override the default]")
+                   help="torch threads for the network [CPUs usable minus one for the reader; above four CPUs "
+                        "minus the writer and the reader threads (40%% of the CPUs but two, CONVSUITE_READERS sets "
+                        "them); CONVSUITE_THREADS or OMP_NUM_THREADS override the default]")
     _add_outputs(q, "class map with a legend beside the stress probability")
 
     q = add_command(sub, "mosaic", help="join the parts of a --num-parts run (or rasters tiling one grid) exactly",

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,11 +117,47 @@ def _scan_folder(folder: Path, depth: int, units: list[_Unit]) -> None:
             _scan_folder(p, depth + 1, units)
 
 
-def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[_Unit]:
-    """Products, STAC items and raster files in ``inputs`` (files and folders, searched to ``MAX_DEPTH``); files in
-    ``exclude`` (this run's outputs, e.g. written into the input folder by an earlier run) are left out of folders."""
+def _family(path: str | Path) -> tuple[str, str]:
+    """(folder, stem) of an output with any ``.part-K-of-N`` removed (:func:`remote.join.whole_path`)."""
+    from .join import whole_path
+
+    w = whole_path(Path(path).absolute())
+    return os.path.normcase(str(w.parent)), w.stem
+
+
+def own_outputs(candidates: Sequence[Path], exclude: Sequence[str | Path]) -> list[Path]:
+    """The files among ``candidates`` (found in input folders) that are outputs of this run or of its relatives,
+    given the run's outputs ``exclude``: a file at an output path, and, when it carries the
+    :data:`remote.batch.OUTPUT_TAG` tag ``remote`` writes, a part of an output (``map.part-K-of-N.tif`` of any K and
+    N, for ``map.tif`` or for one of its parts) or a file beside it named after it (``map_prob.tif``,
+    ``map_capsules.part-0-of-4.tif``...). So the parts of a ``--num-parts`` run, a joined map or the outputs of a
+    rerun with other options, written into an input folder, never become inputs of another part or of a rerun
+    (the equivalent for one series of :func:`shared_backbones.planning.drop_own_outputs`). A file there that
+    ``remote`` did not write stays an input (the planner refuses to replace it)."""
+    from .batch import _written_by_us
+
+    exact = {os.path.normcase(str(Path(p).absolute())) for p in exclude}
+    stems: dict[str, set[str]] = {}
+    for p in exclude:
+        folder, stem = _family(p)
+        stems.setdefault(folder, set()).add(stem)
+    own = []
+    for c in candidates:
+        if os.path.normcase(str(Path(c).absolute())) in exact:
+            own.append(c)
+            continue
+        folder, stem = _family(c)
+        if any(stem == s or stem.startswith(f"{s}_") for s in stems.get(folder, ())) and _written_by_us(Path(c)):
+            own.append(c)
+    return own
+
+
+def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = (),
+                  dropped: list[Path] | None = None) -> list[_Unit]:
+    """Products, STAC items and raster files in ``inputs`` (files and folders, searched to ``MAX_DEPTH``); this
+    run's outputs and their relatives found in folders (``exclude``: the run's outputs, :func:`own_outputs`) are
+    left out, and appended to ``dropped`` when given."""
     units: list[_Unit] = []
-    skip = {Path(p).absolute() for p in exclude}
     for item in inputs:
         if is_virtual(item):
             units.append(_virtual_unit(str(item)))
@@ -134,7 +171,12 @@ def expand_inputs(inputs: Sequence[str | Path], exclude: Sequence[str | Path] = 
         elif p.is_dir():
             n = len(units)
             _scan_folder(p, 0, units)
-            units[n:] = [u for u in units[n:] if u.path.absolute() not in skip]
+            if exclude:
+                own = own_outputs([Path(u.path) for u in units[n:] if u.kind == "raster"], exclude)
+                keys = {str(Path(o).absolute()) for o in own}
+                units[n:] = [u for u in units[n:] if str(Path(u.path).absolute()) not in keys]
+                if dropped is not None:
+                    dropped += own
             if len(units) == n:
                 raise InputError("folder holds no GeoTIFF/JP2 files, .SAFE product or STAC item", p)
         elif p.suffix.lower() == ".zip":
@@ -395,6 +437,7 @@ def open_series(
     crs: Any = None,
     bounds_crs: Any = None,
     model_offset: float | None = None,
+    cloud_mask: bool = True,
 ) -> S2Series:
     """Describe a time series from files, folders, products and STAC items (module docstring for the rules).
 
@@ -404,9 +447,13 @@ def open_series(
     mosaicked window by window with its overlap rule); ``exclude`` names files that folders must not contribute
     (the run's own outputs). ``offset`` (the run's ``--offset``) overrides every product's metadata;
     ``model_offset`` (the offset a model was trained with) only serves products without radiometric metadata.
-    ``series.notices`` lists what the user should know (partial coverage, offsets from the date)
+    ``cloud_mask``: whether the run masks clouds with SCL (False: ``--no-cloud-mask`` or no masked class), so a
+    date without SCL is worth a notice only when True.
+    ``series.notices`` lists what the user should know (partial coverage, offsets from the date, outputs of this
+    command left out of the input folders, dates without SCL)
     and ``series.provenance()`` which file each band of each date is read from."""
-    units = expand_inputs(inputs, exclude)
+    own: list[Path] = []
+    units = expand_inputs(inputs, exclude, own)
     if not units:
         raise InputError("no input rasters given")
     if band_order is not None:
@@ -459,8 +506,12 @@ def open_series(
         sources.append(ds)
 
     notices = offset_notices(chosen)
+    if own:
+        names = sorted(Path(o).name for o in own)
+        notices.append(f"left out {len(names)} file(s) of the input folders that are outputs of this command "
+                       f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): outputs are not inputs")
     no_scl = sorted({ds.date.isoformat() for ds in sources if SCL not in ds.bands})
-    if no_scl:
+    if no_scl and cloud_mask:
         notices.append(f"no SCL band for {len(no_scl)} date(s) ({', '.join(no_scl[:3])}"
                        f"{', ...' if len(no_scl) > 3 else ''}): clouds are not masked on those dates (cloud mask "
                        "off); give the SCL file or item asset to mask them")
@@ -591,12 +642,15 @@ class SeriesOptions:
     bounds: Sequence[float] | None = None
     crs: Any = None
     bounds_crs: Any = None
+    cloud_mask: bool = True
 
     def open(self, inputs: Sequence[str | Path], *, exclude: Sequence[str | Path] = (),
-             default_offset: float | None = None) -> S2Series:
+             default_offset: float | None = None, cloud_mask: bool = True) -> S2Series:
         """:func:`open_series` of ``inputs``; ``default_offset`` (a model's stored offset) serves only the products
         whose metadata say nothing about their offset, with a notice (the run's ``offset`` and the products'
-        metadata come first)."""
+        metadata come first). The SCL-missing notice is given only when both ``cloud_mask`` (the run's choice:
+        False when it masks no SCL class) and :attr:`cloud_mask` (``--no-cloud-mask`` unset) are true."""
         return open_series(inputs, dates=self.dates, band_order=self.band_order, offset=self.offset,
                            grid=self.grid, bounds=self.bounds, exclude=exclude, crs=self.crs,
-                           bounds_crs=self.bounds_crs, model_offset=default_offset)
+                           bounds_crs=self.bounds_crs, model_offset=default_offset,
+                           cloud_mask=self.cloud_mask and cloud_mask)

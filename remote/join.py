@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,15 @@ def part_path(path: str | Path, part_id: int, num_parts: int) -> Path:
     """``map.tif`` -> ``map.part-K-of-N.tif`` (the name part K of N of ``path`` is written under)."""
     p = Path(path)
     return p.with_name(f"{p.stem}.part-{part_id}-of-{num_parts}{p.suffix}")
+
+
+_PART_NAME = re.compile(r"\.part-\d+-of-\d+$")
+
+
+def whole_path(path: str | Path) -> Path:
+    """The inverse of :func:`part_path`: ``map.part-K-of-N.tif`` -> ``map.tif`` (other names unchanged)."""
+    p = Path(path)
+    return p.with_name(f"{_PART_NAME.sub('', p.stem)}{p.suffix}")
 
 
 def part_rows(height: int, num_parts: int, part_id: int, block: int = COG_BLOCK) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from shared_backbones.planning import Job, Plan, Writer
 from .batch import GEOTIFF, OUTPUT_TAG, plan_series, run_jobs
 from .discovery import SeriesOptions
 from .fields import FieldSeries, field_series, open_fields
-from .join import RowBlock, part_path
+from .join import RowBlock, part_path, worker_copies
 from .models import CLASSES, class_probabilities, date_attribution, frequency_attribution
 from .naming import DEFAULT_SCL_INVALID, parse_dates
 from .reader import S2Series
@@ -292,24 +292,67 @@ def _plan(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, tile: int,
 
 
 # -- threads -----------------------------------------------------------------------------------------------------
-def default_threads() -> int:
-    """Torch threads for the network while one reader thread and one writer thread run beside it.
+def _env_count(*names: str) -> int | None:
+    for var in names:
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return None
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:     # not on Linux
+        return os.cpu_count() or 1
+
+
+#: share of the CPUs (beyond one for the writer and one for the main thread) given to reader threads on machines
+#: with more than four CPUs: per pixel, reading + resampling + masking + gap filling costs 0.55-0.85 of the FFDNN's
+#: single-thread time (benchmarks/remote_tile.py, remote_area.py CPU splits), and torch threads scale sublinearly
+READER_SHARE = 0.4
+
+
+def default_readers(device: Any = "cpu") -> int:
+    """Reader threads (each with its own copy of the series) beside the network and the writer.
+
+    ``CONVSUITE_READERS`` in the environment wins. Up to four CPUs: one (the network takes the rest; on two CPUs
+    the single reader already keeps pace with a one-thread network). With more CPUs the network's many threads
+    outrun one reader: a GPU network leaves every CPU but two to the readers; a CPU network shares them,
+    :data:`READER_SHARE` of ``CPUs - 2`` for the readers (8 CPUs: 2 readers, 5 network threads; 16 CPUs: 6 and 9).
+    When ``OMP_NUM_THREADS`` / ``CONVSUITE_THREADS`` fix the network's threads, the readers get what is left."""
+    n = _env_count("CONVSUITE_READERS")
+    if n is not None:
+        return n
+    cpus = _usable_cpus()
+    if cpus <= 4:
+        return 1
+    if getattr(device, "type", str(device)) != "cpu":
+        return max(1, cpus - 2)
+    fixed = _env_count("CONVSUITE_THREADS", "OMP_NUM_THREADS")
+    if fixed is not None:
+        return max(1, cpus - 1 - fixed)
+    return max(1, round(READER_SHARE * (cpus - 2)))
+
+
+def default_threads(readers: int | None = None) -> int:
+    """Torch threads for the network while the reader thread(s) and one writer thread run beside it.
 
     ``OMP_NUM_THREADS`` (or ``CONVSUITE_THREADS``) in the environment wins; otherwise the CPUs this process may run
-    on (affinity / cgroup aware) minus one for the reader (minus two with more than four CPUs: the writer too).
+    on (affinity / cgroup aware) minus one for the reader (up to four CPUs), or minus the writer and the
+    ``readers`` (default :func:`default_readers`) above four.
     On a 2-core machine that is one network thread: with the reader on the other core the pipeline keeps both
     busy, while torch's default (one thread per core) would fight the reader and writer for the cores, and on a
     loaded machine its spinning OpenMP workers cost several times the wall time of a single thread. GDAL
     decompression/compression stays single-threaded per call (``GDAL_NUM_THREADS=1``): the reader and writer
     threads are its parallelism. NumPy's BLAS is not on the hot path (gap filling and resampling are elementwise)."""
-    for var in ("CONVSUITE_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").strip().isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:     # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - (1 if cpus <= 4 else 2))
+    n = _env_count("CONVSUITE_THREADS", "OMP_NUM_THREADS")
+    if n is not None:
+        return n
+    cpus = _usable_cpus()
+    if cpus <= 4:
+        return max(1, cpus - 1)
+    return max(1, cpus - 1 - (default_readers() if readers is None else readers))
 
 
 @contextlib.contextmanager
@@ -378,6 +421,37 @@ class _Prefetch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _Readers:
+    """:class:`_Prefetch` with ``len(states)`` reader threads, each reading through its own copy of the series
+    (:func:`remote.join.map_ordered`, :func:`remote.join.worker_copies`); results in item order, at most two per
+    thread in flight. ``cpu_seconds`` sums the CPU time of the reads."""
+
+    def __init__(self, items: Any, read: Callable[[Any, Any], Any], states: Sequence[Any]) -> None:
+        import threading
+
+        from .join import map_ordered
+
+        self.cpu_seconds = 0.0
+        self._lock = threading.Lock()
+        self._read = read
+
+        def work(state: Any, item: Any) -> Any:
+            t0 = time.thread_time()
+            try:
+                return read(state, item)
+            finally:
+                with self._lock:
+                    self.cpu_seconds += time.thread_time() - t0
+
+        self._it = map_ordered(items, work, states)
+
+    def __iter__(self) -> Any:
+        return self._it
+
+    def close(self) -> None:
+        self._it.close()
 
 
 class _Writer:
@@ -602,7 +676,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                    fields: str | Path | None = None, field_id_attr: str | None = None, per_field: bool = False,
                    scl_invalid: Sequence[int] | None = None, overwrite: bool = False,
                    quiet: bool = False, threads: int | None = None, fmt: str = "COG", compress: str = "deflate",
-                   num_parts: int = 1, part_id: int = 0) -> dict[str, Any]:
+                   num_parts: int = 1, part_id: int = 0, readers: int | None = None) -> dict[str, Any]:
     """Predict the whole raster tile by tile; returns a summary (pixels, valid pixels, class counts, tiles).
 
     ``halo`` (spatial model only) defaults to ``2 x size_divisor`` pixels around each tile; ``tile`` and ``halo``
@@ -610,12 +684,16 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
     adds the per-field CSV; with ``per_field`` each field's mean time series is classified once and the field's
     pixels get its class and probabilities (pixels outside fields stay nodata).
 
-    The work is a three-stage pipeline: a reader thread prepares the next tile (reading, resampling, masking, gap
+    The work is a three-stage pipeline: reader threads prepare the next tiles (reading, resampling, masking, gap
     filling) while the network runs on the current one, and a writer thread writes (and compresses) the previous
-    one. ``threads``: torch threads for the network (default :func:`default_threads`). The summary's ``seconds``
-    gives the loop's wall time and the CPU time of each stage (``network``: the main thread: model and bookkeeping;
-    ``read``, ``write``: the two threads): when ``read`` and ``write`` stay below ``network`` and a core is free
-    for them, the wall time is the network's.
+    one. ``readers`` (default :func:`default_readers`: one up to four CPUs, more on larger machines and beside a
+    GPU) reader threads each read through their own copy of the series (:func:`remote.join.worker_copies`,
+    :func:`remote.join.map_ordered`: tiles come back in order, at most two per reader in flight; the outputs are
+    the same bit for bit whatever the count). ``threads``: torch threads for the network (default
+    :func:`default_threads`). The summary's ``seconds`` gives the loop's wall time and the CPU time of each stage
+    (``network``: the main thread: model and bookkeeping; ``read``: the reader threads together; ``write``: the
+    writer thread): when ``read`` (per reader) and ``write`` stay below ``network`` and cores are free for them,
+    the wall time is the network's.
 
     Outputs are Cloud-Optimised GeoTIFFs (``fmt="COG"``) or tiled GeoTIFFs (``"GTiff"``), see :mod:`remote.writer`.
     With ``num_parts`` > 1 only row block ``part_id`` of the grid is predicted and written, each output a raster of
@@ -630,7 +708,8 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
                          "or run the fields without parts)")
     block = RowBlock.part(g, num_parts, part_id) if num_parts > 1 else RowBlock.whole(g)
     field_src = open_fields(fields, g, field_id_attr) if fields is not None else None
-    threads = default_threads() if threads is None else max(1, int(threads))
+    readers = default_readers(rm.device) if readers is None else max(1, int(readers))
+    threads = default_threads(readers) if threads is None else max(1, int(threads))
 
     import rasterio
 
@@ -648,10 +727,19 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
             fp = _field_predictions(series, rm, field_src, plan, batch_size, quiet)
         outs = _open_outputs(stack, outputs, rm, block, plan, prob_dtype, per_field, overwrite, fmt, compress)
         stats = _FieldStats(plan.k) if field_src is not None and not per_field else None
-        with series:
+        # several readers only where each has its own series copy and no shared field raster is read
+        copies = worker_copies(series, readers) if readers > 1 and field_src is None and not per_field else [series]
+        with contextlib.ExitStack() as opened:
+            for c in copies:
+                opened.enter_context(c)
             # threads are stopped before the series and the outputs close (ExitStack runs this first)
-            reader = _Prefetch(block.windows(plan.tile),      # (read window in g, write window in the block)
-                               lambda wins: _read_tile(series, wins[0], rm, plan, g, field_src, per_field))
+            if len(copies) > 1:
+                reader = _Readers(block.windows(plan.tile),
+                                  lambda src, wins: _read_tile(src, wins[0], rm, plan, g, field_src, per_field),
+                                  copies)
+            else:
+                reader = _Prefetch(block.windows(plan.tile),      # (read window in g, write window in the block)
+                                   lambda wins: _read_tile(series, wins[0], rm, plan, g, field_src, per_field))
             writer = _Writer(outs.write_tile)
             t_wall, t_cpu = time.perf_counter(), time.thread_time()
             try:
@@ -687,6 +775,7 @@ def predict_series(series: S2Series, rm: RemoteModel, outputs: PredictOutputs, *
         elif stats is not None:
             stats.write(outputs.fields_csv, rm.classes, field_src.label, overwrite)
     out = _summary(series, plan, outputs, counts, n_valid, per_field, fp, threads, block)
+    out["readers"] = len(copies)
     out["seconds"] = {k: round(v, 2) for k, v in timing.items()}
     return out
 
@@ -775,7 +864,8 @@ def predict_files(plan: Plan, rm: RemoteModel, *, read: SeriesOptions | None = N
     def work(job: Job) -> None:
         t0 = time.perf_counter()
         series = read.open(job.data["inputs"], exclude=job.data["exclude"],
-                           default_offset=rm.preprocessing.get("offset"))
+                           default_offset=rm.preprocessing.get("offset"),
+                           cloud_mask=bool(rm.scl_invalid if scl_invalid is None else scl_invalid))
         if on_series is not None:
             on_series(series)
         outputs = {k: v for k, v in job.outputs.items() if k != "preview"}

@@ -123,7 +123,7 @@ def index_files(plan: Plan, names: Sequence[str], *, read: SeriesOptions | None 
         raise InputError("no index chosen")
 
     def work(job: Job) -> None:
-        series = read.open(job.data["inputs"], exclude=job.data["exclude"])
+        series = read.open(job.data["inputs"], exclude=job.data["exclude"], cloud_mask=bool(scl_invalid))
         if on_series is not None:
             on_series(series)
         part_id, num_parts = job.data.get("part", (0, 1))

@@ -32,6 +32,11 @@ from .resample import AlignedResampler, Grid, WarpResampler
 
 #: Where a DN offset comes from, in order of precedence (:func:`choose_offset`).
 OFFSET_SOURCES: tuple[str, ...] = ("--offset", "metadata", "model", "date")
+#: The precedence of :func:`choose_offset` in words, one text for its docstring, the docs and the ``offset_rule``
+#: a model file stores (``remote train``).
+OFFSET_RULE = ("the run's --offset > the product's metadata (MTD_MSIL2A.xml BOA_ADD_OFFSET, STAC properties, "
+               "BOA_ADD_OFFSET / PROCESSING_BASELINE tags, the N0xxx baseline in an ESA product name) > the model "
+               "file's stored offset (with a notice) > the acquisition date: -1000 from 2022-01-25 (with a notice)")
 
 
 @dataclass
@@ -194,6 +199,9 @@ def choose_offset(date: dt.date, metadata: tuple[float, str] | None = None, *, u
         return OffsetChoice(float(model), "model", f"the model file's offset {float(model):+g}, no metadata")
     off, rule = date_rule(date)
     return OffsetChoice(off, "date", rule)
+
+
+choose_offset.__doc__ = f"{choose_offset.__doc__}\n\n    In words (:data:`OFFSET_RULE`): {OFFSET_RULE}."
 
 
 def tag_metadata(tags: dict[str, str]) -> tuple[float, str] | None:

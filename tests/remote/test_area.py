@@ -347,26 +347,68 @@ def test_area_of_one_date_with_the_predict_summary(area, tmp_path, ffdnn_file):
     assert json.loads(Path(prods[0]["item"]).read_text())["properties"]["s2:processing_baseline"] == "05.00"
 
 
-def test_row_blocks_of_the_area_grid_join_exactly(area):
-    """split_rows / open_part (the --num-parts path): the blocks cover the grid once, on its lattice, and the parts'
-    mosaics stacked equal the whole mosaic."""
-    from remote.area import open_part, split_rows
-    from remote.discovery import SeriesOptions
+def test_row_blocks_of_the_area_grid_join_exactly(area, tmp_path):
+    """The --num-parts path (remote.join.RowBlock, what predict and indices use): the blocks cover the area grid
+    once, on its lattice; each part reads windows of the WHOLE grid (every part opens the whole area), so the parts'
+    mosaics stacked equal the whole mosaic bit for bit; and a spatial model (U-Net, halo 16 px) split at a block
+    edge inside the overlap of the two UTM zones joins to the whole run exactly (a halo stopping at the block edge,
+    as the removed area.open_part did, changes the rows next to it)."""
+    import torch
+
+    from remote.join import RowBlock, mosaic, part_path
+    from remote.models import CLASSES, UNet2d
+    from shared_backbones.checkpoint import ModelFile, save_model_file
 
     root, prods = area
     items = _items(prods)
     with open_series(items) as s:
         g = s.grid
         whole = s.read(_full(g), BANDS, SCL_INVALID)
+    assert g.height > 16, "the area grid must hold two row blocks of 16 rows"
     parts, rows = [], 0
-    for k in range(3):
-        win, block = split_rows(g, 3, k)
-        assert win.row_off == rows and block.width == g.width and block.transform.c == g.transform.c
-        assert block.transform.f == g.transform.f - rows * 10
+    for k in range(2):
+        block = RowBlock.part(g, 2, k)
+        og = block.out_grid
+        assert block.row0 == rows and og.width == g.width and og.transform.c == g.transform.c
+        assert og.transform.f == g.transform.f - rows * 10 and og.height == block.height
         rows += block.height
-        series, win2, full = open_part(SeriesOptions(), items, 3, k)
-        assert win2 == win and full == g and series.grid == block
-        with series:
-            parts.append(series.read(_full(block), BANDS, SCL_INVALID))
+        got = np.full((2, len(BANDS), og.height, og.width), -1.0, np.float32)
+        with open_series(items) as s:      # as a part's run: the whole area, windows of the whole grid
+            assert s.grid == g
+            for rw, ww in block.windows(7):
+                got[:, :, ww.row_off:ww.row_off + ww.height, ww.col_off:ww.col_off + ww.width] = \
+                    s.read(rw, BANDS, SCL_INVALID)
+        parts.append(got)
     assert rows == g.height
     np.testing.assert_array_equal(np.concatenate(parts, axis=2), whole)     # bit for bit
+
+    torch.manual_seed(0)
+    kw = {"in_channels": 4 * 2, "encoder_name": "resnet18", "encoder_depth": 2, "decoder_channels": [16, 8]}
+    m = UNet2d(**kw).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+    pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": [D1.isoformat(), D2.isoformat()],
+           "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
+    model = save_model_file(tmp_path / "unet.pt", ModelFile.from_model(
+        m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+    common = [*items, "-m", str(model), "--tile", "16", "--halo", "16", "--device", "cpu", "--precision", "fp32",
+              "-q"]
+    assert main(["predict", *common, "-o", str(tmp_path / "whole.tif")]) == 0
+    for k in range(2):
+        assert main(["predict", *common, "-o", str(tmp_path / "u.tif"), "--num-parts", "2", "--part-id",
+                     str(k)]) == 0
+    mosaic([tmp_path / part_path("u_prob.tif", k, 2) for k in range(2)], tmp_path / "j.tif")
+    with rasterio.open(tmp_path / "whole_prob.tif") as a, rasterio.open(tmp_path / "j.tif") as b:
+        assert a.transform == b.transform
+        whole_p, joined = a.read(), b.read()
+    assert np.isfinite(whole_p).mean() > 0.5
+    np.testing.assert_array_equal(joined, whole_p)
+    # the halo matters here: a run on the first block alone (its halo stopping at the block edge) differs
+    edge = RowBlock.part(g, 2, 0).row1
+    assert main(["predict", *items, "-m", str(model), "--tile", "16", "--halo", "16", "--device", "cpu",
+                 "--precision", "fp32", "-q", "--grid", str(tmp_path / "u.part-0-of-2.tif"),
+                 "-o", str(tmp_path / "cut.tif")]) == 0
+    with rasterio.open(tmp_path / "cut_prob.tif") as c:
+        cut = c.read()
+    assert np.nanmax(np.abs(cut[:, edge - 4:edge] - whole_p[:, edge - 4:edge])) > 1e-3

@@ -322,7 +322,7 @@ def test_pipelined_prediction_threads_and_errors(tmp_path, scene, ffdnn_file, mo
     monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: {0, 1})
     assert rp.default_threads() == 1            # 2 CPUs: one for the network, one for the reader
     monkeypatch.setattr(rp.os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert rp.default_threads() == 6
+    assert rp.default_threads() == 5 and rp.default_readers() == 2     # 8 CPUs: 2 readers, the writer, 5 threads
 
 
 @pytest.mark.parametrize("t,n,kw", [(6, 1, {}), (6, 1037, {}), (12, 513, {}), (7, 600, {"include_bands": False}),
