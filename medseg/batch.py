@@ -33,8 +33,10 @@ WRITERS = {
                                                                    ".ima": _DICOM_HINT}),
     "probabilities": Writer((".nii.gz",), option="--save-probabilities"),
     "preview": Writer((".png",), option="--preview"),
-    "stats": Writer((".json",), option="--stats"),
+    "stats": Writer((".json", ".csv", ".tsv"), option="--stats"),
 }
+#: the writer of every ``--split-classes`` mask (role ``class:<name>``)
+CLASS_MASK = Writer((".nii.gz",), option="--split-classes")
 #: endings that name a file, not a folder (an output folder for a folder of cases must not end so)
 _FILE_SUFFIXES = (*LABEL_SUFFIXES, ".dcm", ".json", ".png", ".zip", ".gz", ".txt", ".csv")
 
@@ -160,9 +162,13 @@ def plan_predict(inputs: Sequence[str | Path], *, output: str | Path | None = No
                  stats: str | Path | None = None, preview: str | Path | None = None,
                  dicom_seg: str | Path | None = None, series: str | None = None,
                  model_paths: Sequence[str | Path] = (), overwrite: bool = False, num_parts: int = 1,
-                 part_id: int = 0) -> PredictPlan:
+                 part_id: int = 0, split_classes: Sequence[str] | None = None,
+                 keep: Sequence[int] | None = None) -> PredictPlan:
     """Every case's outputs, checked before any work (see the module docstring). Needs no model: a folder's cases
-    are found by nnU-Net's channel naming (``<case>_0000.nii.gz`` ...), whatever the model's channel count."""
+    are found by nnU-Net's channel naming (``<case>_0000.nii.gz`` ...), whatever the model's channel count.
+    ``split_classes``: the model's class names (background first) for ``--split-classes``: one ``class:<name>``
+    output per foreground class (only ``keep``'s label numbers when given), see :func:`medseg.outputs.split_outputs`.
+    """
     cases, out_dir, notices = _cases(inputs, output, dicom_seg)
     folder_mode = out_dir is not None
     if num_parts > 1 and not folder_mode:
@@ -182,6 +188,10 @@ def plan_predict(inputs: Sequence[str | Path], *, output: str | Path | None = No
             outputs["dicom_seg"] = Path(dicom_seg)
         if preview is not None:
             outputs["preview"] = preview_dir / f"{spec.name}.png" if preview_dir else Path(preview)
+        if split_classes is not None:
+            from .outputs import split_outputs
+
+            outputs.update(split_outputs(labels, split_classes, keep))
         display = spec.files[0].name if folder_mode else str(spec.files[0])
         jobs.append(Job(display, reads, outputs, data=spec))
 
@@ -192,7 +202,13 @@ def plan_predict(inputs: Sequence[str | Path], *, output: str | Path | None = No
         def precheck(job: Job) -> None:
             check_seg_source(job.data.files[0], series)
 
-    plan = plan_outputs(jobs, shared={"stats": stats} if stats is not None else None, writers=WRITERS,
+    writers = dict(WRITERS)
+    if split_classes is not None:
+        from .outputs import check_class_names
+
+        check_class_names(split_classes)
+        writers.update({role: CLASS_MASK for j in jobs for role in j.outputs if role.startswith("class:")})
+    plan = plan_outputs(jobs, shared={"stats": stats} if stats is not None else None, writers=writers,
                         folders=[f for f in (out_dir, preview_dir) if f is not None], other_inputs=model_paths,
                         overwrite=overwrite, skip_done=folder_mode, num_parts=num_parts, part_id=part_id,
                         precheck=precheck)
@@ -223,6 +239,8 @@ class BatchResult:
     timer: Any
     seconds: float
     notices: list[str] = field(default_factory=list)
+    #: the multi-folder task that ran (:class:`medseg.tasks.Task`), or None
+    task: Any = None
 
 
 def predict_files(
@@ -240,6 +258,7 @@ def predict_files(
     save_probabilities: bool = False,
     largest_component: bool = False,
     keep_classes: Sequence[str] | None = None,
+    task: str | Path | Any | None = None,
     stats: str | Path | None = None,
     preview: str | Path | None = None,
     dicom_seg: str | Path | None = None,
@@ -247,6 +266,7 @@ def predict_files(
     overwrite: bool = False,
     num_parts: int = 1,
     part_id: int = 0,
+    split_classes: bool = False,
     quiet: bool = True,
     prog: str = "medseg",
     on_notice: Callable[[str], None] | None = None,
@@ -258,45 +278,60 @@ def predict_files(
     The plan is checked before the models load (:func:`plan_predict`); class names in ``keep_classes`` are checked
     against the model before any case runs. A case that fails is reported on stderr and the batch goes on
     (``rc`` 2 at the end); with one case its error propagates. ``on_notice``/``on_case`` receive the notices and
-    each finished case (for printing)."""
+    each finished case (for printing).
+
+    ``task``: a task file or :class:`medseg.tasks.Task` (then no ``models``): several nnU-Net model folders merged
+    into one label map (:mod:`medseg.tasks`); several ``models`` that are nnU-Net folders with different label sets
+    form one too. ``keep_classes`` then picks the task's classes: only the folders holding them run.
+    ``split_classes``: also one binary mask per class
+    (:func:`medseg.outputs.write_class_masks`), planned once the model's class names are known, before any case."""
     from shared_backbones.cliutil import StageTimer, progress, run_batch
 
     from .io import OUTPUT_DESCRIP, check_channels, read_case, write_labels, write_like
-    from .predict import (
-        VolumeModel,
-        class_indices,
-        count_windows,
-        label_statistics,
-        load_models,
-        predict_case,
-        write_json,
-        write_preview,
-    )
+    from .outputs import label_statistics, write_class_masks, write_preview, write_stats
+    from .predict import VolumeModel, class_indices, count_windows, load_models, predict_case
     from .predict import keep_classes as keep_only
     from .predict import largest_component as largest_only
 
     start = time.perf_counter()
+    from .tasks import load_task_models, predict_task, resolve_task
+
+    the_task = resolve_task(models, task)
+    if the_task is not None:
+        if save_probabilities:
+            raise InputError("--save-probabilities is not available for a task of several model folders (each "
+                             "folder's class probabilities are reduced to its labels and their probability)")
+        the_task = the_task.select(keep_classes)
+        models = list(the_task.folders.values())
     loaded = list(models) if models and all(isinstance(m, VolumeModel) for m in models) else None
     model_paths = [] if loaded else [Path(m) for m in models]
     pp = plan_predict(inputs, output=output, save_probabilities=save_probabilities, stats=stats, preview=preview,
-                      dicom_seg=dicom_seg, series=series, model_paths=model_paths, overwrite=overwrite,
-                      num_parts=num_parts, part_id=part_id)
+                      dicom_seg=dicom_seg, series=series,
+                      model_paths=[*model_paths, *([the_task.path] if the_task and the_task.path else [])],
+                      overwrite=overwrite, num_parts=num_parts, part_id=part_id)
     for note in pp.notices:
         if on_notice is not None:
             on_notice(note)
     timer = StageTimer()
     if loaded is None:
         with timer("load model"):
-            loaded = load_models(model_paths, device, precision, folds=folds, checkpoint=checkpoint)
+            loaded = (load_task_models(the_task, device, precision, folds, checkpoint) if the_task else
+                      load_models(model_paths, device, precision, folds=folds, checkpoint=checkpoint))
     m0 = loaded[0]
-    classes = m0.classes
-    keep = class_indices(keep_classes, classes)
+    classes = m0.classes if the_task is None else the_task.class_list()
+    keep = class_indices(keep_classes, classes) if the_task is None else the_task.values
+    if split_classes:  # the class names are known now: plan the masks too (before any case runs)
+        pp = plan_predict(inputs, output=output, save_probabilities=save_probabilities, stats=stats, preview=preview,
+                          dicom_seg=dicom_seg, series=series,
+                          model_paths=[*model_paths, *([the_task.path] if the_task and the_task.path else [])],
+                          overwrite=overwrite, num_parts=num_parts, part_id=part_id, split_classes=classes, keep=keep)
     if dicom_seg is not None and len(classes) < 2:
         raise InputError("--dicom-seg needs a model with at least one foreground class", m0.path)
     batch = batch_size or (1 if m0.device.type == "cpu" else 2)
     plan = pp.plan
     plan.make_folders()
     results: list[CaseResult] = []
+    said_precision: list[bool] = []
     bar_cases = progress(total=len(plan.jobs), desc="cases", unit="case", quiet=quiet or len(plan.jobs) <= 1)
 
     def one(job: Job) -> None:
@@ -304,18 +339,25 @@ def predict_files(
         with timer("read"):
             case = read_case(spec.files, name=spec.name, series=series)
             check_channels(case, m0.in_channels)
+        if not said_precision and precision == "auto" and m0.policy.reason and on_notice is not None and not quiet:
+            said_precision.append(True)  # once, before the first network pass: what auto chose here, and why
+            on_notice(f"precision auto: {m0.policy.reason}")
         if case.nonfinite_count and on_notice is not None:
             on_notice(f"{spec.name}: {case.nonfinite_count} NaN/Inf voxels treated as background (left out of the "
                       "normalisation, labelled 0)")
         bar = progress(total=count_windows(case, loaded, overlap), desc=f"{spec.name} windows", unit="win",
                        quiet=quiet)
         try:
-            pred = predict_case(case, loaded, tta=tta, overlap=overlap, batch_size=batch,
-                                probabilities=save_probabilities, timer=timer, on_window=bar.update)
+            if the_task is not None:  # several folders, merged (only the task's chosen classes occur)
+                pred = predict_task(case, the_task, loaded, tta=tta, overlap=overlap, batch_size=batch, timer=timer,
+                                    on_window=bar.update)
+            else:
+                pred = predict_case(case, loaded, tta=tta, overlap=overlap, batch_size=batch,
+                                    probabilities=save_probabilities, timer=timer, on_window=bar.update)
         finally:
             bar.close()
         with timer("postprocess"):
-            labels = keep_only(pred.labels, keep)
+            labels = keep_only(pred.labels, keep) if the_task is None else pred.labels
             if largest_component:
                 labels = largest_only(labels)
         out = job.outputs
@@ -324,12 +366,17 @@ def predict_files(
             if "dicom_seg" in out:
                 from .dicom import write_dicom_seg
 
-                write_dicom_seg(out["dicom_seg"], labels, case, classes, model_name=Path(m0.path or "").stem,
-                                overwrite=overwrite)
+                write_dicom_seg(out["dicom_seg"], labels, case, classes,
+                                model_name=the_task.name if the_task else Path(m0.path or "").stem,
+                                segments=keep if the_task else None, overwrite=overwrite)
             if pred.probabilities is not None:
                 write_like(out["probabilities"], pred.probabilities, case, overwrite=overwrite,
                            descrip=f"{OUTPUT_DESCRIP} probabilities")
-            case_stats = label_statistics(labels, classes, case.voxel_sizes)
+            write_class_masks(out, labels, classes, case, overwrite=overwrite)
+            case_stats = label_statistics(labels, classes, case.voxel_sizes,
+                                          image=case.data[0] if "stats" in plan.shared else None)
+            if the_task is not None:  # the task's classes only (not the label_<v> names of its gaps)
+                case_stats["classes"] = {k: v for k, v in case_stats["classes"].items() if v["label"] in keep}
             if "preview" in out:
                 write_preview(out["preview"], case, labels, classes, overwrite=overwrite)
         result = CaseResult(spec.name, dict(out), case_stats)
@@ -344,7 +391,6 @@ def predict_files(
         bar_cases.close()
     if "stats" in plan.shared and results:
         single = len(plan.jobs) == 1 and not pp.folder_mode
-        write_json(plan.shared["stats"], results[0].stats if single else {r.name: r.stats for r in results},
-                   overwrite=overwrite)
+        write_stats(plan.shared["stats"], {r.name: r.stats for r in results}, single=single, overwrite=overwrite)
     return BatchResult(results, len(plan.skipped), len(plan.jobs) - len(results), rc, loaded, timer,
-                       time.perf_counter() - start, pp.notices)
+                       time.perf_counter() - start, pp.notices, the_task)

@@ -590,12 +590,24 @@ def seg_frames(labels: np.ndarray, series: DicomSeries) -> np.ndarray:
 
 
 def write_dicom_seg(path: str | Path, labels: np.ndarray, case: Case, classes: Sequence[str], *,
-                    model_name: str = "", overwrite: bool = False) -> Path:
+                    model_name: str = "", segments: Sequence[int] | None = None, overwrite: bool = False) -> Path:
     """Write ``labels`` (the case's ``[X, Y, Z]`` label map) as a BINARY DICOM SEG (Segmentation IOD, PS3.3 A.51)
-    referencing the source series of a case read with :func:`read_dicom_case`; one segment per model class."""
+    referencing the source series of a case read with :func:`read_dicom_case`; one segment per model class.
+
+    ``segments``: the label values that are classes (a merged task's table, :mod:`medseg.tasks`, may skip values);
+    each becomes a segment with its class name, numbered 1, 2, ... in this order (segment numbers start at 1 and
+    have no gaps, PS3.3 C.8.20.2); other values must not occur. Default: every value 1 .. len(classes) - 1."""
     series = case.source
     if not isinstance(series, DicomSeries):
         raise InputError("--dicom-seg needs a DICOM input (a series folder or zip)", case.paths[0])
+    if segments is not None and list(segments) != list(range(1, len(classes))):
+        values = [int(v) for v in segments]
+        lut = np.zeros(max([len(classes), *[v + 1 for v in values]]), dtype=np.uint16)
+        lut[values] = np.arange(1, len(values) + 1)
+        if int(labels.max(initial=0)) >= len(lut) or (np.isin(np.unique(labels), [0, *values], invert=True)).any():
+            raise ValueError("labels hold a value that is not one of the segments")
+        labels = lut[labels]
+        classes = ["background", *[classes[v] for v in values]]
     if len(classes) < 2:
         raise ValueError("a segmentation needs at least one foreground class")
     if int(labels.max(initial=0)) >= len(classes):

@@ -22,8 +22,10 @@ the only extra types allowed). :func:`predict_nnunet` runs the pipeline the plan
    softmax (sigmoid for region-based models), argmax (regions painted in ``regions_class_order``), pasted into the
    uncropped volume, ``transpose_backward``, written on the input's grid.
 
-Lighter than nnU-Net: the class scores accumulate in float32 without a per-voxel count map, and the way back
-(step 6) runs slab by slab, so no full-resolution per-class float64 array ever exists.
+Lighter than nnU-Net: steps 5-6 stream (:mod:`medseg.engine`): windows run in order along the axis the way back
+resamples, and each slab of logits is resampled, turned into probabilities and labels as soon as no later window
+touches it, so memory is bounded by one window's extent of class scores, not by classes x voxels; the working set
+is estimated before the first window (float16 accumulators when float32 would not fit, else a one-line refusal).
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from shared_backbones.checkpoint import ModelFile, read_torch_file, save_model_file
 from shared_backbones.cliutil import StageTimer, check_output
 from shared_backbones.errors import ModelFileError
 
+from .engine import Windows
 from .nnunet_arch import TASK
 
 ANISO_THRESHOLD = 3.0
@@ -482,62 +484,6 @@ def _mirror_flips(axes: Sequence[int] | None, dims: int) -> list[tuple[int, ...]
     return [()] + [c for r in range(1, len(tdims) + 1) for c in itertools.combinations(tdims, r)]
 
 
-def sliding_logits(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, patch: Sequence[int], *,
-                   num_outputs: int, step: float = 0.5, mirror_axes: Sequence[int] | None = None,
-                   batch_size: int = 1, device: torch.device | None = None,
-                   on_window: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Gaussian-weighted sliding-window logits ``[K, *S]`` (float32) of ``image`` ``[C, *S]`` with nnU-Net's tile
-    positions, importance map and mirroring; a 2-D ``patch`` on a 3-D image runs slice by slice along axis 0."""
-    from .sliding_window import pad_to_window
-
-    patch = tuple(int(p) for p in patch)
-    device = device or image.device
-    two_d = len(patch) == image.ndim - 2
-    if two_d:
-        x = image.permute(1, 0, 2, 3)  # [Z, C, Y, X]: slices as the batch
-    else:
-        x = image[None]
-    x, crop = pad_to_window(x, patch)
-    spatial = tuple(x.shape[2:])
-    steps = [nnunet_steps(s, p, step) for s, p in zip(spatial, patch)]
-    import itertools
-
-    starts = list(itertools.product(*steps))
-    jobs = [(b, st) for b in range(x.shape[0]) for st in starts]
-    weight = gaussian_importance(patch).to(device)
-    norm = torch.zeros(spatial, dtype=torch.float32)
-    w_cpu = weight.cpu()
-    for st in starts:
-        norm[tuple(slice(s, s + p) for s, p in zip(st, patch))] += w_cpu
-    out = torch.zeros((x.shape[0], num_outputs, *spatial), dtype=torch.float32)
-    flips = _mirror_flips(mirror_axes, len(patch))
-    for i in range(0, len(jobs), max(1, batch_size)):
-        batch = jobs[i:i + max(1, batch_size)]
-        sls = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for _, st in batch]
-        win = torch.stack([x[b][(slice(None), *sl)] for (b, _), sl in zip(batch, sls)]).to(device)
-        pred = None
-        for axes in flips:
-            p = net(win.flip(axes) if axes else win)
-            if isinstance(p, (list, tuple)):
-                p = p[0]
-            p = p.float()
-            if axes:
-                p = p.flip(axes)
-            pred = p if pred is None else pred.add_(p)
-        assert pred is not None
-        if len(flips) > 1:
-            pred.div_(len(flips))
-        pred.mul_(weight)
-        pred = pred.cpu()
-        for (b, _), sl, p in zip(batch, sls, pred):
-            out[b][(slice(None), *sl)] += p
-        if on_window is not None:
-            on_window(len(batch))
-    out.div_(norm)
-    out = out[(slice(None), slice(None), *crop)]
-    return out.permute(1, 0, 2, 3).contiguous() if two_d else out[0]
-
-
 def _nonlin_and_labels(logits: torch.Tensor, regions: bool, order: Sequence[int] | None,
                        label_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities (softmax, or sigmoid per region) and the label map of one slab of logits ``[K, ...]``."""
@@ -551,45 +497,17 @@ def _nonlin_and_labels(logits: torch.Tensor, regions: bool, order: Sequence[int]
     return probs, probs.max(0).indices.to(label_dtype)
 
 
-def logits_to_labels(logits: torch.Tensor, shape: Sequence[int], current: Sequence[float], new: Sequence[float],
-                     kw: dict[str, Any], *, regions: bool = False, regions_class_order: Sequence[int] | None = None,
-                     probabilities: bool = False, slab: int = 8,
-                     label_dtype: torch.dtype = torch.uint8) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Resample logits ``[K, *S]`` to ``shape`` (nnU-Net's probability resampling: linear, separate axis for
-    anisotropic spacing), apply softmax/sigmoid and take labels, a slab of output slices at a time."""
-    shape = tuple(int(s) for s in shape)
-    axis = separate_z(current, new, kw.get("force_separate_z"))
-    order, order_z = min(int(kw.get("order", 1)), 1), min(int(kw.get("order_z", 0)), 1)
-    same = tuple(logits.shape[1:]) == shape
-    lead = axis if axis is not None else 0
-    src = logits.movedim(lead + 1, 1)                       # [K, A, ...] with the slab axis first
-    out_shape = (shape[lead], *[s for a, s in enumerate(shape) if a != lead])
-    labels = torch.empty(out_shape, dtype=label_dtype)
-    probs_out = torch.empty((logits.shape[0], *out_shape), dtype=torch.float32) if probabilities else None
-    lead_order = order_z if axis is not None else order
-    i0, i1, w = _axis_indices(out_shape[0], src.shape[1], lead_order) if not same else (None, None, None)
-    plane_mode = "bilinear" if order == 1 else "nearest-exact"
-    for a in range(0, out_shape[0], slab):
-        b = min(out_shape[0], a + slab)
-        if same:
-            part = src[:, a:b].float()
-        else:
-            lo = src[:, torch.from_numpy(i0[a:b])].float()
-            if lead_order == 1:
-                hi = src[:, torch.from_numpy(i1[a:b])].float()
-                part = torch.lerp(lo, hi, torch.from_numpy(w[a:b]).view(1, -1, 1, 1))
-            else:
-                part = lo
-            if tuple(part.shape[2:]) != out_shape[1:]:
-                part = F.interpolate(part.permute(1, 0, 2, 3), size=out_shape[1:], mode=plane_mode,
-                                     **({"align_corners": False} if order == 1 else {})).permute(1, 0, 2, 3)
-        p, lab = _nonlin_and_labels(part, regions, regions_class_order, label_dtype)
-        labels[a:b] = lab
-        if probs_out is not None:
-            probs_out[:, a:b] = p
-    labels = labels.movedim(0, lead)
-    probs_out = probs_out.movedim(1, lead + 1) if probs_out is not None else None
-    return labels, probs_out
+def winning_probability(probs: torch.Tensor, regions: bool, order: Sequence[int] | None) -> torch.Tensor:
+    """The probability of the class each voxel is labelled with (:func:`_nonlin_and_labels`' labels): the softmax
+    maximum; for region-based models the sigmoid of the region that painted the voxel last (0 where none did). What
+    a multi-folder task (:mod:`medseg.tasks`) keeps of a folder instead of all its class probabilities."""
+    if not regions:
+        return probs.max(0).values
+    win = torch.zeros(probs.shape[1:], dtype=torch.float32)
+    for i, _ in enumerate(order or []):
+        painted = probs[i] > 0.5
+        win[painted] = probs[i][painted].float()
+    return win
 
 
 def case_windows(case: Any, pre: dict[str, Any], step: float) -> int:
@@ -618,12 +536,111 @@ def reader_orientation(pre: dict[str, Any], affine: np.ndarray) -> str:
     return "".join(nib.aff2axcodes(affine))
 
 
+def nnunet_windows(shape: Sequence[int], patch: Sequence[int], step: float,
+                   mirror_axes: Sequence[int] | None) -> Windows:
+    """nnU-Net's windows over a (padded) image of spatial ``shape``: tile starts (:func:`nnunet_steps`), its
+    importance map and mirror passes. A 2-D ``patch`` on a 3-D image becomes ``(1, *patch)``: slice by slice."""
+    patch = tuple(int(p) for p in patch)
+    flips = _mirror_flips(mirror_axes, len(patch))
+    weight = gaussian_importance(patch)
+    if len(patch) == len(shape) - 1:
+        flips = [tuple(d + 1 for d in f) for f in flips]
+        starts = [tuple(range(int(shape[0])))] + [tuple(nnunet_steps(s, p, step)) for s, p in zip(shape[1:], patch)]
+        return Windows((1, *patch), tuple(starts), weight[None], tuple(flips))
+    return Windows(patch, tuple(tuple(nnunet_steps(s, p, step)) for s, p in zip(shape, patch)), weight,
+                   tuple(flips))
+
+
+def _network_bytes(model: Any, patch: Sequence[int], batch_size: int) -> int:
+    """Rough working set of one forward pass: the two largest feature maps of the first stage (plus the input)."""
+    kw = model.file.arch_kwargs
+    feats = kw.get("features_per_stage") or kw.get("features") or [32]
+    first = int(feats[0]) if isinstance(feats, (list, tuple)) else int(feats)
+    return int(np.prod(patch)) * 4 * max(1, batch_size) * (4 * first + int(kw.get("in_channels", 1)))
+
+
+def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cropped_shape: Sequence[int],
+                  target: Sequence[float], spacing: Sequence[float], *, step: float,
+                  mirror_axes: Sequence[int] | None, batch_size: int, probabilities: bool, regions: bool,
+                  label_dtype: torch.dtype, acc_dtype: str = "auto",
+                  on_window: Callable[[int], None] | None = None, winner: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Steps 5-6 streamed (:mod:`medseg.engine`): windows in order along the axis the way back resamples slab by
+    slab, every finished slab of logits resampled to ``cropped_shape``, turned into probabilities and labels at
+    once. Returns labels (and probabilities when asked; with ``winner``, instead of them, the ``[1, ...]``
+    :func:`winning_probability`) on the cropped grid and the window count."""
+    from .engine import SlabResampler, plan_memory, stream_windows
+    from .sliding_window import pad_to_window
+
+    kw = pre["resampling_probabilities"]
+    axis = separate_z(target, spacing, kw.get("force_separate_z"))
+    order, order_z = min(int(kw.get("order", 1)), 1), min(int(kw.get("order_z", 0)), 1)
+    lead = axis if axis is not None else 0
+    lead_order = order_z if axis is not None else order
+    patch = tuple(int(p) for p in pre["patch_size"])
+    image = torch.from_numpy(data)
+    two_d = len(patch) == image.ndim - 2
+    x, crop = pad_to_window(image[None], (1, *patch) if two_d else patch)
+    x = x[0]
+    windows = nnunet_windows(tuple(x.shape[1:]), patch, step, mirror_axes)
+    out_shape = tuple(int(s) for s in cropped_shape)
+    plane_out = [s for a, s in enumerate(out_shape) if a != lead]
+    mem = plan_memory(classes=k, network_shape=tuple(x.shape[1:]), patch=windows.patch, lead=lead,
+                      channels=int(x.shape[0]), output_voxels=int(np.prod(out_shape)), probabilities=probabilities,
+                      batch_size=batch_size, mirror_passes=len(windows.flips),
+                      activation_bytes=_network_bytes(model, windows.patch, batch_size), acc_dtype=acc_dtype)
+    labels = torch.empty((out_shape[lead], *plane_out), dtype=label_dtype)
+    probs = torch.empty((k, out_shape[lead], *plane_out), dtype=torch.float32) if probabilities else None
+    if winner:  # a multi-folder task: one probability per voxel, not K
+        probs = torch.empty((1, out_shape[lead], *plane_out), dtype=torch.float32)
+
+    def to_labels(a: int, part: torch.Tensor) -> None:
+        p, lab = _nonlin_and_labels(part, regions, pre.get("regions_class_order"), label_dtype)
+        labels[a:a + lab.shape[0]] = lab
+        if winner:
+            probs[0, a:a + lab.shape[0]] = winning_probability(p, regions, pre.get("regions_class_order"))
+        elif probs is not None:
+            probs[:, a:a + lab.shape[0]] = p
+
+    back = SlabResampler(crop[lead].stop - crop[lead].start, out_shape[lead], plane_out, to_labels,
+                         lead_order=lead_order, plane_order=order)
+    plane_crop = tuple(c for a, c in enumerate(crop) if a != lead)
+
+    def emit(first: int, rows: torch.Tensor) -> None:
+        lo, hi = max(first, crop[lead].start), min(first + rows.shape[1], crop[lead].stop)
+        if hi > lo:
+            back.push(lo - crop[lead].start, rows[(slice(None), slice(lo - first, hi - first), *plane_crop)])
+
+    fmt = torch.channels_last_3d if (torch.device(model.device).type == "cpu" and len(patch) == 3) else None
+    if fmt is not None:
+        model.net.to(memory_format=fmt)
+
+    def net(w: torch.Tensor) -> torch.Tensor:
+        if two_d:
+            w = w[:, :, 0]
+        with model.policy.autocast():
+            out = model.net(w if fmt is None else w.contiguous(memory_format=fmt))
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        return out[:, :, None] if two_d else out
+
+    with torch.inference_mode():
+        stream_windows(net, x, windows, num_outputs=k, emit=emit, lead=lead, acc_dtype=mem.acc_dtype,
+                       batch_size=batch_size, device=model.device, on_window=on_window)
+    assert back.done()
+    labels = labels.movedim(0, lead)
+    probs = probs.movedim(1, lead + 1) if probs is not None else None
+    return labels, probs, windows.count
+
+
 def predict_nnunet(case: Any, model: Any, *, mirror: bool = True, step: float = 0.5, batch_size: int = 1,
                    probabilities: bool = False, timer: StageTimer | None = None,
-                   on_window: Callable[[int], None] | None = None) -> dict[str, Any]:
+                   on_window: Callable[[int], None] | None = None, acc_dtype: str = "auto",
+                   winner: bool = False) -> dict[str, Any]:
     """Run an nnU-Net v2 model (a :class:`medseg.predict.VolumeModel` whose preprocessing is ``nnunetv2``) on a
     :class:`medseg.io.Case`; returns ``labels`` ``[X, Y, Z]`` on the input grid, optional ``probabilities``
-    ``[X, Y, Z, K]`` and ``windows``."""
+    ``[X, Y, Z, K]`` and ``windows``. ``winner``: ``probabilities`` is instead ``[X, Y, Z]``, the probability of
+    each voxel's label (:func:`winning_probability`; 0 outside the crop), what :mod:`medseg.tasks` merges."""
     from .io import Geometry
 
     timer = timer or StageTimer()
@@ -655,42 +672,28 @@ def predict_nnunet(case: Any, model: Any, *, mirror: bool = True, step: float = 
         data = resample_image(data, shape, spacing, target, pre["resampling_data"])
     with timer("network"):
         k = int(model.file.arch_kwargs["num_classes"])
-
-        # 3-D convolutions on the CPU run faster and with a smaller working set in channels-last (oneDNN's
-        # preferred layout); the blocks are layout-agnostic, the values equal up to float rounding
-        fmt = torch.channels_last_3d if (torch.device(model.device).type == "cpu"
-                                         and len(pre["patch_size"]) == 3) else None
-        if fmt is not None:
-            model.net.to(memory_format=fmt)
-
-        def net(x: torch.Tensor) -> torch.Tensor:
-            with model.policy.autocast():
-                return model.net(x if fmt is None else x.contiguous(memory_format=fmt))
-
-        with torch.inference_mode():
-            logits = sliding_logits(net, torch.from_numpy(data), pre["patch_size"], num_outputs=k, step=step,
-                                    mirror_axes=pre.get("mirror_axes") if mirror else None, batch_size=batch_size,
-                                    device=model.device, on_window=on_window)
-        windows = count_windows(data.shape[1:], pre["patch_size"], step)
+        regions = pre.get("regions") is not None
+        ldt = torch.uint8 if len(model.classes) <= 256 else torch.int32
+        mirror_axes = pre.get("mirror_axes") if mirror else None
+        labels, probs, windows = stream_nnunet(model, data, pre, k, cropped_shape, target, spacing, step=step,
+                                               mirror_axes=mirror_axes, batch_size=batch_size,
+                                               probabilities=probabilities, regions=regions, label_dtype=ldt,
+                                               acc_dtype=acc_dtype, on_window=on_window, winner=winner)
         del data
     with timer("resample back"):
-        regions = pre.get("regions") is not None
-        n_labels = len(model.classes)
-        ldt = torch.uint8 if n_labels <= 256 else torch.int32
-        labels, probs = logits_to_labels(logits, cropped_shape, target, spacing, pre["resampling_probabilities"],
-                                         regions=regions, regions_class_order=pre.get("regions_class_order"),
-                                         probabilities=probabilities, label_dtype=ldt)
-        del logits
         full = np.zeros(shape_before_crop, dtype=labels.numpy().dtype)
         full[box] = labels.numpy()
+        del labels
         tb = pre["transpose_backward"]
         lab = geom.backward(full.transpose(tb))
         prob_out = None
         if probs is not None:
             pfull = np.zeros((probs.shape[0], *shape_before_crop), dtype=np.float32)
-            if not regions:
+            if not regions and not winner:
                 pfull[0] = 1
             pfull[(slice(None), *box)] = probs.numpy()
             del probs
             prob_out = geom.backward(pfull.transpose([0, *[i + 1 for i in tb]]))
+            if winner:
+                prob_out = prob_out[..., 0]
     return {"labels": lab, "probabilities": prob_out, "windows": windows}

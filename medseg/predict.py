@@ -8,7 +8,6 @@ The model file's ``preprocessing`` says how to get from a NIfTI file to the netw
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared_backbones.cliutil import StageTimer, atomic_output
+from shared_backbones.cliutil import StageTimer
 from shared_backbones.errors import InputError, ModelFileError
 from shared_backbones.loaded import LoadedModel
 
 from .io import Case, Geometry, model_array
 from .models import network_stride
 from .preprocess import class_labels, normalise, resample, resample_slabs, target_shape
-from .sliding_window import sliding_window, window_slices
+from .sliding_window import window_slices
 
 TASK = "medseg"
 #: Above this many bytes of class scores the stitching buffer stays in CPU memory when running on a GPU.
@@ -45,6 +44,13 @@ class VolumeModel(LoadedModel):
     def is_nnunet(self) -> bool:
         """True when the model runs nnU-Net v2's own preprocessing and export (:mod:`medseg.nnunet`)."""
         return self.pre.get("pipeline") == "nnunetv2"
+
+    @property
+    def default_tta(self) -> bool:
+        """Whether prediction mirrors when ``--tta`` is not given: on for nnU-Net models (model folders and files
+        made by ``medseg import-nnunet``, which keep the trainer's ``mirror_axes``) whose trainer allows mirroring,
+        as nnU-Net predicts; off for the suite's own model files."""
+        return self.is_nnunet and bool(self.pre.get("mirror_axes"))
 
     @property
     def in_channels(self) -> int:
@@ -89,6 +95,10 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto",
         vm = VolumeModel.from_model_file(read_model_folder(p, folds, checkpoint), device, precision, path=p)
     else:
         vm = VolumeModel.from_file(p, device, precision)
+    if precision == "auto" and vm.device.type == "cpu":  # bf16 where the CPU has it natively and labels agree
+        from .cpu_precision import auto_policy
+
+        vm.policy = auto_policy(vm.device)
     # the network now holds the weights: drop the file's copy (prediction reads only its metadata), which would
     # otherwise stay resident for the whole run (as much memory again as the parameters)
     vm.file.state_dict = {}
@@ -143,26 +153,37 @@ def count_windows(case: Case, models: Sequence[VolumeModel], overlap: float = 0.
     return total
 
 
-def _network_scores(m: VolumeModel, image: torch.Tensor, *, tta: bool, overlap: float, batch_size: int,
-                    on_window: Callable[[int], None] | None) -> torch.Tensor:
-    """Softmax probabilities ``[K, z, y, x]`` (float32, CPU) of one model on a preprocessed image."""
+def _stream_probabilities(m: VolumeModel, image: torch.Tensor, emit: Callable[[int, torch.Tensor], None], *,
+                          tta: bool, overlap: float, batch_size: int,
+                          on_window: Callable[[int], None] | None) -> None:
+    """Softmax probabilities of one model on a preprocessed image ``[C, z, y, x]``, handed to ``emit(z0, rows)``
+    (``[K, n, y, x]`` float32, CPU) slab by slab as the windows finish them (:func:`medseg.engine.stream_windows`)."""
+    from .engine import stream_windows
+    from .sliding_window import pad_to_window, suite_windows
+
     k = len(m.classes)
     window = m.window(image.shape[1:])
+    x, crop = pad_to_window(image[None], window)
+    windows = suite_windows(tuple(x.shape[2:]), window, overlap, tta=tta)
     stitch = torch.device("cpu")
-    if m.device.type == "cuda" and k * image[0].numel() * 4 < GPU_STITCH_LIMIT:
+    if m.device.type == "cuda" and k * window[0] * int(np.prod(x.shape[3:])) * 4 < GPU_STITCH_LIMIT:
         stitch = m.device
 
-    def predictor(win: torch.Tensor) -> torch.Tensor:
+    def net(win: torch.Tensor) -> torch.Tensor:
         with m.policy.autocast():
             return m.net(win)
 
+    def rows_out(first: int, rows: torch.Tensor) -> None:
+        lo, hi = max(first, crop[0].start), min(first + rows.shape[1], crop[0].stop)
+        if hi <= lo:
+            return
+        rows = rows[:, lo - first:hi - first][(slice(None), slice(None), *crop[1:])]
+        rows = rows.sub(rows.amax(0, keepdim=True)).exp_()     # softmax over classes, rows already a copy
+        emit(lo - crop[0].start, rows.div_(rows.sum(0, keepdim=True)).cpu())
+
     with torch.inference_mode():
-        logits = sliding_window(predictor, image[None].to(stitch), window, overlap=overlap, batch_size=batch_size,
-                                tta=tta, device=m.device, stitch_device=stitch, num_classes=k, on_window=on_window)[0]
-        # softmax in place: no second class-score volume
-        logits.sub_(logits.amax(0, keepdim=True)).exp_()
-        logits.div_(logits.sum(0, keepdim=True))
-        return logits.cpu()
+        stream_windows(net, x[0].to(stitch), windows, num_outputs=k, emit=rows_out, batch_size=batch_size,
+                       device=m.device, stitch_device=stitch, on_window=on_window)
 
 
 @torch.inference_mode()
@@ -171,8 +192,9 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
                  on_window: Callable[[int], None] | None = None) -> Prediction:
     """Segment one case with one model or an ensemble (probabilities averaged on the first model's grid).
 
-    ``tta``: mirror test-time augmentation; ``None`` = the model's default (off for suite models; on over the
-    trainer's allowed axes for nnU-Net models, as nnU-Net predicts). An nnU-Net model folder runs nnU-Net's own
+    ``tta``: mirror test-time augmentation; ``None`` = the model's default (:attr:`VolumeModel.default_tta`: off for
+    suite models; on over the trainer's allowed axes for nnU-Net models, folders and imported files alike, as
+    nnU-Net predicts). An nnU-Net model folder runs nnU-Net's own
     preprocessing and export (:func:`medseg.nnunet.predict_nnunet`), with tile step ``1 - overlap``.
     """
     timer = timer or StageTimer()
@@ -183,14 +205,18 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
         from .nnunet import predict_nnunet
 
         check_channels(case, models[0].in_channels)
-        res = predict_nnunet(case, models[0], mirror=True if tta is None else tta, step=1.0 - overlap,
+        res = predict_nnunet(case, models[0], mirror=models[0].default_tta if tta is None else tta, step=1.0 - overlap,
                              batch_size=batch_size, probabilities=probabilities, timer=timer, on_window=on_window)
         return Prediction(case, res["labels"], models[0].classes, res["probabilities"], dict(timer.times),
                           res["windows"])
     tta = bool(tta)
-    ref_grid: tuple[int, int, int] | None = None
-    acc: torch.Tensor | None = None
+    from .engine import SlabResampler
+
     geom0 = None
+    acc: torch.Tensor | None = None          # ensembles: probabilities summed on the first model's grid
+    labels_model: torch.Tensor | None = None
+    probs_model: torch.Tensor | None = None
+    label_type = torch.uint8 if len(models[0].classes) <= 256 else torch.int32
     for m in models:
         if case.data.shape[0] != m.in_channels:
             from .io import check_channels
@@ -203,28 +229,51 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
             del arr  # keep one copy of the image at a time
             image = resample(image, target_shape(image.shape[1:], geom.spacing, m.spacing))
         with timer("network"):
-            probs = _network_scores(m, image, tta=tta, overlap=overlap, batch_size=batch_size, on_window=on_window)
-            del image
-        with timer("ensemble"):
-            if ref_grid is None:
-                ref_grid, acc = tuple(probs.shape[1:]), probs  # type: ignore[assignment]
+            shape = tuple(image.shape[1:])
+            if len(models) == 1:               # one model: straight back to the input grid, slab by slab
+                out_shape = tuple(int(s) for s in geom0.model_shape)
+                labels_model = torch.empty(out_shape, dtype=label_type)
+                if probabilities:
+                    probs_model = torch.empty((len(m.classes), *out_shape), dtype=torch.float32)
+
+                def to_labels(a: int, part: torch.Tensor, lab: torch.Tensor = labels_model,
+                              prob: torch.Tensor | None = probs_model) -> None:
+                    lab[a:a + part.shape[1]] = class_labels(part, label_type)
+                    if prob is not None:
+                        prob[:, a:a + part.shape[1]] = part
+
+                back = SlabResampler(shape[0], out_shape[0], out_shape[1:], to_labels)
+                _stream_probabilities(m, image, back.push, tta=tta, overlap=overlap, batch_size=batch_size,
+                                      on_window=on_window)
             else:
-                acc.add_(resample(probs, ref_grid))  # type: ignore[union-attr]
-    assert acc is not None and geom0 is not None
-    if len(models) > 1:
-        acc.div_(len(models))
+                full = torch.empty((len(m.classes), *shape), dtype=torch.float32)
+
+                def keep(z0: int, rows: torch.Tensor, full: torch.Tensor = full) -> None:
+                    full[:, z0:z0 + rows.shape[1]] = rows
+
+                _stream_probabilities(m, image, keep, tta=tta, overlap=overlap, batch_size=batch_size,
+                                      on_window=on_window)
+            del image
+        if len(models) > 1:
+            with timer("ensemble"):
+                acc = full if acc is None else acc.add_(resample(full, tuple(acc.shape[1:])))
+                del full
+    assert geom0 is not None
     with timer("resample back"):
-        model_shape = geom0.model_shape
-        label_type = torch.uint8 if acc.shape[0] <= 256 else torch.int32
-        slabs = resample_slabs(acc, model_shape, lambda p: class_labels(p, label_type))
-        labels_model = torch.cat(slabs, 0).numpy()
-        labels = geom0.backward(labels_model)
+        if acc is not None:
+            acc.div_(len(models))
+            slabs = resample_slabs(acc, geom0.model_shape, lambda p: class_labels(p, label_type))
+            labels_model = torch.cat(slabs, 0)
+            if probabilities:
+                probs_model = torch.cat(resample_slabs(acc, geom0.model_shape, lambda p: p), 1)
+            del acc
+        assert labels_model is not None
+        labels = geom0.backward(labels_model.numpy())
         if case.nonfinite is not None:  # NaN/Inf in the input (outside the field of view): background
             labels[case.nonfinite] = 0
         probs_out = None
-        if probabilities:
-            full = torch.cat(resample_slabs(acc, model_shape, lambda p: p), 1).numpy()
-            probs_out = geom0.backward(full).astype(np.float32)
+        if probs_model is not None:
+            probs_out = geom0.backward(probs_model.numpy()).astype(np.float32)
             if case.nonfinite is not None:
                 probs_out[case.nonfinite] = np.eye(probs_out.shape[-1], dtype=np.float32)[0]
     return Prediction(case, labels, models[0].classes, probs_out, dict(timer.times))
@@ -273,62 +322,3 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
             sizes[0] = 0
             out[mask & (comp != int(sizes.argmax()))] = 0
     return out
-
-
-def label_statistics(labels: np.ndarray, classes: Sequence[str], voxel_sizes: Sequence[float]) -> dict[str, Any]:
-    """Per-class voxel counts and volumes (mm^3 and ml) on the input grid."""
-    vox = float(np.prod(voxel_sizes))
-    counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(classes))
-    per = {}
-    for i, name in enumerate(classes):
-        if i == 0:
-            continue
-        n = int(counts[i]) if i < len(counts) else 0
-        per[name] = {"label": i, "voxels": n, "volume_mm3": round(n * vox, 4), "volume_ml": round(n * vox / 1000, 6)}
-    return {"voxel_volume_mm3": round(vox, 6), "voxel_size_mm": [round(float(v), 6) for v in voxel_sizes],
-            "classes": per}
-
-
-def write_json(path: str | Path, obj: Any, overwrite: bool = False) -> Path:
-    """Write ``obj`` as indented JSON atomically."""
-    with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    return Path(path)
-
-
-def write_preview(path: str | Path, case: Case, labels: np.ndarray, classes: Sequence[str],
-                  overwrite: bool = False) -> Path:
-    """PNG with axial, coronal and sagittal slices (RAS display frame) through the foreground's centre, labels
-    overlaid in colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    geom = Geometry.from_affine(case.affine, case.spatial_shape, "RAS")
-    img = geom.forward(case.data[:1])[0]              # (z, y, x) canonical RAS
-    lab = geom.forward(labels[None].astype(np.int32))[0]
-    fg = np.argwhere(lab > 0)
-    cz, cy, cx = (fg.mean(0).round().astype(int) if len(fg) else np.array(lab.shape) // 2)
-    sz, sy, sx = geom.spacing
-    lo, hi = np.percentile(img, [0.5, 99.5])
-    colours = plt.get_cmap("tab10", 10)
-    cmap = ListedColormap([(0, 0, 0, 0)] + [colours(i % 10) for i in range(max(1, len(classes) - 1))])
-    views = [("axial", img[cz], lab[cz], sy / sx), ("coronal", img[:, cy], lab[:, cy], sz / sx),
-             ("sagittal", img[:, :, cx], lab[:, :, cx], sz / sy)]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-    for ax, (title, im, lb, aspect) in zip(axes, views):
-        ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect, interpolation="nearest")
-        ax.imshow(np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=len(classes) - 1 if len(classes) > 1 else 1,
-                  origin="lower", aspect=aspect, alpha=0.45, interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    present = [classes[i] for i in sorted(set(np.unique(lab)) - {0}) if i < len(classes)]
-    fig.suptitle(f"{case.name}: {', '.join(present) if present else 'no foreground'}", fontsize=9)
-    fig.tight_layout()
-    with atomic_output(path, overwrite) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(path)
-

@@ -12,10 +12,12 @@ inside each window batch, and the stitching buffer can live on the CPU while the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .engine import Windows, stream_windows
 
 Shape = tuple[int, ...]
 Predictor = Callable[[torch.Tensor], torch.Tensor]
@@ -70,16 +72,27 @@ def mirror_axes(tta: bool, spatial_dims: int = 3) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+def suite_windows(shape: Shape, window: Sequence[int], overlap: float, *, mode: str = "gaussian",
+                  sigma_scale: float = 0.125, tta: bool = False) -> Windows:
+    """The suite's windows over a (padded) image of spatial ``shape``: evenly spread starts sharing ``overlap`` of a
+    window, a separable Gaussian (or constant) weight, and the 2^d mirror passes when ``tta``."""
+    window = tuple(int(w) for w in window)
+    if mode == "gaussian":
+        weight = gaussian_importance_map(window, sigma_scale)
+    elif mode == "constant":
+        weight = torch.ones(window)
+    else:
+        raise ValueError(f"unknown blending mode {mode!r}")
+    starts = tuple(tuple(window_starts(s, w, overlap)) for s, w in zip(shape, window))
+    return Windows(window, starts, weight, tuple(mirror_axes(tta, len(window))))
 
 
 def sliding_window(predictor: Predictor, image: torch.Tensor, window: Sequence[int], *, overlap: float = 0.5,
                    batch_size: int = 1, sigma_scale: float = 0.125, mode: str = "gaussian", tta: bool = False,
                    device: torch.device | str | None = None, stitch_device: torch.device | str | None = None,
                    num_classes: int | None = None, on_window: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Blend window predictions of ``predictor`` over ``image`` ``[N, C, *S]``; returns float32 ``[N, K, *S]``.
+    """Blend window predictions of ``predictor`` over ``image`` ``[N, C, *S]``; returns float32 ``[N, K, *S]``: the
+    whole-volume form of :func:`medseg.engine.stream_windows` (validation during training, small volumes).
 
     Args:
         predictor: maps a window batch ``[B, C, *window]`` on ``device`` to scores ``[B, K, *window]`` (a list or
@@ -91,49 +104,24 @@ def sliding_window(predictor: Predictor, image: torch.Tensor, window: Sequence[i
         device: where windows are evaluated (default: the image's device).
         stitch_device: where the output and weights accumulate (default: the image's device); put it on the CPU to
             keep a large volume's class scores out of GPU memory.
+        num_classes: output channels (default: found from one forward pass).
         on_window: called with the number of windows done after each batch (progress bars).
     """
     window = tuple(int(w) for w in window)
     device = torch.device(device) if device is not None else image.device
     stitch = torch.device(stitch_device) if stitch_device is not None else image.device
     x, crop = pad_to_window(image, window)
-    spatial = tuple(x.shape[2:])
-    slices = window_slices(spatial, window, overlap)
-    if mode == "gaussian":
-        weight = gaussian_importance_map(window, sigma_scale, device=device)
-    elif mode == "constant":
-        weight = torch.ones(window, device=device)
-    else:
-        raise ValueError(f"unknown blending mode {mode!r}")
-    norm = torch.zeros(spatial, dtype=torch.float32, device=stitch)
-    w_stitch = weight.to(stitch)
-    for sl in slices:
-        norm[sl] += w_stitch
-    flips = mirror_axes(tta, len(window))
-    out: torch.Tensor | None = None
-    n = x.shape[0]
-    jobs = [(b, sl) for b in range(n) for sl in slices]
-    for batch in _batches(jobs, max(1, int(batch_size))):
-        win = torch.stack([x[b][(slice(None), *sl)] for b, sl in batch]).to(device, non_blocking=True)
-        pred = None
-        for axes in flips:
-            p = predictor(win.flip(axes) if axes else win)
-            if isinstance(p, (list, tuple)):
-                p = p[0]
-            p = p.float()
-            p = p.flip(axes) if axes else p
-            pred = p if pred is None else pred.add_(p)
-        assert pred is not None
-        if len(flips) > 1:
-            pred.mul_(1.0 / len(flips))
-        pred.mul_(weight)
-        pred = pred.to(stitch)
-        if out is None:
-            out = torch.zeros((n, num_classes or pred.shape[1], *spatial), dtype=torch.float32, device=stitch)
-        for (b, sl), p in zip(batch, pred):
-            out[b][(slice(None), *sl)] += p
-        if on_window is not None:
-            on_window(len(batch))
-    assert out is not None
-    out.div_(norm)
-    return out[(slice(None), slice(None), *crop)]
+    windows = suite_windows(tuple(x.shape[2:]), window, overlap, mode=mode, sigma_scale=sigma_scale, tta=tta)
+
+    def net(win: torch.Tensor) -> torch.Tensor:
+        p = predictor(win)
+        return p[0] if isinstance(p, (list, tuple)) else p
+
+    outs = []
+    for b in range(x.shape[0]):
+        rows_done: list[torch.Tensor] = []
+        stream_windows(net, x[b], windows, num_outputs=num_classes,
+                       emit=lambda _, rows, done=rows_done: done.append(rows), batch_size=batch_size,
+                       device=device, stitch_device=stitch, on_window=on_window)
+        outs.append(torch.cat(rows_done, 1)[(slice(None), *crop)])
+    return torch.stack(outs)

@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p = add_command(sub, "predict", help="segment NIfTI volumes with model files or an nnU-Net v2 model folder",
                     examples=[f"{PROG} predict ct.nii.gz -m model.pt -o ct_seg.nii.gz --stats ct.json",
                               f"{PROG} predict scans/ -m {NNUNET_FOLDER} -f 0 1 2 3 4 -o segs/",
-                              f"{PROG} predict scans/ -m model.pt -o segs/ --num-parts 8 --part-id 3"])
+                              f"{PROG} predict scans/ -m model.pt -o segs/ --num-parts 8 --part-id 3",
+                              f"{PROG} predict ct.nii.gz --task total.yaml --classes liver spleen -o seg.nii.gz"])
     p.add_argument("inputs", nargs="+",
                    help="a .nii/.nii.gz file, several files forming the channels of one case, or one folder of cases "
                         "(<case>_0000.nii.gz ... for multi-channel models), or one DICOM series (a folder or .zip "
@@ -79,11 +80,18 @@ def _parser() -> argparse.ArgumentParser:
                                         "<folder>_seg/)",
                model_help="model file (.pt), or an nnU-Net v2 model folder (<Trainer>__<Plans>__<configuration>/ with "
                           "plans.json, dataset.json, fold_<k>/); repeat model files to ensemble (probabilities "
-                          "averaged)")
+                          "averaged); repeat nnU-Net folders with different label sets to run them as one task "
+                          "(one merged label map, see --task)")
+    p._option_string_actions["--model"].required = False  # or --task
+    p.add_argument("--task", metavar="TASK.yaml",
+                   help="task file (YAML or JSON): several nnU-Net v2 model folders with different label sets, the "
+                        "class table and the overlap rule, merged into one label map (e.g. TotalSegmentator's "
+                        "'total'); instead of -m")
     _nnunet_options(p)
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="mirror test-time augmentation (up to 8 flips, as many times slower); default: on for nnU-Net "
-                        "model folders over the trainer's allowed axes (as nnU-Net predicts), off for model files")
+                        "models (model folders and files made by import-nnunet) over the trainer's allowed axes (as "
+                        "nnU-Net predicts), off for the suite's own model files (train, import-stunet)")
     p.add_argument("--overlap", type=OVERLAP, default=0.5,
                    help="fraction of a window shared with its neighbour (0.5 = nnU-Net's step size 0.5)")
     p.add_argument("--batch-size", type=BATCH_SIZE, default=None,
@@ -92,11 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write <case>_probabilities.nii.gz (4-D float32, one volume per class or region)")
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected part per class")
-    p.add_argument("--keep-classes", nargs="+", metavar="CLASS",
-                   help="only keep these classes (names or label numbers)")
-    add_deprecated(p, "--classes", "--keep-classes", "keep_classes")
-    p.add_argument("--stats", help="write per-class voxel counts and volumes (mm^3) of this run's cases to this JSON "
-                                   "file (with --num-parts, one file per part: --stats vol_$SLURM_ARRAY_TASK_ID.json)")
+    p.add_argument("--classes", "--roi-subset", "--roi_subset", dest="classes", nargs="+", metavar="CLASS",
+                   help="only predict and write these classes (names or label numbers; with a task, only the folders "
+                        "holding them run); --roi-subset as in TotalSegmentator")
+    add_deprecated(p, "--keep-classes", "--classes", "classes")
+    p.add_argument("--stats", "--statistics", dest="stats", metavar="FILE",
+                   help="write per-class voxel counts, volumes (mm^3, ml) and intensity statistics of the input "
+                        "(mean, std, median, min, max, percentiles 5/25/75/95) of this run's cases to this .json file "
+                        "(TotalSegmentator's 'volume' and 'intensity' keys included) or .csv/.tsv table (one row per "
+                        "case and class); with --num-parts, one file per part: --stats vol_$SLURM_ARRAY_TASK_ID.json")
+    p.add_argument("--split-classes", action="store_true",
+                   help="also write one binary mask per class, <label map without .nii.gz>/<class name>.nii.gz "
+                        "(as TotalSegmentator's output folder), with the label map's geometry")
     p.add_argument("--preview",
                    help="write a PNG with three orthogonal slices and the labels (a folder when predicting a folder)")
     add_parts(p, "folder's cases")
@@ -173,17 +188,21 @@ def _predict(args: argparse.Namespace) -> int:
         found = ", ".join(f"{k} {v['volume_ml']:.1f} ml" for k, v in r.stats["classes"].items() if v["voxels"])
         say(f"{r.name}: {r.outputs['labels']} ({found or 'nothing'})", args.quiet)
 
+    if not args.model and not args.task:
+        raise InputError("give a model: -m/--model (a model file or an nnU-Net v2 model folder) or --task (a task "
+                         "file)")
     res = predict_files(
-        args.inputs, args.model, output=args.output, device=args.device, precision=args.precision, folds=args.folds,
-        checkpoint=args.checkpoint, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
+        args.inputs, args.model or [], output=args.output, device=args.device, precision=args.precision,
+        folds=args.folds, checkpoint=args.checkpoint, tta=args.tta, overlap=args.overlap, batch_size=args.batch_size,
         save_probabilities=args.save_probabilities, largest_component=args.largest_component,
-        keep_classes=args.keep_classes, stats=args.stats, preview=args.preview, dicom_seg=args.dicom_seg,
+        keep_classes=args.classes, task=args.task, stats=args.stats, preview=args.preview, dicom_seg=args.dicom_seg,
         series=args.series, overwrite=args.overwrite, num_parts=args.num_parts, part_id=args.part_id,
+        split_classes=args.split_classes,
         quiet=args.quiet, prog=PROG, on_notice=lambda line: say(line, False), on_case=on_case)
     m0 = res.models[0]
-    tta = args.tta if args.tta is not None else m0.is_nnunet
+    tta = args.tta if args.tta is not None else m0.default_tta
     say(f"{len(res.cases)} case(s) in {res.seconds:.1f}s on {m0.device} ({m0.policy.name}, "
-        f"{_describe(res.models)}{', TTA' if tta else ''})"
+        f"{res.task.describe() if res.task else _describe(res.models)}{', TTA' if tta else ''})"
         f"{f', {res.skipped} skipped' if res.skipped else ''}: {res.timer.summary()}", args.quiet)
     return res.rc
 
@@ -273,10 +292,13 @@ def _import_nnunet(args: argparse.Namespace) -> int:
     mf = import_nnunet(args.folder, args.output, folds=args.folds, checkpoint=args.checkpoint,
                        overwrite=args.overwrite)
     pre, kw = mf.preprocessing, mf.arch_kwargs
+    axes = pre.get("mirror_axes")
+    mirror = (f"medseg predict mirrors it over axes {' '.join(map(str, axes))} by default, as nnU-Net does (--no-tta: "
+              "off)" if axes else "its trainer allows no mirroring")
     say(f"{args.output}: nnU-Net {pre['configuration']} {kw['network_class_name'].rsplit('.', 1)[-1]}, "
         f"fold(s) {' '.join(mf.extra['folds'])} ({kw['in_channels']} -> {len(mf.classes)} classes"
         f"{', region-based' if pre.get('regions') else ''}), spacing {pre['spacing']} mm, patch {pre['patch_size']}, "
-        f"normalisation {', '.join(n['scheme'] for n in pre['normalization'])}", args.quiet)
+        f"normalisation {', '.join(n['scheme'] for n in pre['normalization'])}; {mirror}", args.quiet)
     return 0
 
 

@@ -66,7 +66,8 @@ def _in_process_pools() -> None:
 
 
 def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs: list[str], dataset_id: int,
-             test_shape: list[int] | None, test_spacing: list[float] | None, features: int) -> dict:
+             test_shape: list[int] | None, test_spacing: list[float] | None, features: int,
+             classes: int = 2, train_spacing: list[float] | None = None) -> dict:
     raw, pre, res = work / "raw", work / "preprocessed", work / "results"
     for d in (raw, pre, res):
         d.mkdir(parents=True, exist_ok=True)
@@ -75,14 +76,15 @@ def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs:
     ds = raw / name
     (ds / "imagesTr").mkdir(parents=True, exist_ok=True)
     (ds / "labelsTr").mkdir(parents=True, exist_ok=True)
-    spacing = [0.8, 0.8, 3.0] if kind == "ct" else [1.0, 1.0, 1.2]
+    spacing = train_spacing or ([0.8, 0.8, 3.0] if kind == "ct" else [1.0, 1.0, 1.2])
     for i in range(3):
         img, lab = _phantom(shape, spacing, kind, i)
         _save(ds / "imagesTr" / f"case{i}_0000.nii.gz", img, spacing, np.float32)
         _save(ds / "labelsTr" / f"case{i}.nii.gz", lab, spacing, np.uint8)
     (ds / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "CT" if kind == "ct" else "T2"},
-        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "labels": {"background": 0, "organ": 1, "lesion": 2,
+                   **{f"structure_{i}": i for i in range(3, classes + 1)}},  # TotalSegmentator-like heads
         "numTraining": 3, "file_ending": ".nii.gz"}))
     test_spacing = test_spacing or ([0.7, 0.7, 2.5] if kind == "ct" else [0.9, 1.1, 1.3])
     img, _ = _phantom(test_shape or shape, test_spacing, kind, 99)
@@ -138,12 +140,14 @@ def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs:
 
 
 def make(work: Path, kinds: list[str], folds: list[int], shape: list[int], configs: list[str], dataset_id: int,
-         test_shape: list[int] | None, test_spacing: list[float] | None, features: int, run_predictions: bool) -> dict:
+         test_shape: list[int] | None, test_spacing: list[float] | None, features: int, run_predictions: bool,
+         classes: int = 2, train_spacing: list[float] | None = None) -> dict:
     """Model folders for every kind (datasets ``dataset_id``, ``dataset_id + 1`` ...), and optionally nnU-Net's
     predictions on each test image: mirroring on/off with float32 sliding-window sums, and as shipped (float16)."""
     out = {}
     for i, kind in enumerate(kinds):
-        res = make_one(work, kind, folds, shape, configs, dataset_id + i, test_shape, test_spacing, features)
+        res = make_one(work, kind, folds, shape, configs, dataset_id + i, test_shape, test_spacing, features, classes,
+                       train_spacing)
         if run_predictions:
             res["predictions"] = {}
             for conf, folder in res["folders"].items():
@@ -199,6 +203,8 @@ def main(argv=None) -> int:
     m.add_argument("--configs", nargs="+", default=["3d_fullres"])
     m.add_argument("--id", type=int, default=901)
     m.add_argument("--features", type=int, default=8, help="first-stage features (0: nnU-Net's plans untouched)")
+    m.add_argument("--classes", type=int, default=2, help="foreground labels in dataset.json (network outputs - 1)")
+    m.add_argument("--train-spacing", type=float, nargs=3, help="spacing of the training cases (the planned one)")
     p = sub.add_parser("predict")
     p.add_argument("folder")
     p.add_argument("image")
@@ -212,7 +218,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "make":
         res = make(Path(a.work), a.kinds, a.folds, a.shape, a.configs, a.id, a.test_shape, a.test_spacing,
-                   a.features, a.predict)
+                   a.features, a.predict, a.classes, a.train_spacing)
     else:
         res = predict(a.folder, a.image, a.out, not a.no_mirroring, a.step, a.folds, a.fp32_accumulators,
                       not a.no_probabilities)

@@ -45,7 +45,7 @@ def test_nonfinite_voxels_are_background_for_normalisation_and_prediction(tmp_pa
 
     model = make_model_file(tmp_path / "m.pt")
     out = tmp_path / "seg.nii.gz"
-    assert main(["predict", str(path), "-m", str(model), "-o", str(out), "--quiet"]) == 0
+    assert main(["predict", str(path), "-m", str(model), "-o", str(out), "--precision", "fp32", "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"spm: {int(bad.sum())} NaN/Inf voxels treated as background (left out of the normalisation, "
                    "labelled 0)"]

@@ -237,11 +237,13 @@ def test_renamed_options_and_their_old_spellings(capsys):
         assert p.parse_args(["predict", "x.nii.gz", "-m", "F", flag, "0", "all"]).folds == [0, "all"]
         assert p.parse_args(["import-nnunet", "F", "-o", "m.pt", flag, "1", "2"]).folds == [1, 2]
     assert "deprecated" not in capsys.readouterr().err
-    args = p.parse_args(["predict", "x.nii.gz", "-m", "F", "--folds", "0", "1", "--classes", "organ", "3"])
-    assert args.folds == [0, 1] and args.keep_classes == ["organ", "3"] and args.inputs == ["x.nii.gz"]
+    args = p.parse_args(["predict", "x.nii.gz", "-m", "F", "--folds", "0", "1", "--keep-classes", "organ", "3"])
+    assert args.folds == [0, 1] and args.classes == ["organ", "3"] and args.inputs == ["x.nii.gz"]
     err = capsys.readouterr().err
-    assert "--folds is deprecated" in err and "use -f/--fold" in err and "--classes is deprecated" in err
-    assert p.parse_args(["predict", "x.nii.gz", "-m", "F", "--keep-classes", "organ"]).keep_classes == ["organ"]
+    assert "--folds is deprecated" in err and "use -f/--fold" in err and "--keep-classes is deprecated" in err
+    for flag in ("--classes", "--roi-subset", "--roi_subset"):  # issue 21: --classes again, TotalSegmentator's alias
+        assert p.parse_args(["predict", "x.nii.gz", "-m", "F", flag, "organ"]).classes == ["organ"]
+    assert "deprecated" not in capsys.readouterr().err
     for cmd in (["evaluate", "a", "b"], ["import-stunet", "c.model", "-o", "m.pt"]):
         assert p.parse_args([*cmd, "--dataset-json", "d.json"]).dataset_json == "d.json"
         assert p.parse_args([*cmd, "--labels", "d.json"]).dataset_json == "d.json"

@@ -120,15 +120,15 @@ def test_options_stats_preview_probabilities_classes(tmp_path, model_file, volum
 
 
 def test_keep_classes_keeps_exactly_the_chosen_labels_on_their_voxels(tmp_path, model_file, volume, capsys):
-    """--keep-classes (names or numbers) sets every other label to background and leaves the kept ones where the
-    full prediction has them; the old spelling --classes does the same with a deprecation line."""
+    """--classes (names or numbers) sets every other label to background and leaves the kept ones where the
+    full prediction has them; the old spelling --keep-classes does the same with a deprecation line."""
     base = ["predict", str(volume), "-m", str(model_file), "--quiet", "--device", "cpu", "--precision", "fp32"]
     assert main([*base, "-o", str(tmp_path / "all.nii.gz")]) == 0
     full = np.asarray(load(tmp_path / "all.nii.gz").dataobj)
     present = set(np.unique(full).tolist()) - {0}
     assert {1, 2} <= present  # the tiny model predicts organ (1) and lesion (2): both keeping and dropping happen
-    for i, (flag, chosen) in enumerate([("--keep-classes", ["organ", "3"]), ("--keep-classes", ["2"]),
-                                        ("--classes", ["3,lesion"])]):
+    for i, (flag, chosen) in enumerate([("--classes", ["organ", "3"]), ("--roi-subset", ["2"]),
+                                        ("--keep-classes", ["3,lesion"])]):
         out = tmp_path / f"kept{i}.nii.gz"
         assert main([*base, "-o", str(out), flag, *chosen]) == 0
         keep = {"organ": 1, "lesion": 2}
@@ -137,8 +137,8 @@ def test_keep_classes_keeps_exactly_the_chosen_labels_on_their_voxels(tmp_path, 
         got = np.asarray(load(out).dataobj)
         np.testing.assert_array_equal(got, expected)
         assert got.any() and (got != full).any()
-    assert "--classes is deprecated" in capsys.readouterr().err
-    assert main([*base, "-o", str(tmp_path / "x.nii.gz"), "--keep-classes", "kidney"]) == 2
+    assert "--keep-classes is deprecated" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "x.nii.gz"), "--classes", "kidney"]) == 2
     assert "unknown class 'kidney'" in capsys.readouterr().err and not (tmp_path / "x.nii.gz").exists()
 
 

@@ -169,12 +169,11 @@ def test_region_labels_and_refused_operators():
                                   "enhancing tumor": 3}, "regions_class_order": [1, 2, 3]})
     assert info["num_outputs"] == 3 and info["regions"] == [[1, 2, 3], [2, 3], [3]]
     assert info["classes"] == ["background", "whole tumor", "tumor core", "enhancing tumor"]
-    from medseg.nnunet import logits_to_labels
+    from medseg.nnunet import _nonlin_and_labels
 
     # three voxels: inside the whole tumour only; whole + core; all three regions (region scores per row)
     logits = torch.tensor([[5.0, 5.0, 5.0], [-5.0, 5.0, 5.0], [-5.0, -5.0, 5.0]]).view(3, 3, 1, 1)
-    labels, probs = logits_to_labels(logits, (3, 1, 1), [1, 1, 1], [1, 1, 1], {}, regions=True,
-                                     regions_class_order=[1, 2, 3], probabilities=True)
+    probs, labels = _nonlin_and_labels(logits, True, [1, 2, 3], torch.uint8)
     assert labels.flatten().tolist() == [1, 2, 3]
     assert torch.allclose(probs, torch.sigmoid(logits))  # sigmoid per region, not a softmax
     from shared_backbones.errors import ModelFileError

@@ -1,0 +1,37 @@
+"""``--precision auto`` for medseg's volume inference on the CPU: bf16 where the CPU computes bf16 natively and bf16
+keeps the labels, fp32 elsewhere.
+
+bf16 autocast halves the bytes every convolution moves and, on a CPU with native bf16 dot products (AVX512-BF16,
+AMX; :func:`shared_backbones.precision.cpu_bf16_feature`), runs the 3-D U-Net's windows faster than fp32 (1.49x on
+a 96 x 160 x 128 window of nnU-Net's default network on 2 Zen 4 cores). It rounds activations to 8 mantissa bits, so
+it is only the default where the labels it predicts stay those of fp32: :data:`BF16_LABEL_AGREEMENT` is measured on
+a *trained* model (random weights give near-ties everywhere and understate it) by
+``benchmarks/medseg_vs_nnunet.py`` (``bf16_label_agreement``: a unet3d trained by ``medseg train`` on the synthetic
+phantoms of ``medseg synth``, its test phantoms predicted in fp32 and in bf16, the fraction of voxels with the same
+label). Rule: auto is bf16 while that agreement is at least :data:`MIN_LABEL_AGREEMENT` (bf16 may change at most
+0.1% of the labels), otherwise fp32, and the policy's ``reason`` (printed by ``medseg predict``) says which and why.
+GPUs keep the suite's rule (bf16 where supported, else fp16); ``--precision fp32|bf16`` is always obeyed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from shared_backbones.precision import PrecisionPolicy
+
+#: labels equal in bf16 and fp32 on the trained phantom model (``bf16_label_agreement`` of the benchmark; measured
+#: 2026-12-07 on a Zen 4 CPU with avx512_bf16: unet3d, 8 base channels, 6 x 15 AdamW steps on 8 phantoms, organ Dice
+#: 0.95-0.97 on the 3 test phantoms; 4 of 138240 voxels (4 of ~9200 foreground voxels) changed label)
+BF16_LABEL_AGREEMENT = 0.99997
+#: the least agreement for which auto chooses bf16 on the CPU
+MIN_LABEL_AGREEMENT = 0.999
+
+
+def auto_policy(device: torch.device, agreement: float = BF16_LABEL_AGREEMENT) -> PrecisionPolicy:
+    """The policy ``--precision auto`` gives medseg's volume inference on ``device`` (see the module docstring)."""
+    if device.type != "cpu":
+        return PrecisionPolicy.resolve("auto", device)
+    if agreement < MIN_LABEL_AGREEMENT:
+        return PrecisionPolicy("fp32", "cpu", f"fp32 (bf16 changed {100 * (1 - agreement):.2f}% of a trained model's "
+                                              f"labels, more than {100 * (1 - MIN_LABEL_AGREEMENT):.1f}%)")
+    return PrecisionPolicy.resolve("auto", device, cpu_bf16=True)

@@ -1,0 +1,323 @@
+"""Streaming sliding-window inference: memory bounded by one slab of windows, not by classes x voxels.
+
+Gaussian-weighted sliding-window prediction (nnU-Net, Isensee et al., Nature Methods 2021; the same weighting the
+suite's own models use) blends overlapping window outputs into one class-score volume, which every peer holds whole:
+``K x Z x Y x X`` float32 (7 GB for 118 classes at 200 x 273 x 273) and then a second copy of it on the input grid.
+Here windows run in the order of their start along one *lead* axis, their weighted scores go into a ring buffer that
+holds only the rows still open (one window's extent along the lead axis), and every row is handed on as soon as no
+later window can touch it: normalised, resampled back to the input grid slab by slab (:class:`SlabResampler`) and
+reduced to labels (or whatever the consumer wants). Peak memory: ``K x window_lead x plane`` for the open rows, one
+window's output, and the output itself; the number of classes never multiplies the number of voxels.
+
+The arithmetic is the one of :func:`medseg.nnunet.sliding_logits` (same summation order per voxel), so results are
+equal to the whole-volume path bit for bit with float32 accumulators; float16 accumulators (half the open-rows memory)
+are chosen by :func:`plan_memory` only when float32 does not fit; they hold each window's share already divided by
+the final weight sum (one extra image-sized float32 map), so values stay on the scale of the scores.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["MemoryPlan", "SlabResampler", "Windows", "available_memory", "plan_memory", "stream_windows"]
+
+Emit = Callable[[int, torch.Tensor], None]
+#: finished rows are handed on at most this many at a time (a float32 copy of them is the only extra memory)
+EMIT_ROWS = 4
+#: ``auto`` accumulates in float16 when float32 open rows would take more than this (float16 keeps labels within
+#: 1e-4 of float32 on the 118-class benchmark and halves the largest buffer)
+FP32_OPEN_ROWS_LIMIT = 1 << 30
+#: one output slab of all classes on the input grid (and its probabilities) stays within this many bytes
+SLAB_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where windows go and how they are weighted: ``patch`` (spatial), ``starts`` per axis, the ``weight`` map
+    (``patch``-shaped float32) and the mirror passes ``flips`` (tensor dims of a ``[B, C, *patch]`` batch; ``()`` is
+    the plain pass)."""
+
+    patch: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]
+    weight: torch.Tensor
+    flips: tuple[tuple[int, ...], ...] = ((),)
+
+    @property
+    def count(self) -> int:
+        """Network evaluations per mirror pass."""
+        return int(np.prod([len(s) for s in self.starts]))
+
+
+def _pieces(start: int, length: int, cap: int) -> list[tuple[int, int, int]]:
+    """``(ring_offset, source_offset, n)`` pieces of rows ``[start, start + length)`` in a ring of ``cap`` rows."""
+    out, done = [], 0
+    while done < length:
+        r = (start + done) % cap
+        n = min(length - done, cap - r)
+        out.append((r, done, n))
+        done += n
+    return out
+
+
+def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, windows: Windows, *,
+                   num_outputs: int | None, emit: Emit, lead: int = 0, acc_dtype: torch.dtype = torch.float32,
+                   batch_size: int = 1, device: torch.device | str | None = None,
+                   stitch_device: torch.device | str = "cpu",
+                   on_window: Callable[[int], None] | None = None) -> None:
+    """Run ``net`` over ``image`` ``[C, *S]`` (already at least ``windows.patch`` along every axis) and hand the
+    normalised blended scores to ``emit(first_row, rows)`` in order along ``lead``: ``rows`` is float32
+    ``[K, n, *other axes]`` for rows ``first_row .. first_row + n`` of the lead axis (every row exactly once).
+
+    ``net`` maps ``[B, C, *patch]`` to ``[B, K, *patch]`` (a list/tuple: its first element, the full-resolution
+    deep-supervision head; ``num_outputs`` None: K from the first output). Mirror passes are averaged before
+    weighting, as nnU-Net does. The open rows live on ``stitch_device`` (the CPU by default: a GPU then only
+    holds the network and one batch of windows).
+    """
+    patch = tuple(int(p) for p in windows.patch)
+    spatial = tuple(int(s) for s in image.shape[1:])
+    if len(patch) != len(spatial) or any(s < p for s, p in zip(spatial, patch)):
+        raise ValueError(f"image {spatial} smaller than the window {patch} (pad it first)")
+    device = torch.device(device) if device is not None else image.device
+    cap = patch[lead]
+    ring_shape = [cap if a == lead else s for a, s in enumerate(spatial)]
+    stitch = torch.device(stitch_device)
+    acc = torch.zeros([num_outputs, *ring_shape], dtype=acc_dtype, device=stitch) if num_outputs else None
+    wsum = torch.zeros(ring_shape, dtype=torch.float32, device=stitch)
+    weight = windows.weight.to(device=device, dtype=torch.float32)
+    w_cpu = weight.to(stitch)
+    other = [windows.starts[a] for a in range(len(spatial)) if a != lead]
+    norm = None
+    if acc_dtype != torch.float32:
+        # half-precision sums: each window adds its share already divided by the final weight sum, so values stay
+        # on the scale of the scores (a raw Gaussian-weighted sum underflows float16 at the window borders)
+        norm = torch.zeros(spatial, dtype=torch.float32, device=stitch)
+        for st in itertools.product(*windows.starts):
+            norm[tuple(slice(s, s + p) for s, p in zip(st, patch))] += w_cpu
+    n_rows = spatial[lead]
+    emitted = 0
+
+    def flush(upto: int) -> None:
+        nonlocal emitted
+        assert acc is not None or upto == 0
+        while emitted < upto:
+            n = min(upto - emitted, cap - emitted % cap, EMIT_ROWS)
+            r = emitted % cap
+            rows = acc.narrow(1 + lead, r, n).to(torch.float32, copy=True)  # the ring slot is reused below
+            if norm is None:
+                rows.div_(wsum.narrow(lead, r, n))
+            emit(emitted, rows.movedim(1 + lead, 1) if lead else rows)
+            del rows
+            acc.narrow(1 + lead, r, n).zero_()
+            wsum.narrow(lead, r, n).zero_()
+            emitted += n
+
+    def add(start: tuple[int, ...], pred: torch.Tensor | None) -> None:
+        """Fold one window (its weighted scores ``[K, *patch]``, or only its weights when ``pred`` is None)."""
+        nonlocal acc
+        if pred is not None and acc is None:
+            acc = torch.zeros([pred.shape[0], *ring_shape], dtype=acc_dtype, device=stitch)
+        rest = tuple(slice(s, s + p) for a, (s, p) in enumerate(zip(start, patch)) if a != lead)
+        for r, src, n in _pieces(start[lead], cap, cap):
+            idx = [slice(None)] * len(spatial)
+            idx[lead] = slice(r, r + n)
+            for a, sl in zip([a for a in range(len(spatial)) if a != lead], rest):
+                idx[a] = sl
+            if pred is None:
+                wsl = [slice(None)] * len(spatial)
+                wsl[lead] = slice(src, src + n)
+                wsum[tuple(idx)] += w_cpu[tuple(wsl)]
+            else:
+                psl = [slice(None)] * (len(spatial) + 1)
+                psl[1 + lead] = slice(src, src + n)
+                acc[(slice(None), *idx)] += pred[tuple(psl)]
+
+    for s_lead in windows.starts[lead]:
+        flush(s_lead)
+        starts = [tuple(list(rest[:lead]) + [s_lead] + list(rest[lead:])) for rest in itertools.product(*other)]
+        for st in starts:
+            add(st, None)
+        for i in range(0, len(starts), max(1, batch_size)):
+            group = starts[i:i + max(1, batch_size)]
+            win = torch.stack([image[(slice(None), *[slice(s, s + p) for s, p in zip(st, patch)])]
+                               for st in group]).to(device)
+            pred = None
+            for axes in windows.flips:
+                p = net(win.flip(axes) if axes else win)
+                if isinstance(p, (list, tuple)):
+                    p = p[0]
+                p = p.float()
+                if axes:
+                    p = p.flip(axes)
+                pred = p if pred is None else pred.add_(p)
+            assert pred is not None
+            if len(windows.flips) > 1:
+                pred.div_(len(windows.flips))
+            pred.mul_(weight)
+            pred = pred.to(stitch)
+            for st, p in zip(group, pred):
+                if norm is not None:
+                    p.div_(norm[tuple(slice(s, s + q) for s, q in zip(st, patch))])
+                add(st, p)
+            del pred, win
+            if on_window is not None:
+                on_window(len(group))
+    flush(n_rows)
+
+
+class SlabResampler:
+    """Rows of class scores ``[K, n, *plane_in]`` arriving in order along the lead axis -> the same scores on an
+    output grid of ``n_out`` rows and ``plane_out``, a slab at a time: linear (``order`` 1) or nearest (0) along the
+    lead axis with nnU-Net's edge-clamped centre alignment (:func:`medseg.nnunet._axis_indices`), then bilinear or
+    nearest in the plane. Each finished output slab ``[K, m, *plane_out]`` goes to ``emit(first_out_row, slab)``;
+    input rows are dropped as soon as no later output row needs them. ``slab`` (output rows per step) defaults to
+    what keeps one slab of all classes within :data:`SLAB_BYTES` (one row for 118 classes on a 512 x 512 plane)."""
+
+    def __init__(self, n_in: int, n_out: int, plane_out: Sequence[int], emit: Emit, *, lead_order: int = 1,
+                 plane_order: int = 1, slab: int | None = None) -> None:
+        from .nnunet import _axis_indices
+
+        self.n_in, self.n_out, self.plane_out = n_in, n_out, tuple(int(p) for p in plane_out)
+        self.same_lead = n_in == n_out
+        i0, i1, w = _axis_indices(n_out, n_in, lead_order) if not self.same_lead else (
+            np.arange(n_out), np.arange(n_out), np.zeros(n_out, np.float32))
+        self.i0, self.i1, self.w, self.lead_order = i0, i1, w, lead_order
+        self.plane_mode = "bilinear" if plane_order == 1 else "nearest-exact"
+        self.emit, self.slab = emit, slab
+        self.buf: torch.Tensor | None = None   # input rows [buf_start, buf_start + buf.shape[1])
+        self.buf_start = 0
+        self.next_out = 0
+
+    def push(self, first: int, rows: torch.Tensor) -> None:
+        """Input rows ``first ..`` (contiguous with what came before)."""
+        if self.buf is None or self.buf.shape[1] == 0:
+            self.buf, self.buf_start = rows, first
+        else:
+            self.buf = torch.cat([self.buf, rows], 1)
+        have = self.buf_start + self.buf.shape[1]
+        ready = self.next_out
+        while ready < self.n_out and self.i1[ready] < have:
+            ready += 1
+        while self.next_out < ready:
+            if self.slab is None:
+                self.slab = max(1, min(8, SLAB_BYTES // (4 * self.buf.shape[0] * int(np.prod(self.plane_out)))))
+            b = min(ready, self.next_out + self.slab)
+            self._out(self.next_out, b)
+            self.next_out = b
+        keep = int(self.i0[self.next_out]) if self.next_out < self.n_out else have
+        drop = max(0, keep - self.buf_start)
+        if drop:
+            self.buf = self.buf[:, drop:]
+            self.buf_start += drop
+
+    def _out(self, a: int, b: int) -> None:
+        assert self.buf is not None
+        base = self.buf_start
+        lo = self.buf[:, torch.from_numpy(np.asarray(self.i0[a:b]) - base)]
+        if self.lead_order == 1 and not self.same_lead:
+            hi = self.buf[:, torch.from_numpy(np.asarray(self.i1[a:b]) - base)]
+            part = torch.lerp(lo, hi, torch.from_numpy(self.w[a:b]).view(1, -1, *([1] * (lo.ndim - 2))))
+        else:
+            part = lo
+        if tuple(part.shape[2:]) != self.plane_out:
+            kw = {"align_corners": False} if self.plane_mode == "bilinear" else {}
+            part = F.interpolate(part.permute(1, 0, *range(2, part.ndim)), size=self.plane_out, mode=self.plane_mode,
+                                 **kw).permute(1, 0, *range(2, part.ndim))
+        self.emit(a, part)
+
+    def done(self) -> bool:
+        return self.next_out >= self.n_out
+
+
+# ------------------------------------------------------------------------------------------------ memory planning
+def available_memory() -> int:
+    """Bytes this process may still allocate: the smaller of the system's available memory (``MemAvailable``) and
+    the room left under an address-space limit (``ulimit -v``)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 62
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft not in (resource.RLIM_INFINITY, -1):
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            avail = min(avail, max(0, soft - used))
+    except (ImportError, OSError, ValueError):
+        pass
+    return int(avail)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated peak bytes of one case's prediction and the accumulator type chosen for it."""
+
+    acc_dtype: torch.dtype
+    peak_bytes: int
+    parts: dict[str, int]
+
+    def describe(self) -> str:
+        gib = 1 << 30
+        return (f"estimated peak {self.peak_bytes / gib:.1f} GiB ("
+                + ", ".join(f"{k} {v / gib:.2f}" for k, v in self.parts.items() if v) + " GiB)")
+
+
+def plan_memory(*, classes: int, network_shape: Sequence[int], patch: Sequence[int], lead: int, channels: int,
+                output_voxels: int, probabilities: bool, batch_size: int = 1, mirror_passes: int = 1,
+                activation_bytes: int = 0, available: int | None = None,
+                acc_dtype: str = "auto") -> MemoryPlan:
+    """Estimate the working set of a streamed prediction before any work and pick the accumulator type: float32 when
+    its open rows are small (:data:`FP32_OPEN_ROWS_LIMIT`) and it fits ``available`` (default:
+    :func:`available_memory`), else float16. ``acc_dtype`` ``float32``/``float16`` forces one. Raises
+    :class:`MemoryError` with a one-line reason when even float16 does not fit."""
+    from shared_backbones.errors import InputError
+
+    plane = int(np.prod([s for a, s in enumerate(network_shape) if a != lead]))
+    open_rows = int(patch[lead]) * plane
+    window = int(np.prod(patch))
+    parts = {
+        "image": channels * int(np.prod(network_shape)) * 4,
+        "open rows": 0,
+        "weights": open_rows * 4,
+        "window outputs": classes * window * 4 * max(1, batch_size) * (2 if mirror_passes > 1 else 1),
+        "network": int(activation_bytes),
+        "labels": output_voxels * 2,
+        "probabilities": classes * output_voxels * 4 * 2 if probabilities else 0,
+        "slabs": classes * EMIT_ROWS * plane * 4 * 3 + 4 * SLAB_BYTES,
+    }
+    avail = available_memory() if available is None else int(available)
+    choices = {"float32": [torch.float32], "float16": [torch.float16],
+               "auto": [torch.float32, torch.float16]}.get(acc_dtype)
+    if choices is None:
+        raise InputError(f"accumulator type must be auto, float32 or float16, not {acc_dtype!r}")
+    if acc_dtype == "auto" and classes * open_rows * 4 > FP32_OPEN_ROWS_LIMIT:
+        choices = [torch.float16]
+    plan = None
+    for dt in choices:
+        parts["open rows"] = classes * open_rows * (4 if dt == torch.float32 else 2)
+        # float32: the weight sums of the open rows; float16: the whole weight-sum map (see stream_windows)
+        parts["weights"] = (open_rows if dt == torch.float32 else int(np.prod(network_shape))) * 4
+        plan = MemoryPlan(dt, sum(parts.values()), dict(parts))
+        if plan.peak_bytes <= avail:
+            return plan
+    assert plan is not None
+    raise MemoryError(f"needs about {plan.peak_bytes / (1 << 30):.1f} GiB "
+                      f"({plan.describe().split('(', 1)[1][:-1]}) but only {avail / (1 << 30):.1f} GiB are available")
