@@ -9,8 +9,8 @@ later window can touch it: normalised, resampled back to the input grid slab by 
 reduced to labels (or whatever the consumer wants). Peak memory: ``K x window_lead x plane`` for the open rows, one
 window's output, and the output itself; the number of classes never multiplies the number of voxels.
 
-The arithmetic is the one of :func:`medseg.nnunet.sliding_logits` (same summation order per voxel), so results are
-equal to the whole-volume path bit for bit with float32 accumulators; float16 accumulators (half the open-rows memory)
+With float32 accumulators the arithmetic is that of blending the whole volume at once (the same summation order per
+voxel), so results equal it bit for bit; float16 accumulators (half the open-rows memory)
 are chosen by :func:`plan_memory` only when float32 does not fit; they hold each window's share already divided by
 the final weight sum (one extra image-sized float32 map), so values stay on the scale of the scores.
 """
@@ -174,14 +174,15 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
 class SlabResampler:
     """Rows of class scores ``[K, n, *plane_in]`` arriving in order along the lead axis -> the same scores on an
     output grid of ``n_out`` rows and ``plane_out``, a slab at a time: linear (``order`` 1) or nearest (0) along the
-    lead axis with nnU-Net's edge-clamped centre alignment (:func:`medseg.nnunet._axis_indices`), then bilinear or
-    nearest in the plane. Each finished output slab ``[K, m, *plane_out]`` goes to ``emit(first_out_row, slab)``;
-    input rows are dropped as soon as no later output row needs them. ``slab`` (output rows per step) defaults to
-    what keeps one slab of all classes within :data:`SLAB_BYTES` (one row for 118 classes on a 512 x 512 plane)."""
+    lead axis with nnU-Net's edge-clamped centre alignment (``_axis_indices`` of :mod:`medseg.nnunet.preprocessing`),
+    then bilinear or nearest in the plane. Each finished output slab ``[K, m, *plane_out]`` goes to
+    ``emit(first_out_row, slab)``; input rows are dropped as soon as no later output row needs them. ``slab``
+    (output rows per step) defaults to what keeps one slab of all classes within :data:`SLAB_BYTES` (one row for
+    118 classes on a 512 x 512 plane)."""
 
     def __init__(self, n_in: int, n_out: int, plane_out: Sequence[int], emit: Emit, *, lead_order: int = 1,
                  plane_order: int = 1, slab: int | None = None) -> None:
-        from .nnunet import _axis_indices
+        from .nnunet.preprocessing import _axis_indices
 
         self.n_in, self.n_out, self.plane_out = n_in, n_out, tuple(int(p) for p in plane_out)
         self.same_lead = n_in == n_out
