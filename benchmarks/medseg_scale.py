@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run nnU-Net with float32 sums (the agreement reference) only up to this many slices")
     ap.add_argument("--work", help="keep the model folder, volumes and outputs here")
     ap.add_argument("--rerun-peers", action="store_true", help="rerun nnU-Net even if --work holds its runs")
+    ap.add_argument("--rerun-medseg", action="store_true",
+                    help="rerun medseg even if --work holds a finished run of it (a failed one is always rerun)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 12 classes, 128 x 128 x (48, 96)")
     a = ap.parse_args(argv)
     if a.quick:
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "--overwrite", "--quiet"]))
         for name, cmd in contenders:
             cached = work / f"run_{name}_{z}.json"          # the peers' runs do not change between medseg versions
-            if name != "medseg" and cached.exists() and not a.rerun_peers:
+            again = a.rerun_medseg if name == "medseg" else a.rerun_peers
+            if cached.exists() and not again and (name != "medseg" or json.loads(cached.read_text())["exit"] == 0):
                 runs[name] = r = json.loads(cached.read_text())
             else:
                 runs[name] = r = _run(cmd, env, a.reference_cap_gb if name == "nnunet_fp32" else a.cap_gb)
