@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tomllib
 import torch
-from medseg_testutil import make_model_file, write_volume
+from medseg_testutil import make_model_file, nnunet_arch, write_nnunet_folder, write_volume
 from scipy import ndimage
 
 from medseg.batch import plan_predict
@@ -161,39 +161,10 @@ def test_preview_legend(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- import-nnunet mirroring
-TINY_ARCH = {"n_stages": 2, "features_per_stage": [2, 4], "kernel_sizes": [[3, 3, 3], [3, 3, 3]],
-             "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1],
-             "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-             "conv_op": "torch.nn.modules.conv.Conv3d"}
-
-
 def make_nnunet_folder(root: Path, mirror_axes=(0, 1, 2)) -> Path:
     """A minimal random-weight nnU-Net v2 3d_fullres model folder (what nnU-Net's trainer saves)."""
-    from medseg.nnunet_arch import NNUNetV2Net
-
-    folder = root / "Dataset001_T" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    (folder / "fold_0").mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MR"}, "file_ending": ".nii.gz",
-                                                     "labels": {"background": 0, "a": 1, "b": 2}}))
-    conf = {"patch_size": [8, 8, 8], "spacing": [2.5, 1.2, 1.0], "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": TINY_ARCH}}
-    (folder / "plans.json").write_text(json.dumps({"plans_name": "nnUNetPlans", "dataset_name": "Dataset001_T",
-                                                   "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-                                                   "configurations": {"3d_fullres": conf}}))
-    torch.manual_seed(0)
-    net = NNUNetV2Net("PlainConvUNet", TINY_ARCH, 1, 3)
-    torch.save({"network_weights": net.state_dict(), "init_args": {"configuration": "3d_fullres"},
-                "trainer_name": "nnUNetTrainer",
-                "inference_allowed_mirroring_axes": None if mirror_axes is None else tuple(mirror_axes)},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return folder
+    return write_nnunet_folder(root, "Dataset001_T", {"background": 0, "a": 1, "b": 2}, arch=nnunet_arch((2, 4)),
+                               patch=8, spacing=[2.5, 1.2, 1.0], channel="MR", seed=0, mirror_axes=mirror_axes)
 
 
 def test_imported_nnunet_file_mirrors_by_default_and_the_help_says_so(tmp_path, capsys):

@@ -15,50 +15,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from medseg_testutil import write_volume
+from medseg_testutil import nnunet_arch, write_nnunet_folder, write_volume
 
 from medseg.io import read_case
 from medseg.predict import load_model, predict_case
 from medseg.volume_cli import main
 
-TINY_ARCH = {"n_stages": 2, "features_per_stage": [4, 8], "kernel_sizes": [[3, 3, 3], [3, 3, 3]],
-             "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1],
-             "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-             "norm_op_kwargs": {"eps": 1e-5, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
-             "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-             "conv_op": "torch.nn.modules.conv.Conv3d"}
 CPU = ["--device", "cpu", "--precision", "fp32", "--quiet"]
 PEER = Path(__file__).with_name("totalseg_peer.py")
 
 
 def make_folder(root: Path, dataset: str, names: list[str], seed: int) -> Path:
-    """A random-weight nnU-Net v2 3d_fullres model folder whose dataset.json labels are ``names`` (1, 2, ...)."""
-    from medseg.nnunet_arch import NNUNetV2Net
-
-    folder = root / dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    (folder / "fold_0").mkdir(parents=True)
+    """A random-weight nnU-Net v2 3d_fullres model folder whose dataset.json labels are ``names`` (1, 2, ...); weights
+    with the spread of trained ones, so every class wins somewhere."""
     labels = {"background": 0, **{n: i + 1 for i, n in enumerate(names)}}
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
-                                                     "labels": labels}))
-    conf = {"patch_size": [16, 16, 16], "spacing": [2.0, 1.2, 1.0], "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
-            "resampling_fn_data_kwargs": {"order": 3, "order_z": 0, "force_separate_z": None},
-            "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {"order": 1, "order_z": 0, "force_separate_z": None},
-            "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": TINY_ARCH}}
-    (folder / "plans.json").write_text(json.dumps({"plans_name": "nnUNetPlans", "dataset_name": dataset,
-                                                   "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-                                                   "configurations": {"3d_fullres": conf}}))
-    torch.manual_seed(seed)
-    net = NNUNetV2Net("PlainConvUNet", TINY_ARCH, 1, len(labels))
-    with torch.no_grad():  # random weights with the spread of trained ones: every class wins somewhere
-        for p in net.parameters():
-            p.mul_(3.0)
-    torch.save({"network_weights": net.state_dict(), "init_args": {"configuration": "3d_fullres"},
-                "trainer_name": "nnUNetTrainerNoMirroring", "inference_allowed_mirroring_axes": None},
-               folder / "fold_0" / "checkpoint_final.pth")
-    return folder
+    return write_nnunet_folder(root, dataset, labels, arch=nnunet_arch((4, 8)), patch=16, spacing=[2.0, 1.2, 1.0],
+                               channel="CT", seed=seed, trainer="nnUNetTrainerNoMirroring", weight_scale=3.0)
 
 
 @pytest.fixture(scope="module")

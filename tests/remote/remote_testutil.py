@@ -26,3 +26,22 @@ def write_tif(path: Path, data: np.ndarray, desc: list[str] | None = None, res: 
         if tags:
             ds.update_tags(**tags)
     return path
+
+
+def unet_model_file(path: Path, dates: list[str], n_dates: int) -> Path:
+    """A random-weight ``unet2d`` model file (B02 B03 B04 B08 on ``dates``; ``n_dates`` x 4 input channels) whose
+    BatchNorms carry non-trivial running means, so padding or halo differences would show."""
+    import torch
+
+    from remote.models import CLASSES, UNet2d
+    from shared_backbones.checkpoint import ModelFile, save_model_file
+
+    torch.manual_seed(0)
+    kw = {"in_channels": n_dates * 4, "encoder_name": "resnet18", "encoder_depth": 2, "decoder_channels": [16, 8]}
+    m = UNet2d(**kw).eval()
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+    pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": list(dates), "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
+    return save_model_file(path, ModelFile.from_model(
+        m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))

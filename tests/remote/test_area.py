@@ -21,6 +21,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject, transform
+from remote_testutil import unet_model_file
 from s2products import make_safe, mtd_xml, stac_item
 
 from remote.cli import main
@@ -353,11 +354,7 @@ def test_row_blocks_of_the_area_grid_join_exactly(area, tmp_path):
     mosaics stacked equal the whole mosaic bit for bit; and a spatial model (U-Net, halo 16 px) split at a block
     edge inside the overlap of the two UTM zones joins to the whole run exactly (a halo stopping at the block edge,
     as the removed area.open_part did, changes the rows next to it)."""
-    import torch
-
     from remote.join import RowBlock, mosaic, part_path
-    from remote.models import CLASSES, UNet2d
-    from shared_backbones.checkpoint import ModelFile, save_model_file
 
     root, prods = area
     items = _items(prods)
@@ -382,16 +379,7 @@ def test_row_blocks_of_the_area_grid_join_exactly(area, tmp_path):
     assert rows == g.height
     np.testing.assert_array_equal(np.concatenate(parts, axis=2), whole)     # bit for bit
 
-    torch.manual_seed(0)
-    kw = {"in_channels": 4 * 2, "encoder_name": "resnet18", "encoder_depth": 2, "decoder_channels": [16, 8]}
-    m = UNet2d(**kw).eval()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-    pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": [D1.isoformat(), D2.isoformat()],
-           "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
-    model = save_model_file(tmp_path / "unet.pt", ModelFile.from_model(
-        m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+    model = unet_model_file(tmp_path / "unet.pt", [D1.isoformat(), D2.isoformat()], 2)
     common = [*items, "-m", str(model), "--tile", "16", "--halo", "16", "--device", "cpu", "--precision", "fp32",
               "-q"]
     assert main(["predict", *common, "-o", str(tmp_path / "whole.tif")]) == 0

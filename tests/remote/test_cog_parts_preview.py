@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from remote_testutil import unet_model_file
 from test_area import area  # noqa: F401 - the two-zone STAC fixture (pytest finds it by name)
 
 from remote.cli import main
@@ -377,21 +378,7 @@ def test_spatial_model_parts_read_their_halo_across_the_block_edge(tmp_path, sce
     """A U-Net with a halo: the part edge (row 32) is a tile edge whose halo lies in the other part; the parts read
     it from the whole grid, so the joined maps equal the whole run exactly (clipping the halo at the block edge
     would change the rows next to it)."""
-    import torch
-
-    from remote.models import CLASSES, UNet2d
-    from shared_backbones.checkpoint import ModelFile, save_model_file
-
-    torch.manual_seed(0)
-    kw = {"in_channels": 10 * 4, "encoder_name": "resnet18", "encoder_depth": 2, "decoder_channels": [16, 8]}
-    m = UNet2d(**kw).eval()
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-    pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": [d.isoformat() for d in scene.dates],
-           "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
-    model = save_model_file(tmp_path / "unet.pt", ModelFile.from_model(
-        m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+    model = unet_model_file(tmp_path / "unet.pt", [d.isoformat() for d in scene.dates], 10)
     common = [str(scene.images), "-m", str(model), "--tile", "32", "--halo", "32", "--device", "cpu",
               "--precision", "fp32", "-q"]
     assert main(["predict", *common, "-o", str(tmp_path / "whole.tif")]) == 0

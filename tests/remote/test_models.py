@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from remote_testutil import unet_model_file
 
 from remote.discovery import open_series
 from remote.models import (
@@ -16,7 +17,6 @@ from remote.models import (
     CNN1d,
     DynamicRouting,
     PhotochemicalFilter,
-    UNet2d,
     class_probabilities,
     date_attribution,
     frequency_attribution,
@@ -228,20 +228,7 @@ def test_tiled_prediction_equals_whole_raster_ffdnn(tmp_path, scene, ffdnn_file)
 
 @pytest.fixture(scope="module")
 def unet_file(tmp_path_factory, scene):
-    from remote.models import CLASSES
-    from shared_backbones.checkpoint import ModelFile, save_model_file
-
-    torch.manual_seed(0)
-    kw = {"in_channels": 10 * 4, "encoder_name": "resnet18", "encoder_depth": 2, "decoder_channels": [16, 8]}
-    m = UNet2d(**kw).eval()
-    # a BatchNorm with non-trivial statistics so padding differences would show
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.running_mean.uniform_(-0.2, 0.2)
-    pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": [d.isoformat() for d in scene.dates],
-           "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
-    return save_model_file(tmp_path_factory.mktemp("u") / "unet.pt", ModelFile.from_model(
-        m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+    return unet_model_file(tmp_path_factory.mktemp("u") / "unet.pt", [d.isoformat() for d in scene.dates], 10)
 
 
 def test_tiled_prediction_equals_whole_raster_unet_with_halo(tmp_path, scene, unet_file):
