@@ -287,9 +287,9 @@ def predict_files(
     (:func:`medseg.outputs.write_class_masks`), planned once the model's class names are known, before any case."""
     from shared_backbones.cliutil import StageTimer, progress, run_batch
 
-    from .io import OUTPUT_DESCRIP, check_channels, read_case, write_labels, write_like
+    from .io import OUTPUT_DESCRIP, check_channels, read_case, write_labels
     from .outputs import label_statistics, write_class_masks, write_preview, write_stats
-    from .predict import VolumeModel, class_indices, count_windows, load_models, predict_case
+    from .predict import VolumeModel, class_indices, count_windows, load_models, predict_case, probability_writer
     from .predict import keep_classes as keep_only
     from .predict import largest_component as largest_only
 
@@ -339,23 +339,32 @@ def predict_files(
         with timer("read"):
             case = read_case(spec.files, name=spec.name, series=series)
             check_channels(case, m0.in_channels)
-        if not said_precision and precision == "auto" and m0.policy.reason and on_notice is not None and not quiet:
-            said_precision.append(True)  # once, before the first network pass: what auto chose here, and why
-            on_notice(f"precision auto: {m0.policy.reason}")
         if case.nonfinite_count and on_notice is not None:
             on_notice(f"{spec.name}: {case.nonfinite_count} NaN/Inf voxels treated as background (left out of the "
                       "normalisation, labelled 0)")
         bar = progress(total=count_windows(case, loaded, overlap), desc=f"{spec.name} windows", unit="win",
                        quiet=quiet)
+        writer: Any = None
         try:
             if the_task is not None:  # several folders, merged (only the task's chosen classes occur)
                 pred = predict_task(case, the_task, loaded, tta=tta, overlap=overlap, batch_size=batch, timer=timer,
                                     on_window=bar.update)
             else:
+                if writer is None and "probabilities" in job.outputs:  # written slab by slab as they are made
+                    writer = probability_writer(job.outputs["probabilities"], case, m0, overwrite=overwrite,
+                                                descrip=f"{OUTPUT_DESCRIP} probabilities")
                 pred = predict_case(case, loaded, tta=tta, overlap=overlap, batch_size=batch,
-                                    probabilities=save_probabilities, timer=timer, on_window=bar.update)
+                                    probabilities=writer if writer is not None else False, timer=timer,
+                                    on_window=bar.update)
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         finally:
             bar.close()
+        if not said_precision and precision == "auto" and m0.policy.reason and on_notice is not None and not quiet:
+            said_precision.append(True)  # once, after the first case settled it: what auto chose here, and why
+            on_notice(f"precision auto: {m0.policy.reason}")
         with timer("postprocess"):
             labels = keep_only(pred.labels, keep) if the_task is None else pred.labels
             if largest_component:
@@ -369,9 +378,8 @@ def predict_files(
                 write_dicom_seg(out["dicom_seg"], labels, case, classes,
                                 model_name=the_task.name if the_task else Path(m0.path or "").stem,
                                 segments=keep if the_task else None, overwrite=overwrite)
-            if pred.probabilities is not None:
-                write_like(out["probabilities"], pred.probabilities, case, overwrite=overwrite,
-                           descrip=f"{OUTPUT_DESCRIP} probabilities")
+            if writer is not None:
+                writer.close()
             write_class_masks(out, labels, classes, case, overwrite=overwrite)
             case_stats = label_statistics(labels, classes, case.voxel_sizes,
                                           image=case.data[0] if "stats" in plan.shared else None)

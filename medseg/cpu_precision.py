@@ -10,10 +10,17 @@ a *trained* model (random weights give near-ties everywhere and understate it) b
 phantoms of ``medseg synth``, its test phantoms predicted in fp32 and in bf16, the fraction of voxels with the same
 label). Rule: auto is bf16 while that agreement is at least :data:`MIN_LABEL_AGREEMENT` (bf16 may change at most
 0.1% of the labels), otherwise fp32, and the policy's ``reason`` (printed by ``medseg predict``) says which and why.
+The stored figure is only the prior: before its first case a model chosen bf16 this way runs the case's central
+window in fp32 and in bf16 (:func:`check_on_window`) and stays bf16 only when that window's labels agree as well,
+so a model of its own (whose logits may sit closer together) is judged on itself.
 GPUs keep the suite's rule (bf16 where supported, else fp16); ``--precision fp32|bf16`` is always obeyed.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,3 +42,28 @@ def auto_policy(device: torch.device, agreement: float = BF16_LABEL_AGREEMENT) -
         return PrecisionPolicy("fp32", "cpu", f"fp32 (bf16 changed {100 * (1 - agreement):.2f}% of a trained model's "
                                               f"labels, more than {100 * (1 - MIN_LABEL_AGREEMENT):.1f}%)")
     return PrecisionPolicy.resolve("auto", device, cpu_bf16=True)
+
+
+def check_on_window(model: Any, forward: Callable[[torch.Tensor], torch.Tensor], window: torch.Tensor, *,
+                    regions: bool = False) -> None:
+    """Once per model whose ``--precision auto`` chose bf16 on the CPU (``model.bf16_to_check``): ``forward``
+    (scores ``[B, K, ...]``) on ``window`` in fp32 and under the model's bf16 autocast; the model keeps bf16 only
+    when at least :data:`MIN_LABEL_AGREEMENT` of the window's labels (argmax; per region ``score > 0``) agree,
+    else its policy becomes fp32. Either way the policy's ``reason`` gives the measured agreement."""
+    if not getattr(model, "bf16_to_check", False):
+        return
+    model.bf16_to_check = False
+    policy = model.policy
+    with torch.inference_mode():
+        ref = forward(window).float()
+        with policy.autocast():
+            low = forward(window).float()
+    same = ((ref > 0) == (low > 0)).all(1) if regions else ref.argmax(1) == low.argmax(1)
+    agree = float(same.float().mean())
+    if agree < MIN_LABEL_AGREEMENT:
+        limit = 100 * (1 - MIN_LABEL_AGREEMENT)
+        model.policy = PrecisionPolicy("fp32", "cpu", f"fp32 (bf16 changed {100 * (1 - agree):.2f}% of the labels of "
+                                                      f"a test window, more than {limit:.1f}%)")
+    else:
+        model.policy = dataclasses.replace(policy, reason=f"{policy.reason}; a test window's labels "
+                                                          f"{100 * agree:.2f}% as in fp32")

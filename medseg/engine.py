@@ -30,10 +30,12 @@ __all__ = ["MemoryPlan", "SlabResampler", "Windows", "available_memory", "plan_m
 
 Emit = Callable[[int, torch.Tensor], None]
 #: finished rows are handed on at most this many at a time (a float32 copy of them is the only extra memory)
-EMIT_ROWS = 4
+EMIT_ROWS = 2
 #: ``auto`` accumulates in float16 when float32 open rows would take more than this (float16 keeps labels within
 #: 1e-4 of float32 on the 118-class benchmark and halves the largest buffer)
 FP32_OPEN_ROWS_LIMIT = 1 << 30
+#: windows are folded into the accumulators this many classes at a time (the only window-sized temporary)
+CLASS_CHUNK = 16
 #: one output slab of all classes on the input grid (and its probabilities) stays within this many bytes
 SLAB_BYTES = 64 << 20
 
@@ -70,7 +72,8 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
                    num_outputs: int | None, emit: Emit, lead: int = 0, acc_dtype: torch.dtype = torch.float32,
                    batch_size: int = 1, device: torch.device | str | None = None,
                    stitch_device: torch.device | str = "cpu",
-                   on_window: Callable[[int], None] | None = None) -> None:
+                   on_window: Callable[[int], None] | None = None,
+                   head: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Run ``net`` over ``image`` ``[C, *S]`` (already at least ``windows.patch`` along every axis) and hand the
     normalised blended scores to ``emit(first_row, rows)`` in order along ``lead``: ``rows`` is float32
     ``[K, n, *other axes]`` for rows ``first_row .. first_row + n`` of the lead axis (every row exactly once).
@@ -79,6 +82,12 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
     deep-supervision head; ``num_outputs`` None: K from the first output). Mirror passes are averaged before
     weighting, as nnU-Net does. The open rows live on ``stitch_device`` (the CPU by default: a GPU then only
     holds the network and one batch of windows).
+
+    ``head`` ``(W [K, F], b [K])``: ``net`` returns the ``F`` features before a final linear (1x1 conv) layer
+    instead of scores; the mirror passes are averaged on the features (the layer is linear, so this equals
+    averaging scores) and the scores are made :data:`CLASS_CHUNK` classes at a time while they are folded in, so
+    no ``K x patch`` tensor ever exists. Either way windows are folded in class chunks (no full-size temporary
+    when the accumulators are float16).
     """
     patch = tuple(int(p) for p in windows.patch)
     spatial = tuple(int(s) for s in image.shape[1:])
@@ -102,6 +111,10 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
             norm[tuple(slice(s, s + p) for s, p in zip(st, patch))] += w_cpu
     n_rows = spatial[lead]
     emitted = 0
+    hw = hb = None
+    if head is not None:
+        hw = head[0].to(device=device, dtype=torch.float32).reshape(head[0].shape[0], -1)
+        hb = head[1].to(device=device, dtype=torch.float32)
 
     def flush(upto: int) -> None:
         nonlocal emitted
@@ -118,11 +131,12 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
             wsum.narrow(lead, r, n).zero_()
             emitted += n
 
-    def add(start: tuple[int, ...], pred: torch.Tensor | None) -> None:
-        """Fold one window (its weighted scores ``[K, *patch]``, or only its weights when ``pred`` is None)."""
+    def add(start: tuple[int, ...], pred: torch.Tensor | None, c0: int = 0, k: int | None = None) -> None:
+        """Fold one window (its weighted scores ``[n, *patch]`` for classes ``c0 .. c0 + n`` of ``k``, or only its
+        weights when ``pred`` is None)."""
         nonlocal acc
         if pred is not None and acc is None:
-            acc = torch.zeros([pred.shape[0], *ring_shape], dtype=acc_dtype, device=stitch)
+            acc = torch.zeros([k or pred.shape[0], *ring_shape], dtype=acc_dtype, device=stitch)
         rest = tuple(slice(s, s + p) for a, (s, p) in enumerate(zip(start, patch)) if a != lead)
         for r, src, n in _pieces(start[lead], cap, cap):
             idx = [slice(None)] * len(spatial)
@@ -136,7 +150,7 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
             else:
                 psl = [slice(None)] * (len(spatial) + 1)
                 psl[1 + lead] = slice(src, src + n)
-                acc[(slice(None), *idx)] += pred[tuple(psl)]
+                acc[(slice(c0, c0 + pred.shape[0]), *idx)] += pred[tuple(psl)]
 
     for s_lead in windows.starts[lead]:
         flush(s_lead)
@@ -159,12 +173,21 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
             assert pred is not None
             if len(windows.flips) > 1:
                 pred.div_(len(windows.flips))
-            pred.mul_(weight)
-            pred = pred.to(stitch)
+            k = int(hw.shape[0]) if hw is not None else int(pred.shape[1])
             for st, p in zip(group, pred):
-                if norm is not None:
-                    p.div_(norm[tuple(slice(s, s + q) for s, q in zip(st, patch))])
-                add(st, p)
+                nrm = norm[tuple(slice(s, s + q) for s, q in zip(st, patch))] if norm is not None else None
+                feats = p.reshape(p.shape[0], -1) if hw is not None else None
+                for c0 in range(0, k, CLASS_CHUNK):
+                    c1 = min(k, c0 + CLASS_CHUNK)
+                    if feats is None:
+                        part = p[c0:c1]                 # a view of this batch's scores: scaled in place
+                    else:
+                        part = torch.addmm(hb[c0:c1, None], hw[c0:c1], feats).view(c1 - c0, *patch)
+                    part = part.mul_(weight).to(stitch)
+                    if nrm is not None:
+                        part.div_(nrm)
+                    add(st, part, c0, k)
+                    del part
             del pred, win
             if on_window is not None:
                 on_window(len(group))
@@ -176,12 +199,16 @@ class SlabResampler:
     output grid of ``n_out`` rows and ``plane_out``, a slab at a time: linear (``order`` 1) or nearest (0) along the
     lead axis with nnU-Net's edge-clamped centre alignment (``_axis_indices`` of :mod:`medseg.nnunet.preprocessing`),
     then bilinear or nearest in the plane. Each finished output slab ``[K, m, *plane_out]`` goes to
-    ``emit(first_out_row, slab)``; input rows are dropped as soon as no later output row needs them. ``slab``
-    (output rows per step) defaults to what keeps one slab of all classes within :data:`SLAB_BYTES` (one row for
-    118 classes on a 512 x 512 plane)."""
+    ``emit(first_out_row, slab)``; input rows are kept one by one (no growing copy) and dropped as soon as no later
+    output row needs them. ``slab`` (output rows per step) defaults to what keeps one slab of all classes within
+    :data:`SLAB_BYTES` (one row for 118 classes on a 512 x 512 plane).
+
+    ``labels``: emit the argmax over classes (``[m, *plane_out]`` int64, the first of equal maxima as
+    ``torch.argmax``) instead of the scores, made :data:`CLASS_CHUNK` classes at a time, so no ``K x plane_out``
+    tensor exists."""
 
     def __init__(self, n_in: int, n_out: int, plane_out: Sequence[int], emit: Emit, *, lead_order: int = 1,
-                 plane_order: int = 1, slab: int | None = None) -> None:
+                 plane_order: int = 1, slab: int | None = None, labels: bool = False) -> None:
         from .nnunet.preprocessing import _axis_indices
 
         self.n_in, self.n_out, self.plane_out = n_in, n_out, tuple(int(p) for p in plane_out)
@@ -190,47 +217,65 @@ class SlabResampler:
             np.arange(n_out), np.arange(n_out), np.zeros(n_out, np.float32))
         self.i0, self.i1, self.w, self.lead_order = i0, i1, w, lead_order
         self.plane_mode = "bilinear" if plane_order == 1 else "nearest-exact"
-        self.emit, self.slab = emit, slab
-        self.buf: torch.Tensor | None = None   # input rows [buf_start, buf_start + buf.shape[1])
+        self.emit, self.slab, self.labels = emit, slab, labels
+        self.rows: list[torch.Tensor] = []   # input rows buf_start, buf_start + 1, ... each [K, *plane_in]
         self.buf_start = 0
         self.next_out = 0
 
     def push(self, first: int, rows: torch.Tensor) -> None:
         """Input rows ``first ..`` (contiguous with what came before)."""
-        if self.buf is None or self.buf.shape[1] == 0:
-            self.buf, self.buf_start = rows, first
-        else:
-            self.buf = torch.cat([self.buf, rows], 1)
-        have = self.buf_start + self.buf.shape[1]
+        if not self.rows:
+            self.buf_start = first
+        self.rows.extend(rows.unbind(1))
+        have = self.buf_start + len(self.rows)
         ready = self.next_out
         while ready < self.n_out and self.i1[ready] < have:
             ready += 1
         while self.next_out < ready:
             if self.slab is None:
-                self.slab = max(1, min(8, SLAB_BYTES // (4 * self.buf.shape[0] * int(np.prod(self.plane_out)))))
+                k = min(CLASS_CHUNK, rows.shape[0]) if self.labels else rows.shape[0]
+                self.slab = max(1, min(8, SLAB_BYTES // (4 * k * int(np.prod(self.plane_out)))))
             b = min(ready, self.next_out + self.slab)
             self._out(self.next_out, b)
             self.next_out = b
         keep = int(self.i0[self.next_out]) if self.next_out < self.n_out else have
-        drop = max(0, keep - self.buf_start)
+        drop = min(len(self.rows), max(0, keep - self.buf_start))
         if drop:
-            self.buf = self.buf[:, drop:]
+            del self.rows[:drop]
             self.buf_start += drop
 
-    def _out(self, a: int, b: int) -> None:
-        assert self.buf is not None
+    def _scores(self, a: int, b: int, c0: int, c1: int) -> torch.Tensor:
+        """Output rows ``a .. b`` of classes ``c0 .. c1``: ``[c1 - c0, b - a, *plane_out]`` float32."""
         base = self.buf_start
-        lo = self.buf[:, torch.from_numpy(np.asarray(self.i0[a:b]) - base)]
+        lo = torch.stack([self.rows[int(i) - base][c0:c1] for i in self.i0[a:b]], 1)
         if self.lead_order == 1 and not self.same_lead:
-            hi = self.buf[:, torch.from_numpy(np.asarray(self.i1[a:b]) - base)]
+            hi = torch.stack([self.rows[int(i) - base][c0:c1] for i in self.i1[a:b]], 1)
             part = torch.lerp(lo, hi, torch.from_numpy(self.w[a:b]).view(1, -1, *([1] * (lo.ndim - 2))))
+            del lo, hi
         else:
             part = lo
         if tuple(part.shape[2:]) != self.plane_out:
             kw = {"align_corners": False} if self.plane_mode == "bilinear" else {}
             part = F.interpolate(part.permute(1, 0, *range(2, part.ndim)), size=self.plane_out, mode=self.plane_mode,
                                  **kw).permute(1, 0, *range(2, part.ndim))
-        self.emit(a, part)
+        return part
+
+    def _out(self, a: int, b: int) -> None:
+        k = int(self.rows[0].shape[0])
+        if not self.labels:
+            self.emit(a, self._scores(a, b, 0, k))
+            return
+        best = idx = None
+        for c0 in range(0, k, CLASS_CHUNK):
+            v, i = self._scores(a, b, c0, min(k, c0 + CLASS_CHUNK)).max(0)
+            if best is None or idx is None:
+                best, idx = v, i
+            else:
+                better = v > best                        # strictly: the first class keeps a tie, as argmax does
+                best = torch.where(better, v, best)
+                idx = torch.where(better, i + c0, idx)
+        assert idx is not None
+        self.emit(a, idx)
 
     def done(self) -> bool:
         return self.next_out >= self.n_out
@@ -284,10 +329,11 @@ class MemoryPlan:
 def plan_memory(*, classes: int, network_shape: Sequence[int], patch: Sequence[int], lead: int, channels: int,
                 output_voxels: int, probabilities: bool, batch_size: int = 1, mirror_passes: int = 1,
                 activation_bytes: int = 0, available: int | None = None,
-                acc_dtype: str = "auto") -> MemoryPlan:
+                acc_dtype: str = "auto", head_features: int | None = None) -> MemoryPlan:
     """Estimate the working set of a streamed prediction before any work and pick the accumulator type: float32 when
     its open rows are small (:data:`FP32_OPEN_ROWS_LIMIT`) and it fits ``available`` (default:
-    :func:`available_memory`), else float16. ``acc_dtype`` ``float32``/``float16`` forces one. Raises
+    :func:`available_memory`), else float16. ``acc_dtype`` ``float32``/``float16`` forces one; ``head_features``:
+    the network hands the engine features of that width (``stream_windows(head=...)``), not scores. Raises
     :class:`MemoryError` with a one-line reason when even float16 does not fit."""
     from shared_backbones.errors import InputError
 
@@ -298,7 +344,8 @@ def plan_memory(*, classes: int, network_shape: Sequence[int], patch: Sequence[i
         "image": channels * int(np.prod(network_shape)) * 4,
         "open rows": 0,
         "weights": open_rows * 4,
-        "window outputs": classes * window * 4 * max(1, batch_size) * (2 if mirror_passes > 1 else 1),
+        "window outputs": (head_features or classes) * window * 4 * max(1, batch_size)
+        * (2 if mirror_passes > 1 else 1) + min(classes, CLASS_CHUNK) * window * 4,
         "network": int(activation_bytes),
         "labels": output_voxels * 2,
         "probabilities": classes * output_voxels * 4 * 2 if probabilities else 0,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,18 @@ class Geometry:
         arr = data.T  # (x, y, z[, K]) canonical, channels last
         inv = ornt_transform(axcodes2ornt(tuple(self.orientation)), self.file_ornt)
         return np.ascontiguousarray(apply_orientation(arr, inv))
+
+    def backward_box(self, box: Sequence[slice]) -> tuple[slice, slice, slice]:
+        """Where :meth:`backward` puts the part ``box`` (plain ``(z, y, x)`` slices of :attr:`model_shape`) of a
+        model array: the file-space ``(X, Y, Z)`` box that ``backward(part)`` fills."""
+        canon = [box[2], box[1], box[0]]                       # (x, y, z) canonical
+        sizes = self.model_shape[::-1]
+        inv = ornt_transform(axcodes2ornt(tuple(self.orientation)), self.file_ornt)
+        out: list[slice] = [slice(0)] * 3
+        for i, (ax, flip) in enumerate(inv):
+            a, b, _ = canon[i].indices(sizes[i])
+            out[int(ax)] = slice(sizes[i] - b, sizes[i] - a) if flip < 0 else slice(a, b)
+        return out[0], out[1], out[2]
 
 
 def model_array(case: Case, orientation: str = "RAS") -> tuple[np.ndarray, Geometry]:

@@ -292,10 +292,14 @@ class Decoder(nn.Module):
         self.seg_layers = nn.ModuleList(seg)
 
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
-        """Full-resolution logits from the encoder's outputs. The list is emptied as the skips are used (the
-        caller's references go with it), and each stage's first conv reads the upsampled tensor and the skip
-        without concatenating them (:meth:`ConvDropoutNormReLU.forward_concat`), so at inference only the tensors
-        still needed stay in memory."""
+        """Full-resolution logits from the encoder's outputs (:meth:`features`, then the last 1x1 seg layer)."""
+        return self.seg_layers[-1](self.features(skips))
+
+    def features(self, skips: list[torch.Tensor]) -> torch.Tensor:
+        """The last decoder stage's output, what the full-resolution seg layer maps to logits. The list is emptied
+        as the skips are used (the caller's references go with it), and each stage's first conv reads the
+        upsampled tensor and the skip without concatenating them (:meth:`ConvDropoutNormReLU.forward_concat`), so
+        at inference only the tensors still needed stay in memory."""
         x = skips.pop()
         for s in range(len(self.stages)):
             parts = [self.transpconvs[s](x), skips.pop()]
@@ -304,7 +308,7 @@ class Decoder(nn.Module):
             x = convs[0].forward_concat(parts)
             for blk in convs[1:]:
                 x = blk(x)
-        return self.seg_layers[-1](x)
+        return x
 
 
 class NNUNetV2Net(nn.Module):
@@ -367,6 +371,15 @@ class NNUNetV2Net(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What :meth:`head` maps to the logits: ``forward(x) == conv1x1(features(x), *head())``."""
+        return self.decoder.features(self.encoder(x))
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full-resolution seg layer as a linear map: weight ``[K, F]`` and bias ``[K]``."""
+        conv = self.decoder.seg_layers[-1]
+        return conv.weight.reshape(conv.weight.shape[0], -1), conv.bias
+
 
 class FoldEnsemble(nn.Module):
     """Several folds' networks (``folds.<i>``); the output is the mean of their logits (nnU-Net's ensembling)."""
@@ -384,6 +397,17 @@ class FoldEnsemble(nn.Module):
         if len(self.folds) > 1:
             out /= len(self.folds)
         return out
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every fold's features side by side (``[N, folds x F, ...]``): with :meth:`head` they give the mean of
+        the folds' logits."""
+        return torch.cat([net.features(x) for net in self.folds], 1)
+
+    def head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folds' seg layers as one linear map on :meth:`features`: the mean of their logits."""
+        heads = [net.head() for net in self.folds]
+        n = len(heads)
+        return torch.cat([w for w, _ in heads], 1) / n, torch.stack([b for _, b in heads]).mean(0)
 
 
 @register_model("nnunetv2", task=TASK)

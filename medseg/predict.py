@@ -99,6 +99,7 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto",
         from .cpu_precision import auto_policy
 
         vm.policy = auto_policy(vm.device)
+        vm.bf16_to_check = vm.policy.name == "bf16"  # judged on the first case's central window (check_on_window)
     # the network now holds the weights: drop the file's copy (prediction reads only its metadata), which would
     # otherwise stay resident for the whole run (as much memory again as the parameters)
     vm.file.state_dict = {}
@@ -153,6 +154,22 @@ def count_windows(case: Case, models: Sequence[VolumeModel], overlap: float = 0.
     return total
 
 
+def probability_writer(path: str | Path, case: Case, model: VolumeModel, *, overwrite: bool = False,
+                       descrip: str | None = None) -> Any:
+    """A :class:`medseg.probfile.SlabProbabilityWriter` for ``model``'s probabilities of ``case`` (one per network
+    output; outside the field of view background 1, or every region 0), to pass as ``predict_case``'s
+    ``probabilities``. Refuses (one line) when the output's disk cannot hold them."""
+    from .probfile import SlabProbabilityWriter
+
+    if model.is_nnunet:
+        from .nnunet.inference import probability_fill
+
+        fill = probability_fill(model)
+    else:
+        fill = np.eye(len(model.classes), dtype=np.float32)[0]
+    return SlabProbabilityWriter(path, case, len(fill), fill=fill, overwrite=overwrite, descrip=descrip)
+
+
 def _stream_probabilities(m: VolumeModel, image: torch.Tensor, emit: Callable[[int, torch.Tensor], None], *,
                           tta: bool, overlap: float, batch_size: int,
                           on_window: Callable[[int], None] | None) -> None:
@@ -168,6 +185,12 @@ def _stream_probabilities(m: VolumeModel, image: torch.Tensor, emit: Callable[[i
     stitch = torch.device("cpu")
     if m.device.type == "cuda" and k * window[0] * int(np.prod(x.shape[3:])) * 4 < GPU_STITCH_LIMIT:
         stitch = m.device
+
+    from .cpu_precision import check_on_window
+
+    centre = tuple(s[len(s) // 2] for s in windows.starts)
+    check_on_window(m, m.net, x[(slice(None), slice(None), *[slice(c, c + p) for c, p in zip(centre, windows.patch)])]
+                    .to(m.device))
 
     def net(win: torch.Tensor) -> torch.Tensor:
         with m.policy.autocast():
@@ -188,9 +211,12 @@ def _stream_probabilities(m: VolumeModel, image: torch.Tensor, emit: Callable[[i
 
 @torch.inference_mode()
 def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None = None, overlap: float = 0.5,
-                 batch_size: int = 1, probabilities: bool = False, timer: StageTimer | None = None,
+                 batch_size: int = 1, probabilities: bool | Any = False, timer: StageTimer | None = None,
                  on_window: Callable[[int], None] | None = None) -> Prediction:
     """Segment one case with one model or an ensemble (probabilities averaged on the first model's grid).
+
+    ``probabilities``: True to return them whole, or a :class:`medseg.probfile.SlabProbabilityWriter` (see
+    :func:`probability_writer`) that receives them slab by slab as they are made (nothing K x voxels is held).
 
     ``tta``: mirror test-time augmentation; ``None`` = the model's default (:attr:`VolumeModel.default_tta`: off for
     suite models; on over the trainer's allowed axes for nnU-Net models, folders and imported files alike, as
@@ -217,6 +243,17 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
     labels_model: torch.Tensor | None = None
     probs_model: torch.Tensor | None = None
     label_type = torch.uint8 if len(models[0].classes) <= 256 else torch.int32
+    writer = probabilities if probabilities is not None and not isinstance(probabilities, bool) else None
+    onehot = np.eye(len(models[0].classes), dtype=np.float32)[0]
+
+    def write_slab(geom: Any, z0: int, part: torch.Tensor) -> None:
+        """One slab ``[K, n, y, x]`` (rows ``z0 ..`` of the model grid) of probabilities into ``writer``."""
+        box = geom.backward_box((slice(z0, z0 + part.shape[1]), slice(None), slice(None)))
+        arr = geom.backward(part.numpy())
+        if case.nonfinite is not None:
+            arr[case.nonfinite[box]] = onehot
+        writer.write(box, arr)
+
     for m in models:
         if case.data.shape[0] != m.in_channels:
             from .io import check_channels
@@ -233,14 +270,16 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
             if len(models) == 1:               # one model: straight back to the input grid, slab by slab
                 out_shape = tuple(int(s) for s in geom0.model_shape)
                 labels_model = torch.empty(out_shape, dtype=label_type)
-                if probabilities:
+                if probabilities and writer is None:
                     probs_model = torch.empty((len(m.classes), *out_shape), dtype=torch.float32)
 
                 def to_labels(a: int, part: torch.Tensor, lab: torch.Tensor = labels_model,
-                              prob: torch.Tensor | None = probs_model) -> None:
+                              prob: torch.Tensor | None = probs_model, geom: Any = geom) -> None:
                     lab[a:a + part.shape[1]] = class_labels(part, label_type)
                     if prob is not None:
                         prob[:, a:a + part.shape[1]] = part
+                    if writer is not None:
+                        write_slab(geom, a, part)
 
                 back = SlabResampler(shape[0], out_shape[0], out_shape[1:], to_labels)
                 _stream_probabilities(m, image, back.push, tta=tta, overlap=overlap, batch_size=batch_size,
@@ -264,7 +303,16 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
             acc.div_(len(models))
             slabs = resample_slabs(acc, geom0.model_shape, lambda p: class_labels(p, label_type))
             labels_model = torch.cat(slabs, 0)
-            if probabilities:
+            if writer is not None:
+                done = [0]
+
+                def put(part: torch.Tensor) -> torch.Tensor:
+                    write_slab(geom0, done[0], part)
+                    done[0] += part.shape[1]
+                    return part.new_empty(0)
+
+                resample_slabs(acc, geom0.model_shape, put, slab=4)
+            elif probabilities:
                 probs_model = torch.cat(resample_slabs(acc, geom0.model_shape, lambda p: p), 1)
             del acc
         assert labels_model is not None

@@ -138,12 +138,15 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
                   target: Sequence[float], spacing: Sequence[float], *, step: float,
                   mirror_axes: Sequence[int] | None, batch_size: int, probabilities: bool, regions: bool,
                   label_dtype: torch.dtype, acc_dtype: str = "auto",
-                  on_window: Callable[[int], None] | None = None, winner: bool = False
+                  on_window: Callable[[int], None] | None = None, winner: bool = False,
+                  prob_sink: Callable[[int, int, torch.Tensor], None] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Steps 5-6 streamed (:mod:`medseg.engine`): windows in order along the axis the way back resamples slab by
     slab, every finished slab of logits resampled to ``cropped_shape``, turned into probabilities and labels at
     once. Returns labels (and probabilities when asked; with ``winner``, instead of them, the ``[1, ...]``
-    :func:`winning_probability`) on the cropped grid and the window count."""
+    :func:`winning_probability`) on the cropped grid and the window count. ``prob_sink(lead, first, probs)``
+    receives every slab's probabilities instead (``[K, ...]`` in the grid's axis order, rows ``first ..`` of
+    axis ``lead``), so they are never held whole."""
     from ..engine import SlabResampler, plan_memory, stream_windows
     from ..sliding_window import pad_to_window
 
@@ -160,25 +163,42 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
     windows = nnunet_windows(tuple(x.shape[1:]), patch, step, mirror_axes)
     out_shape = tuple(int(s) for s in cropped_shape)
     plane_out = [s for a, s in enumerate(out_shape) if a != lead]
+    # the network up to its last 1x1 seg layer; the engine applies that layer a few classes at a time
+    from ..nnunet_arch import FoldEnsemble, NNUNetV2Net
+
+    head = model.net.head() if isinstance(model.net, (NNUNetV2Net, FoldEnsemble)) else None
     mem = plan_memory(classes=k, network_shape=tuple(x.shape[1:]), patch=windows.patch, lead=lead,
-                      channels=int(x.shape[0]), output_voxels=int(np.prod(out_shape)), probabilities=probabilities,
+                      channels=int(x.shape[0]), output_voxels=int(np.prod(out_shape)),
+                      probabilities=probabilities and prob_sink is None,
                       batch_size=batch_size, mirror_passes=len(windows.flips),
-                      activation_bytes=_network_bytes(model, windows.patch, batch_size), acc_dtype=acc_dtype)
+                      activation_bytes=_network_bytes(model, windows.patch, batch_size), acc_dtype=acc_dtype,
+                      head_features=int(head[0].shape[1]) if head is not None else None)
     labels = torch.empty((out_shape[lead], *plane_out), dtype=label_dtype)
-    probs = torch.empty((k, out_shape[lead], *plane_out), dtype=torch.float32) if probabilities else None
+    probs = None
+    if probabilities and prob_sink is None:
+        probs = torch.empty((k, out_shape[lead], *plane_out), dtype=torch.float32)
     if winner:  # a multi-folder task: one probability per voxel, not K
         probs = torch.empty((1, out_shape[lead], *plane_out), dtype=torch.float32)
 
+    only_labels = probs is None and prob_sink is None and not regions   # argmax of the logits (softmax is
+                                                                         # monotonic), a few classes at a time
+
     def to_labels(a: int, part: torch.Tensor) -> None:
+        if only_labels:
+            labels[a:a + part.shape[0]] = part
+            return
+        m = part.shape[1]
         p, lab = _nonlin_and_labels(part, regions, pre.get("regions_class_order"), label_dtype)
-        labels[a:a + lab.shape[0]] = lab
+        labels[a:a + m] = lab
         if winner:
-            probs[0, a:a + lab.shape[0]] = winning_probability(p, regions, pre.get("regions_class_order"))
+            probs[0, a:a + m] = winning_probability(p, regions, pre.get("regions_class_order"))
         elif probs is not None:
-            probs[:, a:a + lab.shape[0]] = p
+            probs[:, a:a + m] = p
+        if prob_sink is not None:
+            prob_sink(lead, a, p.movedim(1, lead + 1) if lead else p)
 
     back = SlabResampler(crop[lead].stop - crop[lead].start, out_shape[lead], plane_out, to_labels,
-                         lead_order=lead_order, plane_order=order)
+                         lead_order=lead_order, plane_order=order, labels=only_labels)
     plane_crop = tuple(c for a, c in enumerate(crop) if a != lead)
 
     def emit(first: int, rows: torch.Tensor) -> None:
@@ -190,32 +210,56 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
     if fmt is not None:
         model.net.to(memory_format=fmt)
 
+    forward = model.net.features if head is not None else model.net
+
+    def scores(w: torch.Tensor) -> torch.Tensor:
+        out = model.net(w[:, :, 0] if two_d else w)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    from ..cpu_precision import check_on_window
+
+    centre = tuple(s[len(s) // 2] for s in windows.starts)
+    check_on_window(model, scores, x[(slice(None), *[slice(c, c + p) for c, p in zip(centre, windows.patch)])][None]
+                    .to(model.device), regions=regions)
+
     def net(w: torch.Tensor) -> torch.Tensor:
         if two_d:
             w = w[:, :, 0]
         with model.policy.autocast():
-            out = model.net(w if fmt is None else w.contiguous(memory_format=fmt))
+            out = forward(w if fmt is None else w.contiguous(memory_format=fmt))
         if isinstance(out, (list, tuple)):
             out = out[0]
         return out[:, :, None] if two_d else out
 
     with torch.inference_mode():
         stream_windows(net, x, windows, num_outputs=k, emit=emit, lead=lead, acc_dtype=mem.acc_dtype,
-                       batch_size=batch_size, device=model.device, on_window=on_window)
+                       batch_size=batch_size, device=model.device, on_window=on_window, head=head)
     assert back.done()
     labels = labels.movedim(0, lead)
     probs = probs.movedim(1, lead + 1) if probs is not None else None
     return labels, probs, windows.count
 
 
+def probability_fill(model: Any) -> np.ndarray:
+    """The probabilities nnU-Net exports outside its crop box: background 1 (softmax models), 0 for every region
+    (region-based models); one value per network output."""
+    k = int(model.file.arch_kwargs["num_classes"])
+    fill = np.zeros(k, np.float32)
+    if model.pre.get("regions") is None:
+        fill[0] = 1
+    return fill
+
+
 def predict_nnunet(case: Any, model: Any, *, mirror: bool = True, step: float = 0.5, batch_size: int = 1,
-                   probabilities: bool = False, timer: StageTimer | None = None,
+                   probabilities: bool | Any = False, timer: StageTimer | None = None,
                    on_window: Callable[[int], None] | None = None, acc_dtype: str = "auto",
                    winner: bool = False) -> dict[str, Any]:
     """Run an nnU-Net v2 model (a :class:`medseg.predict.VolumeModel` whose preprocessing is ``nnunetv2``) on a
     :class:`medseg.io.Case`; returns ``labels`` ``[X, Y, Z]`` on the input grid, optional ``probabilities``
     ``[X, Y, Z, K]`` and ``windows``. ``winner``: ``probabilities`` is instead ``[X, Y, Z]``, the probability of
-    each voxel's label (:func:`winning_probability`; 0 outside the crop), what :mod:`medseg.tasks` merges."""
+    each voxel's label (:func:`winning_probability`; 0 outside the crop), what :mod:`medseg.tasks` merges.
+    ``probabilities`` may be a :class:`medseg.probfile.SlabProbabilityWriter`: every slab goes to its place in the
+    file as soon as it is made (``probabilities`` of the result is then None; the caller closes the writer)."""
     from ..io import Geometry
 
     timer = timer or StageTimer()
@@ -250,10 +294,21 @@ def predict_nnunet(case: Any, model: Any, *, mirror: bool = True, step: float = 
         regions = pre.get("regions") is not None
         ldt = torch.uint8 if len(model.classes) <= 256 else torch.int32
         mirror_axes = pre.get("mirror_axes") if mirror else None
+        sink = None
+        if probabilities is not None and not isinstance(probabilities, bool):
+            writer, tb = probabilities, pre["transpose_backward"]
+
+            def sink(lead: int, first: int, p: torch.Tensor) -> None:
+                region = [slice(b.start, b.stop) for b in box]      # the slab's box on the transposed full grid
+                region[lead] = slice(box[lead].start + first, box[lead].start + first + p.shape[lead + 1])
+                p_r = p.permute(0, *[tb[i] + 1 for i in range(p.ndim - 1)]).numpy()
+                writer.write(geom.backward_box([region[tb[i]] for i in range(3)]), geom.backward(p_r))
+
         labels, probs, windows = stream_nnunet(model, data, pre, k, cropped_shape, target, spacing, step=step,
                                                mirror_axes=mirror_axes, batch_size=batch_size,
-                                               probabilities=probabilities, regions=regions, label_dtype=ldt,
-                                               acc_dtype=acc_dtype, on_window=on_window, winner=winner)
+                                               probabilities=bool(probabilities), regions=regions, label_dtype=ldt,
+                                               acc_dtype=acc_dtype, on_window=on_window, winner=winner,
+                                               prob_sink=sink)
         del data
     with timer("resample back"):
         full = np.zeros(shape_before_crop, dtype=labels.numpy().dtype)

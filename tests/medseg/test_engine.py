@@ -4,6 +4,7 @@ axis, mirror passes and batch size; the slab-wise way back equal to one trilinea
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -85,16 +86,27 @@ def test_slab_resampler_equals_trilinear(n_in, n_out, plane_in, plane_out):
         assert torch.isnan(out[:, a:a + part.shape[1]]).all()   # each output row once
         out[:, a:a + part.shape[1]] = part
 
+    labels = torch.full(ref.shape[1:], -1, dtype=torch.int64)
+
+    def put_labels(a: int, lab: torch.Tensor) -> None:
+        assert (labels[a:a + lab.shape[0]] == -1).all()
+        labels[a:a + lab.shape[0]] = lab
+
     back = SlabResampler(n_in, n_out, plane_out, put, slab=4)
+    # labels only: the argmax made a few classes at a time (CLASS_CHUNK 2 here: 3 classes in two chunks)
+    back_labels = SlabResampler(n_in, n_out, plane_out, put_labels, labels=True)
     rng = np.random.default_rng(0)
     a = 0
-    while a < n_in:                                         # rows arrive in random-sized pieces
-        b = min(n_in, a + int(rng.integers(1, 5)))
-        back.push(a, src[:, a:b])
-        assert back.buf is None or back.buf.shape[1] <= 6   # only the rows still needed are kept
-        a = b
-    assert back.done()
+    with mock.patch("medseg.engine.CLASS_CHUNK", 2):
+        while a < n_in:                                         # rows arrive in random-sized pieces
+            b = min(n_in, a + int(rng.integers(1, 5)))
+            back.push(a, src[:, a:b])
+            back_labels.push(a, src[:, a:b])
+            assert len(back.rows) <= 6                          # only the rows still needed are kept
+            a = b
+    assert back.done() and back_labels.done()
     assert (out - ref).abs().max() < 1e-5
+    assert torch.equal(labels, out.argmax(0))
 
 
 def test_memory_plan_picks_float16_then_refuses():

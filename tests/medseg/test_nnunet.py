@@ -66,6 +66,27 @@ def test_equals_nnunet_predictor(peer, kind, conf, variant):
     assert ref_probs.std() > 1e-2  # the scores vary: the comparison is not between two constants
 
 
+@pytest.mark.parametrize("kind,conf", [("ct", "3d_fullres"), ("mr", "2d")])
+def test_probabilities_streamed_to_the_file_equal_nnunet(peer, kind, conf, tmp_path):
+    """``--save-probabilities`` slab by slab (each finished slab put in its place in the file, crop box, transposed
+    axes and reorientation undone): the file equals the whole-array result exactly and nnUNetPredictor's export
+    within 1e-4."""
+    from medseg.predict import probability_writer
+
+    res = peer[kind]
+    ref = res["predictions"][conf]["no_mirror"]
+    models = load_models([res["folders"][conf]], "cpu", "fp32")
+    case = read_case(res["test_image"])
+    whole = predict_case(case, models, tta=False, probabilities=True)
+    with probability_writer(tmp_path / "p.nii.gz", case, models[0]) as writer:
+        streamed = predict_case(case, models, tta=False, probabilities=writer)
+    assert streamed.probabilities is None and np.array_equal(streamed.labels, whole.labels)
+    data = np.asanyarray(nib.load(tmp_path / "p.nii.gz").dataobj)
+    assert np.array_equal(data, whole.probabilities)
+    ref_probs = np.load(ref["probabilities"])["probabilities"]
+    assert float(np.abs(data.transpose(3, 2, 1, 0) - ref_probs).max()) < 1e-4
+
+
 def test_model_folder_facts(peer):
     """What the suite reads from nnU-Net's plans: normalisation, transposes, mirroring axes, folds, classes."""
     ct = load_models([peer["ct"]["folders"]["3d_fullres"]], "cpu", "fp32")[0]

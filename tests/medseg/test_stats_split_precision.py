@@ -279,3 +279,35 @@ def test_cpu_bf16_feature_reads_the_cpu_flags():
         pytest.skip("no /proc/cpuinfo flags here")
     expected = next((f for f in CPU_BF16_FLAGS if f in flags), None)
     assert cpu_bf16_feature() == expected
+
+
+def test_precision_auto_is_judged_on_the_case(monkeypatch, tmp_path):
+    """auto's bf16 is kept only when the first case's central window has the same labels in bf16 as in fp32; a
+    model whose labels move under bf16 falls back to fp32 and says by how much; the check runs once per model."""
+    import shared_backbones.precision as prec
+    from medseg.cpu_precision import check_on_window
+    from medseg.predict import load_model
+
+    monkeypatch.setattr(prec, "cpu_bf16_feature", lambda: "avx512_bf16")
+    window = torch.zeros(1, 1, 4, 4, 4)
+
+    def flips_under_bf16(w):                 # class 1 wins in fp32, class 0 in bf16 on a quarter of the voxels
+        out = torch.zeros(1, 2, 4, 4, 4)
+        out[:, 1] = 1
+        if torch.is_autocast_enabled("cpu"):
+            out[:, 1, 0] = -1
+        return out
+
+    m = load_model(make_model_file(tmp_path / "m.pt"), "cpu", "auto")
+    assert m.policy.name == "bf16" and m.bf16_to_check
+    check_on_window(m, flips_under_bf16, window)
+    assert m.policy.name == "fp32" and "bf16 changed 25.00% of the labels of a test window" in m.policy.reason
+    assert not m.bf16_to_check
+    m2 = load_model(make_model_file(tmp_path / "m.pt"), "cpu", "auto")
+    check_on_window(m2, lambda w: torch.ones(1, 2, 4, 4, 4), window)
+    assert m2.policy.name == "bf16" and "100.00% as in fp32" in m2.policy.reason
+    check_on_window(m2, flips_under_bf16, window)                         # once per model: already judged
+    assert m2.policy.name == "bf16"
+    m3 = load_model(make_model_file(tmp_path / "m.pt"), "cpu", "fp32")
+    check_on_window(m3, flips_under_bf16, window)                         # an explicit choice is never judged
+    assert m3.policy.name == "fp32" and not getattr(m3, "bf16_to_check", False)
