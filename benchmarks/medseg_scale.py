@@ -3,8 +3,10 @@
 1. A model folder made by nnU-Net itself (``tests/medseg/nnunet_peer.py make``): three CT-like training cases at
    1.5 mm, 117 foreground labels in dataset.json (118 network outputs, as TotalSegmentator's "total" parts have
    ~25-118), nnU-Net's fingerprint, planning (3d_fullres at 1.5 mm) and preprocessing, the planned network built by
-   its trainer with random weights and narrowed features (``--features``: first stage width; the memory of stitching
-   and resampling back does not depend on it).
+   its trainer with random weights and optionally narrowed features (``--features``: first stage width, 32 is
+   nnU-Net's own). The width matters for memory: when the last decoder stage has fewer features than there are
+   classes, medseg blends and resamples those features, not the class scores (:class:`medseg.engine.SlabResampler`),
+   so measure memory at 32; narrower widths only make the CPU runs shorter.
 2. CT-like volumes of 512 x 512 x Z at 0.8 x 0.8 x 1.0 mm (``--slices``, default 75, 400 and 800: the issue's
    sizes plus a small one where nnU-Net still finishes, for the label agreement), int16 as scanners write them,
    generated slab by slab.
@@ -18,7 +20,8 @@ CPU time <= 0.5x nnU-Net's; labels equal within 99.9% (against nnU-Net with floa
 shipped). Prints one line per run and one JSON object last: per size ``peak_rss_mb``, ``rss_ratio_vs_nnunet``,
 ``cpu_ratio_vs_nnunet``, ``label_agreement`` and the runs behind them.
 
-    python benchmarks/medseg_scale.py [--slices 400 800] [--features 8] [--cap-gb 20] [--quick]
+    python benchmarks/medseg_scale.py [--slices 75 400 800] [--features 32] [--cap-gb 20] [--peers-up-to 75]
+                                      [--work DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -104,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plane", type=int, default=512, help="in-plane size of the CTs")
     ap.add_argument("--fp32-nnunet-up-to", type=int, default=100,
                     help="run nnU-Net with float32 sums (the agreement reference) only up to this many slices")
+    ap.add_argument("--peers-up-to", type=int,
+                    help="run nnU-Net only up to this many slices (it fails on the larger ones in its export, after "
+                         "every window: an earlier run's figures, --work of another width, show where)")
     ap.add_argument("--work", help="keep the model folder, volumes and outputs here")
     ap.add_argument("--rerun-peers", action="store_true", help="rerun nnU-Net even if --work holds its runs")
     ap.add_argument("--rerun-medseg", action="store_true",
@@ -139,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, dict[str, Any]] = {}
         contenders = [("nnunet", [sys.executable, str(PEER), "predict", folder, str(ct), str(work / f"nn_{z}"),
                                   "--no-mirroring", "--no-probabilities", "--folds", "0"])]
-        if z <= a.fp32_nnunet_up_to:
+        if a.peers_up_to is not None and z > a.peers_up_to:
+            contenders = []
+        elif z <= a.fp32_nnunet_up_to:
             contenders.append(("nnunet_fp32", [sys.executable, str(PEER), "predict", folder, str(ct),
                                                str(work / f"nn32_{z}"), "--no-mirroring", "--no-probabilities",
                                                "--folds", "0", "--fp32-accumulators"]))
@@ -162,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         if ours is not None and ref_name is not None:
             ref = _labels(work / (f"nn32_{z}" if ref_name == "nnunet_fp32" else f"nn_{z}") / f"ct_{z}.nii.gz")
             agreement = round(float((ours == ref).mean()), 6) if ref is not None else None
-        nn = runs["nnunet"]
+        nn = runs.get("nnunet")
         results[str(z)] = {
             "peak_rss_mb": runs["medseg"]["rss_mb"],
-            "rss_ratio_vs_nnunet": round(runs["medseg"]["rss_mb"] / nn["rss_mb"], 3),
-            "cpu_ratio_vs_nnunet": round(runs["medseg"]["cpu_s"] / nn["cpu_s"], 3) if nn["exit"] == 0 else None,
-            "nnunet_finished": nn["exit"] == 0,
+            "rss_ratio_vs_nnunet": round(runs["medseg"]["rss_mb"] / nn["rss_mb"], 3) if nn else None,
+            "cpu_ratio_vs_nnunet": round(runs["medseg"]["cpu_s"] / nn["cpu_s"], 3) if nn and nn["exit"] == 0 else None,
+            "nnunet_finished": nn["exit"] == 0 if nn else None,
             "label_agreement": agreement, "label_reference": ref_name, "runs": runs}
     sizes = [str(z) for z in a.slices]
     peaks = [results[s]["peak_rss_mb"] for s in sizes]

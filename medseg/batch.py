@@ -337,7 +337,7 @@ def predict_files(
     def one(job: Job) -> None:
         spec: CaseSpec = job.data
         with timer("read"):
-            case = read_case(spec.files, name=spec.name, series=series)
+            case = read_case(spec.files, name=spec.name, series=series, native=True)
             check_channels(case, m0.in_channels)
         if case.nonfinite_count and on_notice is not None:
             on_notice(f"{spec.name}: {case.nonfinite_count} NaN/Inf voxels treated as background (left out of the "

@@ -12,7 +12,7 @@ window's output, and the output itself; the number of classes never multiplies t
 With float32 accumulators the arithmetic is that of blending the whole volume at once (the same summation order per
 voxel), so results equal it bit for bit; float16 accumulators (half the open-rows memory)
 are chosen by :func:`plan_memory` only when float32 does not fit; they hold each window's share already divided by
-the final weight sum (one extra image-sized float32 map), so values stay on the scale of the scores.
+the final weight sum (kept for the open rows only), so values stay on the scale of the scores.
 """
 
 from __future__ import annotations
@@ -103,14 +103,41 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
     w_cpu = weight.to(stitch)
     other = [windows.starts[a] for a in range(len(spatial)) if a != lead]
     norm = None
+    normed = 0                          # rows [0, normed) have their final weight sum in ``norm``
     if acc_dtype != torch.float32:
         # half-precision sums: each window adds its share already divided by the final weight sum, so values stay
-        # on the scale of the scores (a raw Gaussian-weighted sum underflows float16 at the window borders)
-        norm = torch.zeros(spatial, dtype=torch.float32, device=stitch)
-        for st in itertools.product(*windows.starts):
-            norm[tuple(slice(s, s + p) for s, p in zip(st, patch))] += w_cpu
+        # on the scale of the scores (a raw Gaussian-weighted sum underflows float16 at the window borders); that
+        # sum is known before any window runs and kept for the open rows only (a ring like the accumulators)
+        norm = torch.zeros(ring_shape, dtype=torch.float32, device=stitch)
     n_rows = spatial[lead]
     emitted = 0
+
+    def ring_index(r: int, n: int, start: tuple[int, ...]) -> tuple[slice, ...]:
+        """Ring rows ``r .. r + n`` of the window at ``start`` (its extent on the other axes)."""
+        return tuple(slice(r, r + n) if a == lead else slice(s, s + p)
+                     for a, (s, p) in enumerate(zip(start, patch)))
+
+    def open_norm(upto: int) -> None:
+        """The final weight sums of rows ``normed .. upto`` (every window that touches them) into the ring."""
+        nonlocal normed
+        r0, r1 = normed, min(upto, n_rows)
+        assert norm is not None
+        for s_lead in windows.starts[lead]:
+            lo, hi = max(r0, s_lead), min(r1, s_lead + cap)
+            if hi <= lo:
+                continue
+            for rest in itertools.product(*other):
+                st = (*rest[:lead], s_lead, *rest[lead:])
+                for r, src, n in _pieces(lo, hi - lo, cap):
+                    wsl = [slice(None)] * len(spatial)
+                    wsl[lead] = slice(lo - s_lead + src, lo - s_lead + src + n)
+                    norm[ring_index(r, n, st)] += w_cpu[tuple(wsl)]
+        normed = max(normed, r1)
+
+    def window_norm(start: tuple[int, ...]) -> torch.Tensor:
+        """The final weight sums over the window at ``start`` (``patch``-shaped), from the ring."""
+        assert norm is not None
+        return torch.cat([norm[ring_index(r, n, start)] for r, _, n in _pieces(start[lead], cap, cap)], lead)
     hw = hb = None
     if head is not None:
         hw = head[0].to(device=device, dtype=torch.float32).reshape(head[0].shape[0], -1)
@@ -129,6 +156,8 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
             del rows
             acc.narrow(1 + lead, r, n).zero_()
             wsum.narrow(lead, r, n).zero_()
+            if norm is not None:
+                norm.narrow(lead, r, n).zero_()
             emitted += n
 
     def add(start: tuple[int, ...], pred: torch.Tensor | None, c0: int = 0, k: int | None = None) -> None:
@@ -154,6 +183,8 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
 
     for s_lead in windows.starts[lead]:
         flush(s_lead)
+        if norm is not None:
+            open_norm(s_lead + cap)
         starts = [tuple(list(rest[:lead]) + [s_lead] + list(rest[lead:])) for rest in itertools.product(*other)]
         for st in starts:
             add(st, None)
@@ -175,7 +206,7 @@ def stream_windows(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
                 pred.div_(len(windows.flips))
             k = int(hw.shape[0]) if hw is not None else int(pred.shape[1])
             for st, p in zip(group, pred):
-                nrm = norm[tuple(slice(s, s + q) for s, q in zip(st, patch))] if norm is not None else None
+                nrm = window_norm(st) if norm is not None else None
                 feats = p.reshape(p.shape[0], -1) if hw is not None else None
                 for c0 in range(0, k, CLASS_CHUNK):
                     c1 = min(k, c0 + CLASS_CHUNK)
@@ -205,10 +236,15 @@ class SlabResampler:
 
     ``labels``: emit the argmax over classes (``[m, *plane_out]`` int64, the first of equal maxima as
     ``torch.argmax``) instead of the scores, made :data:`CLASS_CHUNK` classes at a time, so no ``K x plane_out``
-    tensor exists."""
+    tensor exists.
+
+    ``head`` ``(W [K, F], b [K])``: the rows are ``F`` features, not scores; the scores are ``W @ f + b`` of the
+    resampled features. Blending and resampling are linear with weights summing to one, so this equals resampling
+    the scores themselves, and what is held (the engine's open rows included) has ``F`` channels, not ``K``."""
 
     def __init__(self, n_in: int, n_out: int, plane_out: Sequence[int], emit: Emit, *, lead_order: int = 1,
-                 plane_order: int = 1, slab: int | None = None, labels: bool = False) -> None:
+                 plane_order: int = 1, slab: int | None = None, labels: bool = False,
+                 head: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         from .nnunet.preprocessing import _axis_indices
 
         self.n_in, self.n_out, self.plane_out = n_in, n_out, tuple(int(p) for p in plane_out)
@@ -218,6 +254,8 @@ class SlabResampler:
         self.i0, self.i1, self.w, self.lead_order = i0, i1, w, lead_order
         self.plane_mode = "bilinear" if plane_order == 1 else "nearest-exact"
         self.emit, self.slab, self.labels = emit, slab, labels
+        self.head = None if head is None else (head[0].detach().float().cpu().reshape(head[0].shape[0], -1),
+                                               head[1].detach().float().cpu())
         self.rows: list[torch.Tensor] = []   # input rows buf_start, buf_start + 1, ... each [K, *plane_in]
         self.buf_start = 0
         self.next_out = 0
@@ -233,7 +271,10 @@ class SlabResampler:
             ready += 1
         while self.next_out < ready:
             if self.slab is None:
-                k = min(CLASS_CHUNK, rows.shape[0]) if self.labels else rows.shape[0]
+                k = int(self.head[0].shape[0]) if self.head is not None else rows.shape[0]
+                k = min(CLASS_CHUNK, k) if self.labels else k
+                if self.head is not None:
+                    k += rows.shape[0]
                 self.slab = max(1, min(8, SLAB_BYTES // (4 * k * int(np.prod(self.plane_out)))))
             b = min(ready, self.next_out + self.slab)
             self._out(self.next_out, b)
@@ -262,12 +303,21 @@ class SlabResampler:
 
     def _out(self, a: int, b: int) -> None:
         k = int(self.rows[0].shape[0])
+        scores: Callable[[int, int], torch.Tensor] = lambda c0, c1: self._scores(a, b, c0, c1)  # noqa: E731
+        if self.head is not None:
+            feats = self._scores(a, b, 0, k)
+            flat, (w, bias) = feats.reshape(k, -1), self.head
+            k = int(w.shape[0])
+
+            def scores(c0: int, c1: int) -> torch.Tensor:
+                return torch.addmm(bias[c0:c1, None], w[c0:c1], flat).view(c1 - c0, *feats.shape[1:])
+
         if not self.labels:
-            self.emit(a, self._scores(a, b, 0, k))
+            self.emit(a, scores(0, k))
             return
         best = idx = None
         for c0 in range(0, k, CLASS_CHUNK):
-            v, i = self._scores(a, b, c0, min(k, c0 + CLASS_CHUNK)).max(0)
+            v, i = scores(c0, min(k, c0 + CLASS_CHUNK)).max(0)
             if best is None or idx is None:
                 best, idx = v, i
             else:
@@ -329,16 +379,20 @@ class MemoryPlan:
 def plan_memory(*, classes: int, network_shape: Sequence[int], patch: Sequence[int], lead: int, channels: int,
                 output_voxels: int, probabilities: bool, batch_size: int = 1, mirror_passes: int = 1,
                 activation_bytes: int = 0, available: int | None = None,
-                acc_dtype: str = "auto", head_features: int | None = None) -> MemoryPlan:
+                acc_dtype: str = "auto", head_features: int | None = None,
+                stitch_channels: int | None = None) -> MemoryPlan:
     """Estimate the working set of a streamed prediction before any work and pick the accumulator type: float32 when
     its open rows are small (:data:`FP32_OPEN_ROWS_LIMIT`) and it fits ``available`` (default:
     :func:`available_memory`), else float16. ``acc_dtype`` ``float32``/``float16`` forces one; ``head_features``:
-    the network hands the engine features of that width (``stream_windows(head=...)``), not scores. Raises
+    the network hands the engine features of that width (``stream_windows(head=...)``), not scores;
+    ``stitch_channels``: the open rows hold that many channels (features, see :class:`SlabResampler`'s ``head``)
+    instead of ``classes``. Raises
     :class:`MemoryError` with a one-line reason when even float16 does not fit."""
     from shared_backbones.errors import InputError
 
     plane = int(np.prod([s for a, s in enumerate(network_shape) if a != lead]))
     open_rows = int(patch[lead]) * plane
+    stitched = classes if stitch_channels is None else int(stitch_channels)   # what the open rows hold
     window = int(np.prod(patch))
     parts = {
         "image": channels * int(np.prod(network_shape)) * 4,
@@ -349,20 +403,20 @@ def plan_memory(*, classes: int, network_shape: Sequence[int], patch: Sequence[i
         "network": int(activation_bytes),
         "labels": output_voxels * 2,
         "probabilities": classes * output_voxels * 4 * 2 if probabilities else 0,
-        "slabs": classes * EMIT_ROWS * plane * 4 * 3 + 4 * SLAB_BYTES,
+        "slabs": stitched * EMIT_ROWS * plane * 4 * 3 + 4 * SLAB_BYTES,
     }
     avail = available_memory() if available is None else int(available)
     choices = {"float32": [torch.float32], "float16": [torch.float16],
                "auto": [torch.float32, torch.float16]}.get(acc_dtype)
     if choices is None:
         raise InputError(f"accumulator type must be auto, float32 or float16, not {acc_dtype!r}")
-    if acc_dtype == "auto" and classes * open_rows * 4 > FP32_OPEN_ROWS_LIMIT:
+    if acc_dtype == "auto" and stitched * open_rows * 4 > FP32_OPEN_ROWS_LIMIT:
         choices = [torch.float16]
     plan = None
     for dt in choices:
-        parts["open rows"] = classes * open_rows * (4 if dt == torch.float32 else 2)
-        # float32: the weight sums of the open rows; float16: the whole weight-sum map (see stream_windows)
-        parts["weights"] = (open_rows if dt == torch.float32 else int(np.prod(network_shape))) * 4
+        parts["open rows"] = stitched * open_rows * (4 if dt == torch.float32 else 2)
+        # the weight sums of the open rows (float16: also their final sums, see stream_windows)
+        parts["weights"] = open_rows * 4 * (1 if dt == torch.float32 else 2)
         plan = MemoryPlan(dt, sum(parts.values()), dict(parts))
         if plan.peak_bytes <= avail:
             return plan

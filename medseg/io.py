@@ -63,7 +63,8 @@ def case_name(path: str | Path) -> str:
 
 @dataclass
 class Case:
-    """One subject: channel data ``[C, X, Y, Z]`` (float32, nibabel axis order) and the reference image."""
+    """One subject: channel data ``[C, X, Y, Z]`` (float32, or the file's integer type when read with
+    ``native=True``; nibabel axis order) and the reference image."""
 
     data: np.ndarray
     affine: np.ndarray
@@ -116,15 +117,30 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     return img
 
 
-def _channels_of(img: nib.Nifti1Image, path: Path) -> np.ndarray:
-    """The image as ``[C, X, Y, Z]`` float32; 4-D files are channel-last (X, Y, Z, C)."""
+#: stored types kept as they are by ``read_case(native=True)`` when the file has no scaling (CT in int16: half the
+#: memory of float32, and the values are exact either way)
+NATIVE_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16))
+
+
+def _stored_type(img: nib.Nifti1Image) -> np.dtype | None:
+    """The file's integer voxel type when its values need no scaling (slope 1, intercept 0, or unset), else None."""
+    dt = np.dtype(img.get_data_dtype())
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    unscaled = (slope is None or np.isnan(slope) or slope == 1) and (inter is None or np.isnan(inter) or inter == 0)
+    return dt.newbyteorder("=") if dt.newbyteorder("=") in NATIVE_DTYPES and unscaled else None
+
+
+def _channels_of(img: nib.Nifti1Image, path: Path, native: bool = False) -> np.ndarray:
+    """The image as ``[C, X, Y, Z]`` float32 (``native``: in its stored integer type when that needs no scaling,
+    see :data:`NATIVE_DTYPES`); 4-D files are channel-last (X, Y, Z, C)."""
     shape = tuple(img.shape)
     if len(shape) < 3 or shape[2] == 1:
         raise InputError(f"2-D image (shape {shape}); a 3-D volume is required", path)
     if len(shape) > 4 and any(s != 1 for s in shape[4:]):
         raise InputError(f"{len(shape)}-D image of shape {shape} is not supported (3-D, or 4-D channels last)", path)
     try:
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        stored = _stored_type(img) if native else None
+        data = np.asarray(img.dataobj, dtype=stored or np.float32)
     except Exception as exc:
         raise InputError(f"cannot read the image data ({type(exc).__name__}; truncated file?)", path) from None
     data = data.reshape(shape[:4]) if data.ndim > 4 else data
@@ -155,9 +171,12 @@ def is_dicom_input(paths: list[str | Path] | str | Path) -> bool:
     return len(paths) == 1 and is_dicom_source(paths[0])
 
 
-def read_case(paths: list[str | Path] | str | Path, name: str | None = None, series: str | None = None) -> Case:
+def read_case(paths: list[str | Path] | str | Path, name: str | None = None, series: str | None = None, *,
+              native: bool = False) -> Case:
     """Read one case from one file (3-D, or 4-D channels-last), several files (one channel set each), or one
-    DICOM series folder / zip (``series``: the SeriesInstanceUID when the source holds several)."""
+    DICOM series folder / zip (``series``: the SeriesInstanceUID when the source holds several). ``native``: keep
+    an unscaled integer file's stored type (e.g. int16 CT) instead of float32: prediction converts what it uses,
+    a big CT then costs half the memory for the whole run."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
         raise InputError("no input files")
@@ -170,7 +189,7 @@ def read_case(paths: list[str | Path] | str | Path, name: str | None = None, ser
     arrays, ref = [], None
     for p in paths:
         img = load_nifti(p)
-        arr = _channels_of(img, p)
+        arr = _channels_of(img, p, native)
         if ref is None:
             ref = (img, p)
         else:
@@ -180,6 +199,8 @@ def read_case(paths: list[str | Path] | str | Path, name: str | None = None, ser
                 raise InputError(f"affine differs from {ref[1].name}'s (channels must share one geometry)", p)
         arrays.append(arr)
     img0, p0 = ref  # type: ignore[misc]
+    if len({a.dtype for a in arrays}) > 1:           # channels stored in different types: one float32 array
+        arrays = [a.astype(np.float32, copy=False) for a in arrays]
     data = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
     return Case(
         data=data,

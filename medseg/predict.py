@@ -260,6 +260,7 @@ def predict_case(case: Case, models: Sequence[VolumeModel], *, tta: bool | None 
             check_channels(case, m.in_channels)
         with timer("preprocess"):
             arr, geom = model_array(case, m.orientation)
+            arr = arr.astype(np.float32, copy=False)
             geom0 = geom0 or geom
             exclude = None if case.nonfinite is None else torch.from_numpy(geom.forward(case.nonfinite[None])[0])
             image = normalise(torch.from_numpy(arr), m.pre.get("normalization") or [{"scheme": "zscore"}], exclude)

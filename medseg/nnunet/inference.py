@@ -167,12 +167,16 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
     from ..nnunet_arch import FoldEnsemble, NNUNetV2Net
 
     head = model.net.head() if isinstance(model.net, (NNUNetV2Net, FoldEnsemble)) else None
+    # fewer features than classes (TotalSegmentator: 32 vs 118): blend and resample the features, apply the seg
+    # layer on the way out (linear, so the same scores); else blend the scores, made a few classes at a time
+    features = int(head[0].shape[1]) if head is not None and head[0].shape[1] < k else None
     mem = plan_memory(classes=k, network_shape=tuple(x.shape[1:]), patch=windows.patch, lead=lead,
                       channels=int(x.shape[0]), output_voxels=int(np.prod(out_shape)),
                       probabilities=probabilities and prob_sink is None,
                       batch_size=batch_size, mirror_passes=len(windows.flips),
                       activation_bytes=_network_bytes(model, windows.patch, batch_size), acc_dtype=acc_dtype,
-                      head_features=int(head[0].shape[1]) if head is not None else None)
+                      head_features=int(head[0].shape[1]) if head is not None else None,
+                      stitch_channels=features)
     labels = torch.empty((out_shape[lead], *plane_out), dtype=label_dtype)
     probs = None
     if probabilities and prob_sink is None:
@@ -198,7 +202,8 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
             prob_sink(lead, a, p.movedim(1, lead + 1) if lead else p)
 
     back = SlabResampler(crop[lead].stop - crop[lead].start, out_shape[lead], plane_out, to_labels,
-                         lead_order=lead_order, plane_order=order, labels=only_labels)
+                         lead_order=lead_order, plane_order=order, labels=only_labels,
+                         head=head if features else None)
     plane_crop = tuple(c for a, c in enumerate(crop) if a != lead)
 
     def emit(first: int, rows: torch.Tensor) -> None:
@@ -232,8 +237,9 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
         return out[:, :, None] if two_d else out
 
     with torch.inference_mode():
-        stream_windows(net, x, windows, num_outputs=k, emit=emit, lead=lead, acc_dtype=mem.acc_dtype,
-                       batch_size=batch_size, device=model.device, on_window=on_window, head=head)
+        stream_windows(net, x, windows, num_outputs=features or k, emit=emit, lead=lead, acc_dtype=mem.acc_dtype,
+                       batch_size=batch_size, device=model.device, on_window=on_window,
+                       head=None if features else head)
     assert back.done()
     labels = labels.movedim(0, lead)
     probs = probs.movedim(1, lead + 1) if probs is not None else None

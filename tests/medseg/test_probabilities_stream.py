@@ -83,3 +83,37 @@ def test_cli_writes_probabilities_without_holding_them(tmp_path, monkeypatch):
     assert np.allclose(np.asanyarray(probs.dataobj).sum(-1), 1, atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz", "m.pt", "seg.nii.gz",
                                                           "seg_probabilities.nii.gz"]
+
+
+def test_more_classes_than_features_blend_features_and_equal_nnunet(tmp_path):
+    """A 10-class model folder made by nnU-Net (planning + trainer) whose last decoder stage has 2 features: the
+    open rows and the way back hold the 2 features (the seg layer is applied to resampled features, a class chunk
+    at a time), and probabilities and labels equal nnUNetPredictor's own (float32 sums, mirroring on)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import medseg.engine as engine
+
+    pytest.importorskip("nnunetv2")
+    peer = Path(__file__).with_name("nnunet_peer.py")
+    proc = subprocess.run([sys.executable, str(peer), "make", str(tmp_path), "--kinds", "ct", "--classes", "9",
+                           "--features", "2", "--predict"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])["ct"]
+    ref = res["predictions"]["3d_fullres"]["mirror"]
+    models = load_models([res["folders"]["3d_fullres"]], "cpu", "fp32")
+    assert len(models[0].classes) == 10 and models[0].net.head()[0].shape == (10, 2)
+    seen = []
+    real = engine.stream_windows
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "stream_windows", lambda *a, **k: (seen.append(k["num_outputs"]), real(*a, **k))[1])
+        pred = predict_case(read_case(res["test_image"]), models, tta=True, probabilities=True)
+    assert seen == [2]                                          # the open rows hold the 2 features, not 10 scores
+    ref_probs = np.load(ref["probabilities"])["probabilities"]
+    ours = pred.probabilities.transpose(3, 2, 1, 0)
+    assert ours.shape == ref_probs.shape and ref_probs.shape[0] == 10
+    assert float(np.abs(ours - ref_probs).max()) < 1e-4 and ref_probs.std() > 1e-2
+    assert (pred.labels == np.asanyarray(nib.load(ref["labels"]).dataobj)).mean() >= 0.999
+    assert len(np.unique(pred.labels)) >= 3
