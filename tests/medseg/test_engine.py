@@ -128,3 +128,26 @@ def test_memory_plan_picks_float16_then_refuses():
     many = {**common, "classes": 118}
     assert plan_memory(**many, available=64 << 30).acc_dtype == torch.float16
     assert plan_memory(**many, available=64 << 30, acc_dtype="float32").acc_dtype == torch.float32
+
+
+def test_zoom_by_planes_equals_the_volume_zoom(monkeypatch):
+    """nnU-Net's order-3 image resampling of a big CT runs as 2-D zooms plane by plane (no float64 copy of the
+    volume): the same operator as scipy's 3-D zoom within float rounding, picked by size, clipped alike."""
+    from scipy import ndimage
+
+    import medseg.nnunet.preprocessing as pre
+
+    rng = np.random.default_rng(0)
+    img = (rng.normal(size=(31, 40, 47)).cumsum(0) * 10).astype(np.float32)
+    for shape in [(20, 27, 30), (45, 60, 70), (31, 25, 33)]:
+        ref = ndimage.zoom(img, [o / i for o, i in zip(shape, img.shape)], order=3, mode="nearest", grid_mode=True,
+                           output=np.float32)
+        got = pre._zoom_planes(img, shape, 3)
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-6 * np.abs(ref).max()
+    calls = []
+    monkeypatch.setattr(pre, "ZOOM_PLANES_BYTES", 1000)
+    monkeypatch.setattr(pre, "_zoom_planes", lambda *a: (calls.append(1), ndimage.zoom(
+        a[0], [o / i for o, i in zip(a[1], a[0].shape)], order=3, mode="nearest", grid_mode=True,
+        output=np.float32))[1])
+    out = pre._zoom(img, (20, 27, 30), 3)
+    assert calls and out.min() >= img.min() and out.max() <= img.max()
