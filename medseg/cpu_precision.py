@@ -32,6 +32,8 @@ from shared_backbones.precision import PrecisionPolicy
 BF16_LABEL_AGREEMENT = 0.99997
 #: the least agreement for which auto chooses bf16 on the CPU
 MIN_LABEL_AGREEMENT = 0.999
+#: the fewest network passes (windows x mirror passes) of a first case for which auto tries bf16 at all
+MIN_PASSES_FOR_BF16 = 16
 
 
 def auto_policy(device: torch.device, agreement: float = BF16_LABEL_AGREEMENT) -> PrecisionPolicy:
@@ -45,14 +47,20 @@ def auto_policy(device: torch.device, agreement: float = BF16_LABEL_AGREEMENT) -
 
 
 def check_on_window(model: Any, forward: Callable[[torch.Tensor], torch.Tensor], window: torch.Tensor, *,
-                    regions: bool = False) -> None:
+                    regions: bool = False, passes: int = MIN_PASSES_FOR_BF16) -> None:
     """Once per model whose ``--precision auto`` chose bf16 on the CPU (``model.bf16_to_check``): ``forward``
     (scores ``[B, K, ...]``) on ``window`` in fp32 and under the model's bf16 autocast; the model keeps bf16 only
     when at least :data:`MIN_LABEL_AGREEMENT` of the window's labels (argmax; per region ``score > 0``) agree,
-    else its policy becomes fp32. Either way the policy's ``reason`` gives the measured agreement."""
+    else its policy becomes fp32. Either way the policy's ``reason`` gives the measured agreement. A first case of
+    fewer than :data:`MIN_PASSES_FOR_BF16` network passes (``passes``: windows x mirror passes) runs fp32 without
+    the check: the two test passes and bf16's warm-up would cost more than bf16 saves there."""
     if not getattr(model, "bf16_to_check", False):
         return
     model.bf16_to_check = False
+    if passes < MIN_PASSES_FOR_BF16:
+        model.policy = PrecisionPolicy("fp32", "cpu", f"fp32 (the first case needs {passes} network passes, too few "
+                                                      "for bf16 to pay off)")
+        return
     policy = model.policy
     with torch.inference_mode():
         ref = forward(window).float()

@@ -225,7 +225,7 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
 
     centre = tuple(s[len(s) // 2] for s in windows.starts)
     check_on_window(model, scores, x[(slice(None), *[slice(c, c + p) for c, p in zip(centre, windows.patch)])][None]
-                    .to(model.device), regions=regions)
+                    .to(model.device), regions=regions, passes=windows.count * len(windows.flips))
 
     def net(w: torch.Tensor) -> torch.Tensor:
         if two_d:

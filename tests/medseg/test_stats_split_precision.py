@@ -256,9 +256,17 @@ def test_precision_auto_on_the_cpu(monkeypatch, tmp_path, capsys):
     assert load_model(model, "cpu", "auto").policy.name == "bf16"
     assert load_model(model, "cpu", "fp32").policy.name == "fp32"        # an explicit choice is obeyed
     vol = write_volume(tmp_path / "case.nii.gz")
+    # a first case of a few windows: fp32, bf16 would not pay off
+    assert main(["predict", str(vol), "-m", str(model), "-o", str(tmp_path / "s.nii.gz"), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "precision auto: fp32 (the first case needs 8 network passes, too few for bf16 to pay off)" in err
+    assert "(fp32, 1 model(s))" in err
+    import medseg.cpu_precision as cp
+
+    monkeypatch.setattr(cp, "MIN_PASSES_FOR_BF16", 1)
     assert main(["predict", str(vol), "-m", str(model), "-o", str(tmp_path / "a.nii.gz"), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
-    assert err.count("precision auto: bf16 (this CPU has native bf16: avx512_bf16)") == 1
+    assert err.count("precision auto: bf16 (this CPU has native bf16: avx512_bf16); a test window's labels") == 1
     assert "(bf16, 1 model(s))" in err
     # a CPU without native bf16: fp32, and the notice says why
     monkeypatch.setattr(prec, "cpu_bf16_feature", lambda: None)
