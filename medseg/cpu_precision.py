@@ -58,8 +58,8 @@ def check_on_window(model: Any, forward: Callable[[torch.Tensor], torch.Tensor],
         return
     model.bf16_to_check = False
     if passes < MIN_PASSES_FOR_BF16:
-        model.policy = PrecisionPolicy("fp32", "cpu", f"fp32 (the first case needs {passes} network passes, too few "
-                                                      "for bf16 to pay off)")
+        model.policy = PrecisionPolicy("fp32", "cpu", f"fp32 (the first case needs {passes} network "
+                                                      f"pass{'' if passes == 1 else 'es'}, too few for bf16 to pay off)")
         return
     policy = model.policy
     with torch.inference_mode():
