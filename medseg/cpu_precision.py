@@ -58,8 +58,9 @@ def check_on_window(model: Any, forward: Callable[[torch.Tensor], torch.Tensor],
         return
     model.bf16_to_check = False
     if passes < MIN_PASSES_FOR_BF16:
-        model.policy = PrecisionPolicy("fp32", "cpu", f"fp32 (the first case needs {passes} network "
-                                                      f"pass{'' if passes == 1 else 'es'}, too few for bf16 to pay off)")
+        noun = "pass" if passes == 1 else "passes"
+        model.policy = PrecisionPolicy("fp32", "cpu", f"fp32 (the first case needs {passes} network {noun}, too few "
+                                                      "for bf16 to pay off)")
         return
     policy = model.policy
     with torch.inference_mode():
