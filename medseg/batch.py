@@ -350,7 +350,7 @@ def predict_files(
                 pred = predict_task(case, the_task, loaded, tta=tta, overlap=overlap, batch_size=batch, timer=timer,
                                     on_window=bar.update)
             else:
-                if writer is None and "probabilities" in job.outputs:  # written slab by slab as they are made
+                if "probabilities" in job.outputs:  # written slab by slab as they are made
                     writer = probability_writer(job.outputs["probabilities"], case, m0, overwrite=overwrite,
                                                 descrip=f"{OUTPUT_DESCRIP} probabilities")
                 pred = predict_case(case, loaded, tta=tta, overlap=overlap, batch_size=batch,

@@ -56,6 +56,11 @@ class Windows:
         """Network evaluations per mirror pass."""
         return int(np.prod([len(s) for s in self.starts]))
 
+    @property
+    def centre(self) -> tuple[slice, ...]:
+        """The spatial slices of the middle window (the middle start along every axis)."""
+        return tuple(slice(s[len(s) // 2], s[len(s) // 2] + p) for s, p in zip(self.starts, self.patch))
+
 
 def _pieces(start: int, length: int, cap: int) -> list[tuple[int, int, int]]:
     """``(ring_offset, source_offset, n)`` pieces of rows ``[start, start + length)`` in a ring of ``cap`` rows."""

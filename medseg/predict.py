@@ -188,9 +188,8 @@ def _stream_probabilities(m: VolumeModel, image: torch.Tensor, emit: Callable[[i
 
     from .cpu_precision import check_on_window
 
-    centre = tuple(s[len(s) // 2] for s in windows.starts)
-    check_on_window(m, m.net, x[(slice(None), slice(None), *[slice(c, c + p) for c, p in zip(centre, windows.patch)])]
-                    .to(m.device), passes=windows.count * len(windows.flips))
+    check_on_window(m, m.net, x[(slice(None), slice(None), *windows.centre)].to(m.device),
+                    passes=windows.count * len(windows.flips))
 
     def net(win: torch.Tensor) -> torch.Tensor:
         with m.policy.autocast():

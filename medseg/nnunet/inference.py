@@ -223,9 +223,8 @@ def stream_nnunet(model: Any, data: np.ndarray, pre: dict[str, Any], k: int, cro
 
     from ..cpu_precision import check_on_window
 
-    centre = tuple(s[len(s) // 2] for s in windows.starts)
-    check_on_window(model, scores, x[(slice(None), *[slice(c, c + p) for c, p in zip(centre, windows.patch)])][None]
-                    .to(model.device), regions=regions, passes=windows.count * len(windows.flips))
+    check_on_window(model, scores, x[(slice(None), *windows.centre)][None].to(model.device), regions=regions,
+                    passes=windows.count * len(windows.flips))
 
     def net(w: torch.Tensor) -> torch.Tensor:
         if two_d:

@@ -65,6 +65,24 @@ def _in_process_pools() -> None:
     fe.multiprocessing = dp.multiprocessing = shim
 
 
+def save_random_folder(trainer, plans: dict, dataset_json: dict) -> str:
+    """Save an initialised nnU-Net trainer's network as its trained-model folder: random weights with the scale of
+    trained ones (norm affines not all 1/0), ``checkpoint_final.pth`` by its own ``save_checkpoint``, plans.json and
+    dataset.json beside; returns the folder (``<Trainer>__<Plans>__<configuration>``)."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    with torch.no_grad():
+        for n, p in trainer.network.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.2)
+    Path(trainer.output_folder).mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+    save_json(plans, os.path.join(trainer.output_folder_base, "plans.json"), sort_keys=False)
+    save_json(dataset_json, os.path.join(trainer.output_folder_base, "dataset.json"), sort_keys=False)
+    return trainer.output_folder_base
+
+
 def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs: list[str], dataset_id: int,
              test_shape: list[int] | None, test_spacing: list[float] | None, features: int,
              classes: int = 2, train_spacing: list[float] | None = None) -> dict:
@@ -127,15 +145,7 @@ def make_one(work: Path, kind: str, folds: list[int], shape: list[int], configs:
                                     device=torch.device("cpu"))
             trainer.initialize()
             trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the allowed mirroring axes
-            with torch.no_grad():  # random weights with the scale of trained ones (norm affines not all 1/0)
-                for n, p in trainer.network.named_parameters():
-                    if "norm" in n:
-                        p.add_(torch.randn_like(p) * 0.2)
-            Path(trainer.output_folder).mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
-            save_json(plans, os.path.join(trainer.output_folder_base, "plans.json"), sort_keys=False)
-            save_json(dataset_json, os.path.join(trainer.output_folder_base, "dataset.json"), sort_keys=False)
-            out["folders"][conf] = trainer.output_folder_base
+            out["folders"][conf] = save_random_folder(trainer, plans, dataset_json)
     return out
 
 

@@ -61,7 +61,10 @@ def make_weights(work: Path, weights: Path) -> dict[str, str]:
     os.environ.update(nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                       nnUNet_results=str(weights))
     sys.path.insert(0, str(Path(__file__).parent))
-    from nnunet_peer import _in_process_pools  # nnU-Net's pools as threads: no interpreters re-importing torch
+    from nnunet_peer import (  # nnU-Net's pools as threads: no interpreters re-importing torch
+        _in_process_pools,
+        save_random_folder,
+    )
 
     name, dataset_id = "Dataset990_TotalPlan", 990
     raw = work / "raw" / name
@@ -75,7 +78,7 @@ def make_weights(work: Path, weights: Path) -> dict[str, str]:
                                                   "labels": {"background": 0, "a": 1, "b": 2, "c": 3},
                                                   "file_ending": ".nii.gz"}))
     import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
+    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
     from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (
         nnUNetTrainerNoMirroring,
@@ -106,16 +109,8 @@ def make_weights(work: Path, weights: Path) -> dict[str, str]:
         trainer = nnUNetTrainerNoMirroring({**part_plans, "continue_training": False}, CONF, 0, dataset_json,
                                            device=torch.device("cpu"))
         trainer.initialize()
-        with torch.no_grad():  # random weights with the scale of trained ones (norm affines not all 1/0)
-            for n, p in trainer.network.named_parameters():
-                if "norm" in n:
-                    p.add_(torch.randn_like(p) * 0.2)
-        Path(trainer.output_folder).mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
-        save_json(part_plans, os.path.join(trainer.output_folder_base, "plans.json"), sort_keys=False)
-        save_json(dataset_json, os.path.join(trainer.output_folder_base, "dataset.json"), sort_keys=False)
-        assert Path(trainer.output_folder_base).name == f"{TRAINER}__{PLANS}__{CONF}"  # where it looks
-        folders[part] = trainer.output_folder_base
+        folders[part] = save_random_folder(trainer, part_plans, dataset_json)
+        assert Path(folders[part]).name == f"{TRAINER}__{PLANS}__{CONF}"  # where it looks
     return folders
 
 

@@ -45,3 +45,17 @@ def unet_model_file(path: Path, dates: list[str], n_dates: int) -> Path:
     pre = {"bands": ["B02", "B03", "B04", "B08"], "dates": list(dates), "norm_mean": [0.1] * 4, "norm_std": [0.1] * 4}
     return save_model_file(path, ModelFile.from_model(
         m, task="remote", arch="unet2d", arch_kwargs=kw, classes=list(CLASSES), preprocessing=pre))
+
+
+def predict_whole_and_in_parts(common: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """``remote predict`` once whole (``whole.tif``) and as two parts joined by ``mosaic`` (``j.tif``): the paths of
+    the whole run's probability map and of the joined parts' map."""
+    from remote.cli import main
+    from remote.join import mosaic, part_path
+
+    assert main(["predict", *common, "-o", str(tmp_path / "whole.tif")]) == 0
+    for k in range(2):
+        assert main(["predict", *common, "-o", str(tmp_path / "u.tif"), "--num-parts", "2", "--part-id",
+                     str(k)]) == 0
+    mosaic([tmp_path / part_path("u_prob.tif", k, 2) for k in range(2)], tmp_path / "j.tif")
+    return tmp_path / "whole_prob.tif", tmp_path / "j.tif"

@@ -21,7 +21,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject, transform
-from remote_testutil import unet_model_file
+from remote_testutil import predict_whole_and_in_parts, unet_model_file
 from s2products import make_safe, mtd_xml, stac_item
 
 from remote.cli import main
@@ -354,7 +354,7 @@ def test_row_blocks_of_the_area_grid_join_exactly(area, tmp_path):
     mosaics stacked equal the whole mosaic bit for bit; and a spatial model (U-Net, halo 16 px) split at a block
     edge inside the overlap of the two UTM zones joins to the whole run exactly (a halo stopping at the block edge,
     as the removed area.open_part did, changes the rows next to it)."""
-    from remote.join import RowBlock, mosaic, part_path
+    from remote.join import RowBlock
 
     root, prods = area
     items = _items(prods)
@@ -382,12 +382,8 @@ def test_row_blocks_of_the_area_grid_join_exactly(area, tmp_path):
     model = unet_model_file(tmp_path / "unet.pt", [D1.isoformat(), D2.isoformat()], 2)
     common = [*items, "-m", str(model), "--tile", "16", "--halo", "16", "--device", "cpu", "--precision", "fp32",
               "-q"]
-    assert main(["predict", *common, "-o", str(tmp_path / "whole.tif")]) == 0
-    for k in range(2):
-        assert main(["predict", *common, "-o", str(tmp_path / "u.tif"), "--num-parts", "2", "--part-id",
-                     str(k)]) == 0
-    mosaic([tmp_path / part_path("u_prob.tif", k, 2) for k in range(2)], tmp_path / "j.tif")
-    with rasterio.open(tmp_path / "whole_prob.tif") as a, rasterio.open(tmp_path / "j.tif") as b:
+    whole_path, joined_path = predict_whole_and_in_parts(common, tmp_path)
+    with rasterio.open(whole_path) as a, rasterio.open(joined_path) as b:
         assert a.transform == b.transform
         whole_p, joined = a.read(), b.read()
     assert np.isfinite(whole_p).mean() > 0.5

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
-from remote_testutil import unet_model_file
+from remote_testutil import predict_whole_and_in_parts, unet_model_file
 from test_area import area  # noqa: F401 - the two-zone STAC fixture (pytest finds it by name)
 
 from remote.cli import main
@@ -381,10 +381,6 @@ def test_spatial_model_parts_read_their_halo_across_the_block_edge(tmp_path, sce
     model = unet_model_file(tmp_path / "unet.pt", [d.isoformat() for d in scene.dates], 10)
     common = [str(scene.images), "-m", str(model), "--tile", "32", "--halo", "32", "--device", "cpu",
               "--precision", "fp32", "-q"]
-    assert main(["predict", *common, "-o", str(tmp_path / "whole.tif")]) == 0
-    for k in range(2):
-        assert main(["predict", *common, "-o", str(tmp_path / "u.tif"), "--num-parts", "2", "--part-id",
-                     str(k)]) == 0
-    mosaic([tmp_path / part_path("u_prob.tif", k, 2) for k in range(2)], tmp_path / "j.tif")
-    with rasterio.open(tmp_path / "whole_prob.tif") as a, rasterio.open(tmp_path / "j.tif") as b:
+    whole_path, joined_path = predict_whole_and_in_parts(common, tmp_path)
+    with rasterio.open(whole_path) as a, rasterio.open(joined_path) as b:
         assert np.array_equal(a.read(), b.read(), equal_nan=True)
